@@ -1,0 +1,23 @@
+"""cnnkit: build, train, evaluate and use convolutional image classifiers.
+
+    import cnnkit
+    run = cnnkit.train(data="mnist", model="simplecnn", epochs=1)
+    run.evaluate()["test_accuracy"]
+    run.predict(["digit.png"])
+    run = cnnkit.load("runs/mnist-simplecnn-20260101-120000")
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cnnkit")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+from cnnkit.config import TrainConfig  # noqa: E402
+from cnnkit.errors import CnnkitError  # noqa: E402
+from cnnkit.models import create_model, model_names, register  # noqa: E402
+from cnnkit.run import Run, load, train  # noqa: E402
+
+__all__ = ["CnnkitError", "Run", "TrainConfig", "__version__", "create_model", "load", "model_names", "register",
+           "train"]

@@ -1,0 +1,126 @@
+"""The `cnnkit` command: train, eval, predict, models. User mistakes end in one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from cnnkit import __version__
+from cnnkit.config import TrainConfig, coerce, field_type, read_yaml
+from cnnkit.errors import CnnkitError
+from cnnkit.models import describe_models
+from cnnkit.run import load, train
+
+EXAMPLES = """examples:
+  cnnkit train                                   # 8x8 digits from scikit-learn, no download
+  cnnkit train --data mnist --model simplecnn --epochs 1
+  cnnkit train --data path/to/images --model resnet9-small --epochs 20
+  cnnkit train --config runs/RUN/config.yaml     # repeat a run
+  cnnkit eval runs/RUN
+  cnnkit predict runs/RUN cat.jpg dog.png --top-k 2
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except CnnkitError as e:
+        print(f"cnnkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnnkit: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("cnnkit: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnkit", description="Train, evaluate and use convolutional image classifiers.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model and write a run folder",
+                                description="Train a classifier. Every flag is also a key of config.yaml.")
+    train.add_argument("--config", metavar="FILE", help="settings from a YAML file (a run's config.yaml repeats it); "
+                                                        "flags given as well override it")
+    add_config_flags(train)
+    train.set_defaults(command=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="recompute test metrics from a run's saved weights")
+    evaluate.add_argument("run", help="run folder written by `cnnkit train`")
+    evaluate.add_argument("--data", help="evaluate on this data set's test split instead of the run's own")
+    evaluate.add_argument("--data-dir", help="where the named data set is found")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(command=cmd_eval)
+
+    predict = commands.add_parser("predict", help="classify image files with a trained run")
+    predict.add_argument("run", help="run folder written by `cnnkit train`")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, BMP, WebP, ...)")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (default: 3)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    predict.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    predict.set_defaults(command=cmd_predict)
+
+    models = commands.add_parser("models", help="list the built-in models with their parameter counts")
+    models.set_defaults(command=cmd_models)
+    return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags stay absent so a --config file's values survive."""
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = "" if "default" in f.metadata["help"] else f"(default: {f.default})"
+        if field_type(f.name) is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{f.metadata['help']} {default}")
+        else:
+            parser.add_argument(flag, type=str, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                help=f"{f.metadata['help']} {default}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    settings = read_yaml(args.config) if args.config else {}
+    given = {k: coerce(k, v) for k, v in vars(args).items() if k not in ("config", "command")}
+    train(TrainConfig.from_dict({**settings, **given}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    metrics = load(args.run, device=args.device).evaluate(args.data, args.data_dir)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
+          f"on {metrics['num_test_images']} images")
+    width = max(len(c) for c in metrics["classes"])
+    for name, accuracy in metrics["per_class_accuracy"].items():
+        print(f"  {name:<{width}}  {accuracy:.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    results = load(args.run, device=args.device).predict(args.images, args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        guesses = ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in result["predictions"])
+        print(f"{result['path']}: {guesses}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = describe_models()
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'model':<{width}}  {'parameters':>10}  (for 3x32x32 images, 10 classes)")
+    for name, params, doc in rows:
+        print(f"{name:<{width}}  {params:>10,}  {doc}")
+    return 0

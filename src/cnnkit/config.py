@@ -1,0 +1,148 @@
+"""Every knob of a training run in one place: defaults, help text, validation and YAML round trip.
+
+The CLI builds its `train` flags from these fields, so a flag, a config-file key and a keyword of
+`cnnkit.train(...)` are always the same name with the same default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cnnkit.errors import CnnkitError
+from cnnkit.models import check_model_name
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _knob(default, help, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = _knob("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | PATH to an image folder")
+    data_dir: str | None = _knob(None, "where named data sets are found or downloaded (default: per-user cache)")
+    image_size: int | None = _knob(None, "resize images to this square size (default: the data's own size, capped at 128)")
+    val_fraction: float = _knob(0.1, "share of the training split held out, stratified, for validation")
+    split: str | None = _knob(None, "merge all splits and re-split as TRAIN/VAL/TEST percentages, e.g. 80/10/10")
+    skip_bad_images: bool = _knob(False, "skip (and list) image files that cannot be decoded instead of stopping")
+    translate: int | None = _knob(None, "random-crop padding in pixels, 0 for none (default: a tenth of the image size)")
+    flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
+    # model
+    model: str = _knob("simplecnn", "model name (see `cnnkit models`)")
+    dropout: float | None = _knob(None, "dropout probability, for models that have dropout")
+    # optimisation
+    epochs: int = _knob(15, "passes over the training split")
+    batch_size: int = _knob(32, "images per training step")
+    optimizer: str = _knob("adamw", "one of " + ", ".join(OPTIMIZERS))
+    lr: float = _knob(3e-3, "peak learning rate")
+    momentum: float = _knob(0.9, "momentum for sgd and rmsprop")
+    nesterov: bool = _knob(False, "Nesterov momentum for sgd")
+    weight_decay: float = _knob(0.01, "weight decay on conv and linear weights (not on biases or norms)")
+    schedule: str = _knob("onecycle", "learning-rate schedule: one of " + ", ".join(SCHEDULES))
+    warmup: float | None = _knob(None, "share of steps spent warming up linearly (default: 0.25 for onecycle, else 0)")
+    label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")
+    # machine
+    device: str = _knob("auto", "one of " + ", ".join(DEVICES) + " (auto: cuda, then mps, then cpu)")
+    precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS) + " (auto: bf16 autocast on cuda, fp32 elsewhere)")
+    compile: bool = _knob(False, "compile the model with torch.compile (pays off on long GPU runs)")
+    seed: int = _knob(0, "seed for splits, initialisation, shuffling and augmentation")
+    out: str | None = _knob(None, "run folder (default: runs/<data>-<model>-<time>)")
+
+    def validate(self) -> "TrainConfig":
+        """Check every value before any work starts; the message names the flag and what to do."""
+        _require(self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
+        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
+        _require(self.lr > 0, "lr", self.lr, "must be a positive number, e.g. 0.001")
+        _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be 0 or more")
+        _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        _require(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
+        _require(self.warmup is None or 0 <= self.warmup < 1, "warmup", self.warmup, "must be in [0, 1)")
+        _require(self.dropout is None or 0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        _require(self.image_size is None or 4 <= self.image_size <= 1024, "image_size", self.image_size,
+                 "must be between 4 and 1024 pixels")
+        _require(self.translate is None or self.translate >= 0, "translate", self.translate, "must be 0 or more")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "must be one of " + ", ".join(OPTIMIZERS))
+        _require(self.schedule in SCHEDULES, "schedule", self.schedule, "must be one of " + ", ".join(SCHEDULES))
+        _require(self.device in DEVICES, "device", self.device, "must be one of " + ", ".join(DEVICES))
+        _require(self.precision in PRECISIONS, "precision", self.precision, "must be one of " + ", ".join(PRECISIONS))
+        if not self.model.startswith("custom:"):
+            check_model_name(self.model)
+        if self.split is not None:
+            parse_split(self.split)
+        return self
+
+    def to_yaml(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(read_yaml(path))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CnnkitError(f"unknown setting(s) {', '.join(unknown)}; valid settings are: {', '.join(sorted(known))}")
+        return cls(**{key: coerce(key, value) for key, value in values.items()})
+
+
+def field_type(key: str) -> type:
+    """The plain type of a setting: int, float, bool or str (Optional stripped)."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    return next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+
+
+def coerce(key: str, value):
+    """Turn a value from YAML or the command line into the setting's type, or say which key is wrong."""
+    kind = field_type(key)
+    if value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[str(value).lower()]
+        if kind is int and float(value) != int(float(value)):
+            raise ValueError
+        return kind(float(value)) if kind is int else kind(value)
+    except (ValueError, KeyError, TypeError):
+        raise CnnkitError(f"setting {key!r} must be {kind.__name__}, got {value!r}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"config file {path} does not exist; pass the config.yaml of a run folder")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CnnkitError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise CnnkitError(f"config file {path} must hold a mapping of setting: value")
+    return values
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'80/10/10' -> (0.8, 0.1, 0.1); the three parts must add up to 100 and train and test be non-empty."""
+    try:
+        parts = [float(p) for p in str(text).split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6 or parts[0] == 0 or parts[2] == 0:
+        raise CnnkitError(f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, e.g. 80/10/10")
+    return parts[0] / 100, parts[1] / 100, parts[2] / 100
+
+
+def _require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise CnnkitError(f"--{key.replace('_', '-')} {value} {rule}")

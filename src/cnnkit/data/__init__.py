@@ -1,0 +1,84 @@
+"""Data: from a name or a folder to normalisation-ready uint8 splits (see `load_data`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnkit.config import parse_split
+from cnnkit.data.folder import load_folder
+from cnnkit.data.sets import ImageSet, RawData
+from cnnkit.data.sources import NAMED_SOURCES
+from cnnkit.data.splits import channel_stats, make_splits
+from cnnkit.errors import CnnkitError
+
+DIGIT_DATA = ("digits", "mnist")  # flipping a digit makes another symbol, so these train without flips
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    splits: dict[str, ImageSet]  # 'train', 'val', 'test'
+    mean: list[float]  # per channel, 0..1 scale, from the training split
+    std: list[float]
+    skipped: list[str]
+
+    @property
+    def channels(self) -> int:
+        return self.splits["train"].images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.splits["train"].images.shape[-1]
+
+
+def cache_root() -> Path:
+    """Where downloads and decoded-image caches live: $CNNKIT_CACHE, else the user's cache folder."""
+    if os.environ.get("CNNKIT_CACHE"):
+        return Path(os.environ["CNNKIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnkit"
+
+
+def data_name(data: str) -> str:
+    return data if data in NAMED_SOURCES else Path(data).resolve().name
+
+
+def is_folder(data: str) -> bool:
+    return data not in NAMED_SOURCES
+
+
+def load_raw(data: str, data_dir: str | None, image_size: int | None, skip_bad_images: bool) -> RawData:
+    """The source's parts as uint8 tensors, resized to `image_size` when one is given."""
+    if data in NAMED_SOURCES:
+        raw = NAMED_SOURCES[data](Path(data_dir).expanduser() if data_dir else cache_root() / "data")
+        return _resized(raw, image_size) if image_size else raw
+    if "/" not in data and "\\" not in data and not data.startswith(".") and not Path(data).exists():
+        raise CnnkitError(f"unknown data set {data!r}; use one of {', '.join(NAMED_SOURCES)}, or a path to a folder "
+                          "of images with one sub-folder per class")
+    return load_folder(Path(data).expanduser(), image_size, skip_bad_images, cache_root())
+
+
+def load_data(data: str, data_dir: str | None = None, image_size: int | None = None, val_fraction: float = 0.1,
+              split: str | None = None, seed: int = 0, skip_bad_images: bool = False) -> Dataset:
+    raw = load_raw(data, data_dir, image_size, skip_bad_images)
+    splits = make_splits(raw, val_fraction, parse_split(split) if split else None, seed)
+    if len(splits["train"]) == 0 or len(splits["test"]) == 0:
+        raise CnnkitError(f"{data} has too few images for a train and a test split; add images or change --split")
+    mean, std = channel_stats(splits["train"].images)
+    return Dataset(data_name(data), raw.classes, splits, mean, std, raw.skipped)
+
+
+def _resized(raw: RawData, size: int) -> RawData:
+    def resize(s: ImageSet) -> ImageSet:
+        if s.images.shape[-1] == size and s.images.shape[-2] == size:
+            return s
+        chunks = [F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                  for c in s.images.split(4096)]
+        return ImageSet(torch.cat(chunks).round_().clamp_(0, 255).to(torch.uint8), s.labels)
+
+    return RawData(raw.classes, {k: resize(v) for k, v in raw.parts.items()}, raw.skipped)

@@ -1,0 +1,155 @@
+"""A folder of the user's own images: FOLDER/<class>/<image>, or FOLDER/{train,val,test}/<class>/<image>.
+
+Images are decoded once, in parallel, into uint8 tensors and cached on disk (keyed by the folder, the
+image size and every file's size and modification time), so the next run starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cnnkit.data.images import DECODE_ERRORS, decode_image, is_image_file, peek_image
+from cnnkit.data.sets import ImageSet, RawData
+from cnnkit.errors import CnnkitError
+from cnnkit.progress import bar, say
+
+SPLIT_PARTS = ("train", "val", "test")
+MAX_AUTO_SIZE = 128  # the default input size is the folder's most common size, but no larger than this
+CACHE_FORMAT = "1"
+
+
+def load_folder(root: Path, image_size: int | None, skip_bad_images: bool, cache_dir: Path) -> RawData:
+    files = scan_folder(root)
+    cache_file = cache_dir / "folders" / f"{_cache_key(root, image_size, files)}.safetensors"
+    raw = _read_cache(cache_file)
+    if raw is None:
+        raw = _decode_folder(files, image_size)
+        _write_cache(cache_file, raw)
+    if raw.skipped and not skip_bad_images:
+        listing = "\n".join(f"  {line}" for line in raw.skipped)
+        raise CnnkitError(f"{len(raw.skipped)} image file(s) cannot be decoded:\n{listing}\n"
+                          "Fix or remove them, or pass --skip-bad-images to train without them.")
+    for line in raw.skipped:
+        say(f"skipped bad image {line}")
+    return raw
+
+
+def scan_folder(root: Path) -> dict[str, list[tuple[Path, str]]]:
+    """Image files per part as (path, class name); hidden files and non-image files are ignored."""
+    if not root.exists():
+        raise CnnkitError(f"data folder {root} does not exist; give a folder of class sub-folders, "
+                          "or a named data set (digits, mnist, fashion-mnist, cifar10, cifar100)")
+    if not root.is_dir():
+        raise CnnkitError(f"--data {root} is a file; give a folder that holds one sub-folder of images per class")
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    parts = {p: root / p for p in SPLIT_PARTS if (root / p).is_dir()} if has_splits else {"all": root}
+    files = {part: _class_images(folder) for part, folder in parts.items()}
+    classes = sorted({c for _, c in files["train" if has_splits else "all"]})
+    if len(classes) < 2:
+        where = root / "train" if has_splits else root
+        raise CnnkitError(f"{where} holds images of {len(classes)} class(es), and a classifier needs at least two: "
+                          "put each class's images in its own sub-folder, e.g. FOLDER/cat/1.jpg, FOLDER/dog/2.jpg")
+    for part, items in files.items():
+        unknown = sorted({c for _, c in items} - set(classes))
+        if unknown:
+            raise CnnkitError(f"{root / part} has classes that the training images lack: {', '.join(unknown)}")
+    return files
+
+
+def _class_images(folder: Path) -> list[tuple[Path, str]]:
+    items = []
+    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            items += [(Path(dirpath) / f, class_dir.name) for f in sorted(filenames) if is_image_file(Path(f))]
+    return items
+
+
+def _decode_folder(files: dict[str, list[tuple[Path, str]]], image_size: int | None) -> RawData:
+    """Decode every image; the ones that fail are left out and listed in `skipped`."""
+    every = [path for items in files.values() for path, _ in items]
+    headers, bad = _parallel(peek_image, every, "reading image headers")
+    if not headers:
+        raise CnnkitError(f"none of the {len(every)} image files could be read, e.g. {every[0]}: {bad[every[0]]}")
+    channels = 1 if all(gray for _, gray in headers.values()) else 3
+    if image_size is None:
+        (w, h), _ = Counter(size for size, _ in headers.values()).most_common(1)[0]
+        image_size = min(max(w, h), MAX_AUTO_SIZE)
+    good = [path for path in every if path in headers]
+    pixels, bad_decodes = _parallel(lambda p: decode_image(p, image_size, channels), good, "decoding images")
+    bad.update(bad_decodes)
+    classes = sorted({c for _, c in files.get("train", files.get("all"))})
+    index = {c: i for i, c in enumerate(classes)}
+    parts = {}
+    for part, items in files.items():
+        kept = [(path, c) for path, c in items if path in pixels]
+        images = torch.stack([pixels[p] for p, _ in kept]) if kept else torch.zeros(0, channels, image_size, image_size,
+                                                                                    dtype=torch.uint8)
+        parts[part] = ImageSet(images, torch.tensor([index[c] for _, c in kept], dtype=torch.int64))
+    return RawData(classes, parts, [f"{path}: {reason}" for path, reason in sorted(bad.items())])
+
+
+def _parallel(fn, paths: list[Path], desc: str) -> tuple[dict, dict]:
+    """fn over paths on a thread pool (PIL releases the GIL while decoding): (results, errors) by path."""
+    results, errors = {}, {}
+
+    def attempt(path):
+        try:
+            return path, fn(path), None
+        except DECODE_ERRORS as e:
+            return path, None, str(e) or type(e).__name__
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool, bar(len(paths), desc) as progress:
+        for path, value, error in pool.map(attempt, paths, chunksize=64):
+            if error is None:
+                results[path] = value
+            else:
+                errors[path] = error
+            progress.update()
+    return results, errors
+
+
+def _cache_key(root: Path, image_size: int | None, files: dict[str, list[tuple[Path, str]]]) -> str:
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{root.resolve()}|{image_size}".encode())
+    for part, items in sorted(files.items()):
+        for path, label in items:
+            stat = path.stat()
+            digest.update(f"|{part}|{label}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _write_cache(path: Path, raw: RawData) -> None:
+    tensors = {}
+    for part, s in raw.parts.items():
+        tensors[f"{part}.images"], tensors[f"{part}.labels"] = s.images.contiguous(), s.labels
+    meta = {"classes": json.dumps(raw.classes), "skipped": json.dumps(raw.skipped)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        save_file(tensors, str(partial), metadata=meta)
+        partial.replace(path)  # atomic: a reader never sees half a cache file
+    except OSError as e:
+        say(f"note: could not write the data cache {path} ({e}); the next run will decode the images again")
+
+
+def _read_cache(path: Path) -> RawData | None:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        parts = {k[: -len(".images")]: ImageSet(v, tensors[k[: -len(".images")] + ".labels"])
+                 for k, v in tensors.items() if k.endswith(".images")}
+        return RawData(json.loads(meta["classes"]), parts, json.loads(meta["skipped"]))
+    except Exception:  # a damaged cache is rebuilt, never trusted
+        return None

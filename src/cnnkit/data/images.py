@@ -1,0 +1,42 @@
+"""One image file -> one uint8 tensor. Training data and `predict` both go through `decode_image`,
+so an image is preprocessed the same way whether it was seen in training or handed in later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def peek_image(path: Path) -> tuple[tuple[int, int], bool]:
+    """(width, height) and whether the image is grayscale, read from the header only."""
+    with Image.open(path) as img:
+        return img.size, img.mode in GRAY_MODES
+
+
+def decode_image(path: Path, size: int, channels: int) -> torch.Tensor:
+    """Decode, flatten any transparency onto white, convert to `channels` and resize to size x size."""
+    with Image.open(path) as img:
+        img.load()  # decode now, so that a truncated file fails here rather than later
+        img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img.alpha_composite(rgba)
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)

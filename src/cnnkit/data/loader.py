@@ -1,0 +1,78 @@
+"""Batches cut from whole tensors that live on the training device, augmented there as whole batches.
+
+No DataLoader, no worker processes, no PIL, no per-sample Python: one gather, one normalise and one
+vectorised crop/flip per batch. That is most of the speed-up over the tutorials' input pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from cnnkit.data.sets import ImageSet
+
+
+class Normalize:
+    """uint8 (N, C, H, W) -> float, scaled to zero mean and unit std per channel in one fused multiply-add."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool = False):
+        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.scale = 1 / (255 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self.shift, images.float(), self.scale)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding, a different shift per image, as one gather over the padded batch."""
+    if pad == 0:
+        return images
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), device=images.device, generator=generator)
+    rows = dy + torch.arange(h, device=images.device)  # (n, h)
+    cols = dx + torch.arange(w, device=images.device)  # (n, w)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (n, h, w, c) -> (n, c, h, w)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+
+
+class DeviceBatches:
+    """Shuffled, augmented, normalised training batches, or plain ordered batches for evaluation."""
+
+    def __init__(self, data: ImageSet, batch_size: int, normalize: Normalize, device: torch.device,
+                 shuffle: bool = False, translate: int = 0, flip: bool = False, seed: int = 0):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.normalize, self.shuffle = batch_size, normalize, shuffle
+        self.translate, self.flip = translate, flip
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def _stop(self) -> int:
+        """Training drops the last partial batch: a batch of one breaks batch norm and a tiny one is noise."""
+        n = len(self.labels)
+        return n - n % self.batch_size if self.shuffle and n >= self.batch_size else n
+
+    def __len__(self) -> int:
+        return -(-self._stop() // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, device=self.labels.device, generator=self.generator) if self.shuffle else None
+        for start in range(0, self._stop(), self.batch_size):
+            if order is None:
+                images, labels = self.images[start: start + self.batch_size], self.labels[start: start + self.batch_size]
+            else:
+                index = order[start: start + self.batch_size]
+                images, labels = self.images[index], self.labels[index]
+            images = random_translate(images, self.translate, self.generator) if self.translate else images
+            images = random_flip(images, self.generator) if self.flip else images
+            yield self.normalize(images), labels

@@ -1,0 +1,101 @@
+"""The named data sets: scikit-learn's embedded digits, and torchvision's MNIST, Fashion-MNIST, CIFAR-10/100.
+
+Files already under the data folder are used as they are, with no network (MNIST's IDX files may be
+gzip-compressed or not, whatever their checksum); only when they are missing does torchvision's own
+download code run, and an offline machine gets one message saying which files to put where.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from cnnkit.data.sets import ImageSet, RawData
+from cnnkit.errors import CnnkitError
+
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def load_digits(data_dir: Path) -> RawData:
+    """The 8x8 digits that ship inside scikit-learn: always there, no download, no official test split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = torch.from_numpy(np.clip(digits.images * 16, 0, 255).astype(np.uint8)).unsqueeze(1)  # 0..16 -> 0..255
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    return RawData([str(i) for i in range(10)], {"all": ImageSet(images, labels)})
+
+
+def load_mnist_like(dataset: type[torchvision.datasets.MNIST]):
+    def load(data_dir: Path) -> RawData:
+        raw = data_dir / dataset.__name__ / "raw"
+        if not all(_find_idx(raw, name) for pair in IDX_FILES.values() for name in pair):
+            _download(dataset, data_dir, [f"{raw}/{name}.gz" for pair in IDX_FILES.values() for name in pair])
+        parts = {part: ImageSet(_read_idx(_find_idx(raw, images)).unsqueeze(1), _read_idx(_find_idx(raw, labels)).long())
+                 for part, (images, labels) in IDX_FILES.items()}
+        return RawData([str(c) for c in dataset.classes], parts)
+
+    return load
+
+
+def load_cifar(dataset: type[torchvision.datasets.CIFAR10]):
+    def load(data_dir: Path) -> RawData:
+        folder = data_dir / dataset.base_folder
+        if not folder.is_dir():
+            _download(dataset, data_dir, [f"{data_dir}/{dataset.filename} (or its unpacked folder {folder})"])
+        try:  # torchvision checks every file's md5 before it unpickles the official batches
+            splits = {part: dataset(str(data_dir), train=part == "train") for part in ("train", "test")}
+        except RuntimeError as e:
+            raise CnnkitError(f"{folder} is incomplete or corrupt ({e}); delete it and run again to download it") from None
+        parts = {part: ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+                 for part, ds in splits.items()}
+        return RawData(list(splits["train"].classes), parts)
+
+    return load
+
+
+NAMED_SOURCES = {
+    "digits": load_digits,
+    "mnist": load_mnist_like(torchvision.datasets.MNIST),
+    "fashion-mnist": load_mnist_like(torchvision.datasets.FashionMNIST),
+    "cifar10": load_cifar(torchvision.datasets.CIFAR10),
+    "cifar100": load_cifar(torchvision.datasets.CIFAR100),
+}
+
+
+def _download(dataset, data_dir: Path, wanted: list[str]) -> None:
+    """torchvision's own download; offline, one message naming the files to put in place."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        dataset(str(data_dir), download=True)
+    except Exception as e:  # urllib, socket and checksum errors all mean: the files are not here
+        listing = "\n".join(f"  {w}" for w in wanted)
+        raise CnnkitError(f"{dataset.__name__} is not in {data_dir} and could not be downloaded ({_last_line(e)}).\n"
+                          f"Put these files there, or pass --data-dir to the folder that holds them:\n{listing}") from None
+
+
+def _find_idx(raw: Path, name: str) -> Path | None:
+    return next((p for p in (raw / name, raw / f"{name}.gz") if p.is_file()), None)
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format): a magic number, the dimensions, then the data."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    if data[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 3:
+        raise CnnkitError(f"{path} is not an IDX file of unsigned bytes; delete it and run again to download it")
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    pixels = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if pixels.size != int(np.prod(shape)):
+        raise CnnkitError(f"{path} is truncated; delete it and run again to download it")
+    return torch.from_numpy(pixels.reshape(shape).copy())
+
+
+def _last_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1]

@@ -1,0 +1,56 @@
+"""Train / validation / test splits, stratified by class and fixed by the seed."""
+
+from __future__ import annotations
+
+import torch
+
+from cnnkit.data.sets import ImageSet, RawData
+
+DEFAULT_TEST_FRACTION = 0.2  # held out as test when a source has no test split of its own
+
+
+def make_splits(raw: RawData, val_fraction: float, split: tuple[float, float, float] | None,
+                seed: int) -> dict[str, ImageSet]:
+    """The official test split where there is one; validation carved from train unless the source has one.
+
+    `split` merges every part and re-splits it (e.g. CIFAR-10's train and test as one pool, 80/10/10).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts = raw.parts
+    if split is None and "test" in parts:
+        if "val" in parts:
+            return {"train": parts["train"], "val": parts["val"], "test": parts["test"]}
+        train, val = stratified_split(parts["train"], [1 - val_fraction, val_fraction], generator)
+        return {"train": train, "val": val, "test": parts["test"]}
+    if split is None:
+        test = DEFAULT_TEST_FRACTION
+        split = ((1 - test) * (1 - val_fraction), (1 - test) * val_fraction, test)
+    pool = ImageSet.concat([parts[name] for name in sorted(parts)])
+    train, val, test = stratified_split(pool, list(split), generator)
+    return {"train": train, "val": val, "test": test}
+
+
+def stratified_split(data: ImageSet, fractions: list[float], generator: torch.Generator) -> list[ImageSet]:
+    """Cut each class by `fractions` (same order every time for a given generator state)."""
+    chunks: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for label in torch.unique(data.labels):
+        members = torch.nonzero(data.labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        bounds = torch.tensor([0.0] + fractions).cumsum(0).mul(len(members)).round().long().tolist()
+        for i in range(len(fractions)):
+            chunks[i].append(members[bounds[i]: bounds[i + 1]])
+    return [data.subset(torch.cat(c).sort().values) for c in chunks]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale, computed in chunks to bound memory."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in images.split(4096):
+        x = chunk.double().div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel must not divide by 0
+    return mean.tolist(), std.tolist()

@@ -1,0 +1,35 @@
+"""Test-time numbers: loss, accuracy, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnkit.data.loader import DeviceBatches
+from cnnkit.machine import Machine
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches: DeviceBatches, machine: Machine):
+    """All logits (float32) and labels of an evaluation pass, still on the device."""
+    model.eval()
+    logits, labels = [], []
+    for images, y in batches:
+        with machine.autocast():
+            logits.append(model(images).float())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    n = len(classes)
+    predicted = logits.argmax(1)
+    confusion = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n).cpu()  # rows: true, cols: predicted
+    per_class = confusion.diag() / confusion.sum(1).clamp_min(1)
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (predicted == labels).float().mean().item(),
+        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, per_class.tolist())},
+        "confusion_matrix": confusion.tolist(),
+    }

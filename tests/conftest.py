@@ -1,0 +1,73 @@
+"""Shared fixtures: real data only (scikit-learn's digits, MNIST and CIFAR-10 from ../shared/data,
+small image folders made here), and no network: any connection attempt fails at once."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Every test gets a fresh cnnkit cache, so no test leans on a cache another run left behind.
+os.environ["CNNKIT_CACHE"] = tempfile.mkdtemp(prefix="cnnkit-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never download: a connection attempt raises, as on a machine that is offline."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"the project's test data is not at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def save_image(path: Path, array: np.ndarray, mode: str | None = None, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path, format=fmt)
+    return path
+
+
+def shape_image(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A grayscale picture of a class: 'bar' a vertical stripe, 'ring' a ring, with noise and a random shift."""
+    y, x = np.mgrid[0:size, 0:size] - size / 2 + rng.integers(-2, 3, size=2)[:, None, None]
+    if kind == "bar":
+        img = (np.abs(x) < size / 8) * 200.0
+    else:
+        img = (np.abs(np.hypot(x, y) - size / 3) < size / 10) * 200.0
+    return np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Two classes of real image files in mixed formats, modes and sizes, plus files that must be ignored."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "shapes"
+    formats = [("png", "L"), ("jpg", "RGB"), ("bmp", "RGB"), ("webp", "RGB"), ("png", "RGBA"), ("png", "P")]
+    for label in ("bar", "ring"):
+        for i in range(60):
+            ext, mode = formats[i % len(formats)]
+            size = 32 if i % 5 else 40  # mostly 32x32: the folder's most common size
+            img = Image.fromarray(shape_image(label, size, rng)).convert(mode)
+            path = root / label / f"{i:03d}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img.save(path)
+    (root / "bar" / "notes.txt").write_text("not an image")
+    (root / "ring" / ".hidden.png").write_bytes(b"")
+    (root / ".thumbnails").mkdir()
+    save_image(root / ".thumbnails" / "x.png", np.zeros((8, 8), np.uint8))
+    return root

@@ -1,0 +1,125 @@
+"""Data loading on real data: digits, MNIST from ../shared/data, and image folders made on the spot."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cnnkit import CnnkitError
+from cnnkit.data import load_data
+from conftest import save_image
+
+
+def test_digits_are_embedded_and_split_stratified():
+    data = load_data("digits", seed=0)
+    sizes = {name: len(s) for name, s in data.splits.items()}
+    assert sum(sizes.values()) == 1797
+    assert sizes["test"] == pytest.approx(0.2 * 1797, abs=10)  # no official test split: 20% held out
+    assert data.splits["train"].images.shape[1:] == (1, 8, 8) and data.splits["train"].images.dtype == torch.uint8
+    for split in data.splits.values():  # every class in every split, in proportion
+        counts = torch.bincount(split.labels, minlength=10).float()
+        assert counts.min() / counts.max() > 0.8
+    again = load_data("digits", seed=0)
+    assert torch.equal(again.splits["test"].images, data.splits["test"].images)
+    other = load_data("digits", seed=1)
+    assert not torch.equal(other.splits["test"].labels, data.splits["test"].labels)
+
+
+def test_mnist_from_recompressed_files_without_network(shared_data):
+    data = load_data("mnist", data_dir=str(shared_data), val_fraction=0.1)
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [54000, 6000, 10000]
+    assert data.splits["test"].images.shape == (10000, 1, 28, 28)
+    assert data.mean[0] == pytest.approx(0.1307, abs=0.001) and data.std[0] == pytest.approx(0.3081, abs=0.001)
+    assert data.classes[0] == "0 - zero"
+
+
+def test_split_merges_and_resplits(shared_data):
+    data = load_data("mnist", data_dir=str(shared_data), split="80/10/10")
+    sizes = [len(data.splits[s]) for s in ("train", "val", "test")]
+    assert sum(sizes) == 70000
+    assert sizes == pytest.approx([56000, 7000, 7000], abs=10)  # rounded per class
+
+
+def test_offline_without_files_says_where_to_put_them(tmp_path):
+    with pytest.raises(CnnkitError) as e:
+        load_data("fashion-mnist", data_dir=str(tmp_path))
+    message = str(e.value)
+    assert "could not be downloaded" in message
+    assert str(tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz") in message
+
+
+def test_cifar_offline_without_files_names_the_archive(tmp_path):
+    with pytest.raises(CnnkitError, match="cifar-10-python.tar.gz"):
+        load_data("cifar10", data_dir=str(tmp_path))
+
+
+def test_image_folder_mixed_formats_modes_and_sizes(image_folder):
+    data = load_data(str(image_folder))
+    assert data.classes == ["bar", "ring"]
+    assert data.channels == 3  # some files are colour, so all become RGB
+    assert data.image_size == 32  # the most common size; the 40x40 ones are resized
+    assert sum(len(s) for s in data.splits.values()) == 120  # .txt, hidden files and hidden folders ignored
+    assert data.skipped == []
+
+
+def test_image_folder_with_train_and_test_subfolders(tmp_path):
+    rng = np.random.default_rng(1)
+    for part, n in (("train", 12), ("test", 4)):
+        for label in ("a", "b"):
+            for i in range(n):
+                save_image(tmp_path / part / label / f"{i}.png", rng.integers(0, 255, (20, 30), dtype=np.uint8))
+    data = load_data(str(tmp_path), val_fraction=0.25, image_size=16)
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [18, 6, 8]
+    assert data.splits["test"].images.shape[1:] == (1, 16, 16)  # all grayscale: one channel
+
+
+def test_broken_images_stop_the_run_with_a_listing(image_folder):
+    (image_folder / "bar" / "empty.png").write_bytes(b"")
+    truncated = (image_folder / "ring" / "000.png").read_bytes()
+    (image_folder / "ring" / "cut.png").write_bytes(truncated[: len(truncated) // 2])
+    with pytest.raises(CnnkitError) as e:
+        load_data(str(image_folder))
+    message = str(e.value)
+    assert "2 image file(s) cannot be decoded" in message
+    assert "empty.png" in message and "cut.png" in message and "--skip-bad-images" in message
+    data = load_data(str(image_folder), skip_bad_images=True)
+    assert len(data.skipped) == 2
+    assert sum(len(s) for s in data.splits.values()) == 120
+
+
+def test_folder_cache_is_reused_and_renewed_when_files_change(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path / "cache"))
+    first = load_data(str(image_folder))
+    cached = list((tmp_path / "cache" / "folders").iterdir())
+    assert len(cached) == 1
+    again = load_data(str(image_folder))
+    assert torch.equal(again.splits["train"].images, first.splits["train"].images)
+    assert list((tmp_path / "cache" / "folders").iterdir()) == cached  # read back, not rebuilt
+    for i, path in enumerate(sorted((image_folder / "bar").glob("*.png"))[:3]):
+        shutil.copy(path, image_folder / "bar" / f"copy{i}.png")
+    changed = load_data(str(image_folder))
+    assert sum(len(s) for s in changed.splits.values()) == 123
+    assert len(list((tmp_path / "cache" / "folders").iterdir())) == 2
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: (root / "only").mkdir(parents=True), "at least two"),
+    (lambda root: root.mkdir(), "at least two"),
+])
+def test_folder_needs_two_classes(tmp_path, setup, message):
+    root = tmp_path / "data"
+    setup(root)
+    if (root / "only").is_dir():
+        save_image(root / "only" / "1.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(CnnkitError, match=message):
+        load_data(str(root))
+
+
+def test_wrong_paths_and_names_are_explained(tmp_path):
+    with pytest.raises(CnnkitError, match="does not exist"):
+        load_data(str(tmp_path / "missing"))
+    with pytest.raises(CnnkitError, match="unknown data set 'mnistt'.*digits, mnist"):
+        load_data("mnistt")
