@@ -1,0 +1,79 @@
+"""The `cnnkit` command as a user runs it: output, exit codes, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import save_image
+
+
+def cnnkit(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--epochs", "0"], "--epochs 0 must be at least 1"),
+    (["train", "--model", "vgg"], "unknown model 'vgg'; choose one of: lenet"),
+    (["train", "--data", "imagenet"], "unknown data set 'imagenet'"),
+    (["train", "--data", "./no/such/folder"], "does not exist"),
+    (["train", "--split", "80/30/10"], "must be three percentages"),
+    (["train", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
+    (["eval", "not-a-run"], "not a finished cnnkit run folder"),
+])
+def test_user_mistakes_end_in_one_line(tmp_path, args, message):
+    result = cnnkit(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-made
+
+
+def test_train_then_eval_predict_and_repeat(tmp_path):
+    result = cnnkit("train", "--epochs", "3", "--out", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("epoch ") for line in lines) == 3  # one plain line per epoch in a pipe
+    assert "\r" not in result.stdout + result.stderr  # and no progress bar redrawing itself into the log
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+
+    evaluated = cnnkit("eval", "run", "--json", cwd=tmp_path)
+    assert json.loads(evaluated.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+    from cnnkit.data import load_data
+
+    test = load_data("digits").splits["test"]
+    image = save_image(tmp_path / "digit.png", test.images[0, 0].numpy())
+    predicted = cnnkit("predict", "run", str(image), "--top-k", "2", "--json", cwd=tmp_path)
+    assert len(json.loads(predicted.stdout)[0]["predictions"]) == 2
+    plain = cnnkit("predict", "run", str(image), cwd=tmp_path)
+    assert plain.stdout.startswith(f"{image}: ")
+
+    repeated = cnnkit("train", "--config", "run/config.yaml", "--out", "again", cwd=tmp_path)
+    assert repeated.returncode == 0, repeated.stderr
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_broken_image_stops_before_training_and_skip_flag_trains(image_folder, tmp_path):
+    (image_folder / "bar" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    stopped = cnnkit("train", "--data", str(image_folder), "--model", "small-cnn", "--epochs", "1", cwd=tmp_path)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    assert "broken.jpg" in stopped.stderr and "--skip-bad-images" in stopped.stderr
+    assert "epoch" not in stopped.stdout
+    trained = cnnkit("train", "--data", str(image_folder), "--model", "small-cnn", "--epochs", "1",
+                     "--skip-bad-images", "--out", "run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "skipped bad image" in trained.stdout and "broken.jpg" in trained.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["skipped_images"]) == 1
+
+
+def test_models_lists_names_with_parameter_counts(tmp_path):
+    result = cnnkit("models", cwd=tmp_path)
+    assert result.returncode == 0
+    assert any(line.split()[:2] == ["lenet", "62,006"] for line in result.stdout.splitlines())

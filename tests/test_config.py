@@ -1,0 +1,49 @@
+"""Settings: defaults, validation messages that name the flag, and the YAML round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnkit import CnnkitError, TrainConfig
+from cnnkit.config import parse_split
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"epochs": 0}, "--epochs 0 must be at least 1"),
+    ({"lr": -0.1}, "--lr -0.1 must be a positive number"),
+    ({"val_fraction": 1.5}, "--val-fraction 1.5 must be in"),
+    ({"optimizer": "lbfgs"}, "--optimizer lbfgs must be one of sgd, adam, adamw, rmsprop"),
+    ({"schedule": "cyclic"}, "--schedule cyclic must be one of"),
+    ({"model": "vgg"}, "unknown model 'vgg'"),
+    ({"split": "80/10/20"}, "add up to 100"),
+    ({"split": "90/10/0"}, "add up to 100"),
+    ({"batch_size": "many"}, "setting 'batch_size' must be int"),
+])
+def test_bad_values_are_refused_with_the_flag_named(settings, message):
+    with pytest.raises(CnnkitError, match=message):
+        TrainConfig.from_dict(settings).validate()
+
+
+def test_yaml_round_trip_and_loose_number_spellings(tmp_path):
+    cfg = TrainConfig(data="mnist", lr=0.0005, flip=True, split="70/15/15")
+    cfg.to_yaml(tmp_path / "config.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "config.yaml") == cfg
+    (tmp_path / "hand.yaml").write_text("lr: 1e-3\nepochs: '4'\nnesterov: yes\n")  # YAML reads 1e-3 as a string
+    hand = TrainConfig.from_yaml(tmp_path / "hand.yaml")
+    assert (hand.lr, hand.epochs, hand.nesterov) == (0.001, 4, True)
+
+
+def test_unknown_keys_and_bad_files_are_named(tmp_path):
+    (tmp_path / "typo.yaml").write_text("epoch: 3\n")
+    with pytest.raises(CnnkitError, match="unknown setting.*epoch; valid settings are"):
+        TrainConfig.from_yaml(tmp_path / "typo.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(CnnkitError, match="must hold a mapping"):
+        TrainConfig.from_yaml(tmp_path / "list.yaml")
+    with pytest.raises(CnnkitError, match="does not exist"):
+        TrainConfig.from_yaml(tmp_path / "none.yaml")
+
+
+def test_parse_split():
+    assert parse_split("80/10/10") == (0.8, 0.1, 0.1)
+    assert parse_split("90/0/10") == (0.9, 0.0, 0.1)

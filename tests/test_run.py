@@ -1,0 +1,121 @@
+"""End to end through the Python API, on real data: train, the run folder, repeat, eval, predict, load."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import cnnkit
+from cnnkit import CnnkitError, TrainConfig
+from conftest import save_image
+
+SUMMARY_KEYS = {"test_accuracy", "test_loss", "per_class_accuracy", "confusion_matrix", "classes", "epochs",
+                "train_seconds", "num_parameters"}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """The main job exactly as `cnnkit train` runs it: every default."""
+    return cnnkit.train(out=str(tmp_path_factory.mktemp("runs") / "digits"))
+
+
+def test_default_run_is_accurate_and_writes_its_folder(digits_run):
+    summary = json.loads((digits_run.dir / "summary.json").read_text())
+    assert summary["test_accuracy"] >= 0.97
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["classes"] == [str(i) for i in range(10)] and summary["epochs"] == 15
+    assert np.array(summary["confusion_matrix"]).sum() == summary["num_test_images"]
+    rows = list(csv.DictReader(open(digits_run.dir / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 16))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    weights = load_file(str(digits_run.dir / "weights.safetensors"))
+    assert set(weights) == set(digits_run.model.state_dict())  # plain names, no wrapper prefixes
+    config = TrainConfig.from_yaml(digits_run.dir / "config.yaml")
+    assert (config.data, config.model, config.translate, config.flip) == ("digits", "simplecnn", 0, False)
+
+
+def test_repeating_a_run_from_its_config_is_identical_on_cpu(digits_run, tmp_path):
+    config = TrainConfig.from_yaml(digits_run.dir / "config.yaml")
+    again = cnnkit.train(config, out=str(tmp_path / "again"))
+    first, second = (load_file(str(r.dir / "weights.safetensors")) for r in (digits_run, again))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert again.summary["test_accuracy"] == digits_run.summary["test_accuracy"]
+
+
+def test_eval_recomputes_the_saved_test_metrics(digits_run):
+    metrics = cnnkit.load(digits_run.dir).evaluate()
+    assert metrics["test_accuracy"] == pytest.approx(digits_run.summary["test_accuracy"])
+    assert metrics["confusion_matrix"] == digits_run.summary["confusion_matrix"]
+
+
+def test_predict_classifies_image_files_like_the_test_set(digits_run, tmp_path):
+    from cnnkit.data import load_data
+
+    test = load_data("digits").splits["test"]
+    paths = [save_image(tmp_path / f"{i}.png", test.images[i, 0].numpy()) for i in range(60)]
+    results = cnnkit.load(digits_run.dir).predict(paths, top_k=3)
+    assert [r["path"] for r in results] == [str(p) for p in paths]
+    probabilities = [[p["probability"] for p in r["predictions"]] for r in results]
+    assert all(len(p) == 3 and p == sorted(p, reverse=True) and sum(p) <= 1.0001 for p in probabilities)
+    hits = sum(r["predictions"][0]["class"] == str(int(test.labels[i])) for i, r in enumerate(results))
+    assert hits >= 55
+
+
+def test_predict_refuses_missing_and_broken_files(digits_run, tmp_path):
+    run = cnnkit.load(digits_run.dir)
+    with pytest.raises(CnnkitError, match="does not exist"):
+        run.predict([tmp_path / "nope.png"])
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(CnnkitError, match="cannot decode image .*bad.png"):
+        run.predict([tmp_path / "bad.png"])
+
+
+def test_mnist_one_epoch_reaches_98_percent(shared_data, tmp_path):
+    run = cnnkit.train(data="mnist", data_dir=str(shared_data), model="simplecnn", epochs=1, out=str(tmp_path / "m"))
+    assert run.summary["test_accuracy"] >= 0.98
+    assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+
+
+def test_cifar_jpeg_folder_beats_the_tutorial_with_lenet(shared_data, tmp_path):
+    run = cnnkit.train(data=str(shared_data / "cifar10-jpeg"), model="lenet", epochs=2, out=str(tmp_path / "c"))
+    assert run.summary["test_accuracy"] > 0.5335  # the PyTorch tutorial's figure for this net and budget
+    assert run.summary["classes"][0] == "airplane" and run.summary["num_test_images"] == 10000
+
+
+def test_image_folder_trains_and_predicts(image_folder, tmp_path):
+    run = cnnkit.train(data=str(image_folder), model="small-cnn", epochs=8, out=str(tmp_path / "f"), seed=1)
+    assert run.summary["test_accuracy"] >= 0.9  # bars against rings: easy, if the pipeline is right
+    ring = next((image_folder / "ring").glob("*.webp"))
+    assert run.predict([ring], top_k=1)[0]["predictions"][0]["class"] == "ring"
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_any_nn_module_trains_and_loads_back(tmp_path):
+    run = cnnkit.train(model=TinyNet(), epochs=2, out=str(tmp_path / "custom"))
+    assert run.summary["model"] == "custom:TinyNet"
+    with pytest.raises(CnnkitError, match=r"custom nn.Module \(TinyNet\).*model=TinyNet"):
+        cnnkit.load(run.dir)
+    loaded = cnnkit.load(run.dir, model=TinyNet())
+    assert loaded.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+
+
+def test_existing_run_folders_are_never_overwritten(digits_run, tmp_path):
+    with pytest.raises(CnnkitError, match="already holds files"):
+        cnnkit.train(out=str(digits_run.dir))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CnnkitError, match="cannot write the run folder"):
+        cnnkit.train(out=str(tmp_path / "file" / "run"))
