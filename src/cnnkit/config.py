@@ -53,7 +53,7 @@ class TrainConfig:
     label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")
     # machine
     device: str = _knob("auto", "one of " + ", ".join(DEVICES) + " (auto: cuda, then mps, then cpu)")
-    precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS) + " (auto: bf16 autocast on cuda, fp32 elsewhere)")
+    precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS) + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)")
     compile: bool = _knob(False, "compile the model with torch.compile (pays off on long GPU runs)")
     seed: int = _knob(0, "seed for splits, initialisation, shuffling and augmentation")
     out: str | None = _knob(None, "run folder (default: runs/<data>-<model>-<time>)")
