@@ -11,12 +11,14 @@ from cnnkit import __version__
 from cnnkit.config import TrainConfig, coerce, field_type, read_yaml
 from cnnkit.errors import CnnkitError
 from cnnkit.models import describe_models
+from cnnkit.presets import PRESETS
 from cnnkit.run import load, train
 
 EXAMPLES = """examples:
   cnnkit train                                   # 8x8 digits from scikit-learn, no download
   cnnkit train --data mnist --model simplecnn --epochs 1
   cnnkit train --data path/to/images --model resnet9-small --epochs 20
+  cnnkit train --preset mnist-fast --data-dir ../shared/data   # a tuned recipe (`cnnkit presets`)
   cnnkit train --config runs/RUN/config.yaml     # repeat a run
   cnnkit eval runs/RUN
   cnnkit predict runs/RUN cat.jpg dog.png --top-k 2
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the built-in models with their parameter counts")
     models.set_defaults(command=cmd_models)
+
+    presets = commands.add_parser("presets", help="list the tuned recipes for --preset, with their settings")
+    presets.set_defaults(command=cmd_presets)
     return parser
 
 
@@ -124,3 +129,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, params, doc in rows:
         print(f"{name:<{width}}  {params:>10,}  {doc}")
     return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, recipe in PRESETS.items():
+        print(f"{name}: {recipe['about']}")
+        print("  " + " ".join(_as_flag(k, v) for k, v in recipe.items() if k != "about"))
+    return 0
+
+
+def _as_flag(key: str, value) -> str:
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value}"

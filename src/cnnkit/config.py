@@ -15,6 +15,7 @@ import yaml
 
 from cnnkit.errors import CnnkitError
 from cnnkit.models import check_model_name
+from cnnkit.presets import preset_settings
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -28,6 +29,7 @@ def _knob(default, help, **extra):
 
 @dataclass
 class TrainConfig:
+    preset: str | None = _knob(None, "start from a tuned recipe (see `cnnkit presets`); other flags still override it")
     # data
     data: str = _knob("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | PATH to an image folder")
     data_dir: str | None = _knob(None, "where named data sets are found or downloaded (default: per-user cache)")
@@ -40,6 +42,8 @@ class TrainConfig:
     # model
     model: str = _knob("simplecnn", "model name (see `cnnkit models`)")
     dropout: float | None = _knob(None, "dropout probability, for models that have dropout")
+    whiten: bool = _knob(False, "start the first conv as a fixed whitening of the training images' patches "
+                                "(model fastcnn)")
     # optimisation
     epochs: int = _knob(15, "passes over the training split")
     batch_size: int = _knob(32, "images per training step")
@@ -51,9 +55,13 @@ class TrainConfig:
     schedule: str = _knob("onecycle", "learning-rate schedule: one of " + ", ".join(SCHEDULES))
     warmup: float | None = _knob(None, "share of steps spent warming up linearly (default: 0.25 for onecycle, else 0)")
     label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")
+    ema: float = _knob(0.0, "evaluate and keep a moving average of the weights with this decay per step, "
+                            "e.g. 0.999 (0: off)")
+    tta: bool = _knob(False, "test-time augmentation: average the predictions for each image and its mirror image")
     # machine
     device: str = _knob("auto", "one of " + ", ".join(DEVICES) + " (auto: cuda, then mps, then cpu)")
-    precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS) + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)")
+    precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS)
+                           + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)")
     compile: bool = _knob(False, "compile the model with torch.compile (pays off on long GPU runs)")
     seed: int = _knob(0, "seed for splits, initialisation, shuffling and augmentation")
     out: str | None = _knob(None, "run folder (default: runs/<data>-<model>-<time>)")
@@ -65,6 +73,7 @@ class TrainConfig:
         _require(self.lr > 0, "lr", self.lr, "must be a positive number, e.g. 0.001")
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be 0 or more")
+        _require(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1), e.g. 0.999")
         _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
         _require(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
         _require(self.warmup is None or 0 <= self.warmup < 1, "warmup", self.warmup, "must be in [0, 1)")
@@ -91,6 +100,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """Settings over the named preset's values over the defaults."""
+        values = {**preset_settings(values.get("preset")), **values}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -11,13 +11,20 @@ from cnnkit.machine import Machine
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, batches: DeviceBatches, machine: Machine):
-    """All logits (float32) and labels of an evaluation pass, still on the device."""
+def predict_logits(model: nn.Module, batches: DeviceBatches, machine: Machine, tta: bool = False):
+    """All logits (float32) and labels of an evaluation pass, still on the device.
+
+    With `tta`, each image's logits are averaged with its mirror image's: a free gain for data
+    whose classes do not depend on left and right (photos, not digits).
+    """
     model.eval()
     logits, labels = [], []
     for images, y in batches:
         with machine.autocast():
-            logits.append(model(images).float())
+            out = model(images).float()
+            if tta:
+                out = (out + model(images.flip(3)).float()) / 2
+        logits.append(out)
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
 

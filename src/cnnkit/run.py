@@ -19,10 +19,11 @@ from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import classification_metrics, predict_logits
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model, num_parameters
+from cnnkit.models.whitening import whiten_first_conv
 from cnnkit.progress import say
 from cnnkit.rundir import (CONFIG, METRICS, MODEL_INFO, SUMMARY, WEIGHTS, MetricsLog, load_weights, new_run_dir,
                            read_json, remove_if_empty, save_weights, write_json)
-from cnnkit.training import fit
+from cnnkit.training import compile_warmup, fit
 
 EVAL_BATCH = 1024
 
@@ -52,7 +53,7 @@ class Run:
         dataset = load_data(data or cfg.data, data_dir or cfg.data_dir, image_size, cfg.val_fraction, cfg.split,
                             cfg.seed, cfg.skip_bad_images)
         test = self._conform(dataset.splits["test"], dataset.classes, data or cfg.data)
-        logits, labels = predict_logits(self.model, self._batches(test), self.machine)
+        logits, labels = predict_logits(self.model, self._batches(test), self.machine, cfg.tta)
         metrics = classification_metrics(logits, labels, self.classes)
         return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
                 "per_class_accuracy": metrics["per_class_accuracy"], "confusion_matrix": metrics["confusion_matrix"],
@@ -63,8 +64,8 @@ class Run:
         if top_k < 1:
             raise CnnkitError(f"--top-k {top_k} must be at least 1")
         images = torch.stack([self._read_image(Path(p)) for p in paths])
-        logits, _ = predict_logits(self.model, self._batches(ImageSet(images, torch.zeros(len(images), dtype=torch.long))),
-                                   self.machine)
+        unlabelled = ImageSet(images, torch.zeros(len(images), dtype=torch.long))
+        logits, _ = predict_logits(self.model, self._batches(unlabelled), self.machine, self.config.tta)
         probs, index = logits.softmax(1).topk(min(top_k, len(self.classes)), dim=1)
         return [{"path": str(path), "predictions": [{"class": self.classes[i], "probability": round(p, 6)}
                                                     for p, i in zip(ps.tolist(), ix.tolist())]}
@@ -116,6 +117,8 @@ def train(config: TrainConfig | None = None, *, model: nn.Module | str | None = 
         net = custom if custom is not None else create_model(
             cfg.model, data.channels, len(data.classes), data.image_size,
             **({"dropout": cfg.dropout} if cfg.dropout is not None else {}))
+        if cfg.whiten:
+            whiten_first_conv(net, _whitening_sample(data))
     except BaseException:
         remove_if_empty(run_dir)  # a run that never started leaves no empty folder behind
         raise
@@ -156,6 +159,11 @@ def _resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     )
 
 
+def _whitening_sample(data: Dataset, size: int = 5000) -> torch.Tensor:
+    """A fixed slice of normalised training images: enough patches for a stable covariance estimate."""
+    return Normalize(data.mean, data.std, torch.device("cpu"))(data.splits["train"].images[:size])
+
+
 def _model_info(cfg: TrainConfig, data: Dataset, net: nn.Module) -> dict:
     return {"cnnkit_version": __version__, "model": cfg.model,
             "model_options": {"dropout": cfg.dropout} if cfg.dropout is not None else {},
@@ -171,25 +179,31 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
     val_batches = DeviceBatches(val, EVAL_BATCH, normalize, machine.device) if len(val) else None
     _announce(net, data, cfg, machine, run_dir)
     step_model = torch.compile(net) if cfg.compile else net  # weights stay shared with `net`
+    compile_seconds = 0.0
+    if cfg.compile:  # compiled before the clock starts, and reported on its own
+        compile_seconds = compile_warmup(step_model, data.splits["train"], normalize, [cfg.batch_size, EVAL_BATCH],
+                                         machine)
+        say(f"compiled the model in {compile_seconds:.1f}s")
     log = MetricsLog(run_dir / METRICS)
     best_accuracy, best_epoch, train_seconds = -1.0, 0, 0.0
-    for result in fit(step_model, train_batches, val_batches, cfg, machine):
+    for result, kept in fit(step_model, train_batches, val_batches, cfg, machine):
         train_seconds += result.seconds
         log.append(dataclasses.asdict(result))
         say(_epoch_line(result, cfg.epochs))
         score = result.val_accuracy if result.val_accuracy is not None else result.epoch  # no val: keep the last
         if score > best_accuracy:
             best_accuracy, best_epoch = score, result.epoch
-            save_weights(net, run_dir / WEIGHTS)  # best-by-validation weights, on disk as soon as they exist
+            save_weights(kept, run_dir / WEIGHTS)  # best-by-validation weights, on disk as soon as they exist
     load_weights(net, run_dir / WEIGHTS)
     logits, labels = predict_logits(net, DeviceBatches(data.splits["test"], EVAL_BATCH, normalize, machine.device),
-                                    machine)
+                                    machine, cfg.tta)
     metrics = classification_metrics(logits, labels, data.classes)
     summary = {
         "test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
         "per_class_accuracy": metrics["per_class_accuracy"], "confusion_matrix": metrics["confusion_matrix"],
         "classes": data.classes, "epochs": cfg.epochs, "best_epoch": best_epoch,
         "val_accuracy": best_accuracy if val_batches else None, "train_seconds": round(train_seconds, 3),
+        "compile_seconds": round(compile_seconds, 3),
         "num_parameters": num_parameters(net), "num_train_images": len(data.splits["train"]),
         "num_val_images": len(val), "num_test_images": len(data.splits["test"]), "data": cfg.data,
         "model": cfg.model, "device": str(machine.device), "bf16": machine.bf16, "skipped_images": data.skipped,

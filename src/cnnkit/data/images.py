@@ -3,6 +3,7 @@ so an image is preprocessed the same way whether it was seen in training or hand
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +14,17 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", 
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 
 
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
-def peek_image(path: Path) -> tuple[tuple[int, int], bool]:
+def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
     """(width, height) and whether the image is grayscale, read from the header only."""
     with Image.open(path) as img:
         return img.size, img.mode in GRAY_MODES
 
 
-def decode_image(path: Path, size: int, channels: int) -> torch.Tensor:
+def decode_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """Decode, flatten any transparency onto white, convert to `channels` and resize to size x size."""
     with Image.open(path) as img:
         img.load()  # decode now, so that a truncated file fails here rather than later

@@ -47,9 +47,9 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for chunk in images.split(4096):
-        x = chunk.double().div_(255)
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.square().sum(dim=(0, 2, 3))
+        x = chunk.float().div_(255)
+        total += x.sum(dim=(0, 2, 3)).double()
+        squares += x.square().sum(dim=(0, 2, 3)).double()
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel must not divide by 0

@@ -96,3 +96,4 @@ def _smallest_size(builder, in_channels: int, num_classes: int) -> int:
 # importing the model files registers their models, in the order `cnnkit models` lists them
 from cnnkit.models import tutorial  # noqa: E402,F401,I001
 from cnnkit.models import resnet  # noqa: E402,F401
+from cnnkit.models import fast  # noqa: E402,F401

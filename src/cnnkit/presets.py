@@ -1,0 +1,56 @@
+"""Presets: complete, tuned recipes. Each is a set of TrainConfig values; any flag given still wins.
+
+A preset names a default data set, but works on any data of its kind: `mnist-fast` on any small
+grayscale digits, the `cifar10-*` ones on any folder of small colour images.
+"""
+
+from __future__ import annotations
+
+from cnnkit.errors import CnnkitError
+
+PRESETS: dict[str, dict] = {
+    "mnist-fast": {
+        "about": "MNIST-like 28x28 grayscale data to 99% test accuracy in seconds, even on a laptop CPU",
+        "data": "mnist", "model": "fastcnn-small", "whiten": False, "epochs": 1, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+        "schedule": "onecycle", "warmup": 0.2, "label_smoothing": 0.1, "translate": 2, "flip": False,
+        "ema": 0.0, "tta": False, "precision": "auto",
+    },
+    "cifar10-cpu": {
+        "about": "CIFAR-like 32x32 colour data past the PyTorch tutorial's 53% in seconds on a laptop CPU",
+        "data": "cifar10", "model": "small-cnn", "whiten": False, "epochs": 1, "batch_size": 128,
+        "optimizer": "adamw", "lr": 6e-3, "weight_decay": 0.01, "schedule": "onecycle", "warmup": 0.25,
+        "label_smoothing": 0.0, "translate": 0, "flip": False,  # one pass: augmentation would only slow learning
+        "ema": 0.0, "tta": False, "precision": "auto",
+    },
+    "cifar10-cpu-best": {
+        "about": "CIFAR-like 32x32 colour data to about 80% in under 90 seconds on a 2-core CPU",
+        "data": "cifar10", "model": "fastcnn-small", "whiten": True, "epochs": 6, "batch_size": 256,
+        "optimizer": "sgd", "lr": 0.2, "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4,
+        "schedule": "onecycle", "warmup": 0.25, "label_smoothing": 0.2, "translate": 2, "flip": True,
+        "ema": 0.0, "tta": True, "precision": "auto",
+    },
+    "cifar10-fast": {
+        "about": "CIFAR-like 32x32 colour data to about 94% (90.7% on the JPEG copy) in the least time on a GPU",
+        "data": "cifar10", "model": "fastcnn", "whiten": True, "epochs": 10, "batch_size": 1024,
+        "optimizer": "sgd", "lr": 0.5, "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4,
+        "schedule": "onecycle", "warmup": 0.2, "label_smoothing": 0.2, "translate": 2, "flip": True,
+        "ema": 0.0, "tta": True, "precision": "auto",
+    },
+    "cifar10-best": {
+        "about": "CIFAR-like 32x32 colour data: the best accuracy in minutes on a GPU rather than seconds",
+        "data": "cifar10", "model": "resnet9", "whiten": False, "epochs": 40, "batch_size": 512,
+        "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+        "schedule": "onecycle", "warmup": 0.15, "label_smoothing": 0.1, "translate": 4, "flip": True,
+        "ema": 0.999, "tta": True, "precision": "auto",
+    },
+}
+
+
+def preset_settings(name: str | None) -> dict:
+    """The preset's TrainConfig values (without its description); {} for no preset."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise CnnkitError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (`cnnkit presets` lists them)")
+    return {k: v for k, v in PRESETS[name].items() if k != "about"}

@@ -1,0 +1,102 @@
+"""The speed techniques as parts: each does what it claims, inside or outside a preset."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit import CnnkitError, TrainConfig, create_model
+from cnnkit.data import load_data
+from cnnkit.data.loader import DeviceBatches, Normalize
+from cnnkit.evaluation import predict_logits
+from cnnkit.machine import pick_machine
+from cnnkit.models.whitening import whiten_first_conv
+from cnnkit.training import fit
+
+
+def normalized_digits(n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_data("digits", image_size=16)
+    train = data.splits["train"]
+    return Normalize(data.mean, data.std, torch.device("cpu"))(train.images[:n]), train.labels[:n]
+
+
+def test_whitening_makes_the_first_layer_output_decorrelated_with_unit_variance():
+    images, _ = normalized_digits()
+    model = create_model("fastcnn", 1, 10, 16)
+    whiten_first_conv(model, images, eps=1e-8)
+    conv = model.stem[0]
+    out = conv(images)[:, :4].permute(0, 2, 3, 1).reshape(-1, 4)  # the +W half: 4 filters for 1x2x2 patches
+    out = out - out.mean(0)
+    covariance = out.T @ out / len(out)
+    assert torch.allclose(covariance, torch.eye(4), atol=1e-3)
+    assert torch.equal(conv.weight[4:], -conv.weight[:4])  # the -W half keeps what a GELU would cut off
+    assert not conv.weight.requires_grad  # a fixed whitening, not a learned filter
+
+
+def test_whitening_refuses_a_first_layer_of_the_wrong_width():
+    images, _ = normalized_digits(50)
+    with pytest.raises(CnnkitError, match="--whiten needs a first conv with 9 or 18 filters"):
+        whiten_first_conv(create_model("simplecnn", 1, 10, 16), images)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    images, labels = normalized_digits(64)
+    model = create_model("small-cnn", 1, 10, 16).eval()
+    machine = pick_machine("cpu", "fp32")
+    batches = DeviceBatches(cnnkit.data.sets.ImageSet((images * 20 + 100).clamp(0, 255).byte(), labels), 32,
+                            Normalize([0.0], [1.0], machine.device), machine.device)
+    plain, _ = predict_logits(model, batches, machine)
+    averaged, _ = predict_logits(model, batches, machine, tta=True)
+    x = torch.cat([x for x, _ in batches])
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(3))) / 2
+    assert torch.allclose(averaged, expected, atol=1e-5) and not torch.allclose(averaged, plain)
+
+
+def test_ema_keeps_a_slow_average_of_the_weights():
+    data = load_data("digits")
+    machine = pick_machine("cpu", "fp32")
+    norm = Normalize(data.mean, data.std, machine.device)
+    train = DeviceBatches(data.splits["train"], 32, norm, machine.device, shuffle=True)
+    torch.manual_seed(0)
+    model = create_model("small-cnn", 1, 10, 8)
+    start = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(epochs=1, ema=0.99, lr=0.01)
+    _, kept = next(fit(model, train, None, cfg, machine))
+    assert kept is not model
+
+    def moved(m):
+        return sum((p.detach() - s).norm() for p, s in zip(m.parameters(), start))
+
+    assert 0 < moved(kept) < 0.9 * moved(model)  # the average trails the weights it averages
+
+
+def test_presets_fill_settings_and_flags_still_win():
+    cfg = TrainConfig.from_dict({"preset": "cifar10-fast", "epochs": 3})
+    assert (cfg.model, cfg.whiten, cfg.tta, cfg.epochs) == ("fastcnn", True, True, 3)
+    with pytest.raises(CnnkitError, match="unknown preset 'mnist-slow'; choose one of: mnist-fast"):
+        TrainConfig.from_dict({"preset": "mnist-slow"})
+
+
+def test_presets_are_listed_with_their_settings(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "cnnkit", "presets"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0
+    assert "mnist-fast:" in out.stdout and "cifar10-fast:" in out.stdout and "cifar10-best:" in out.stdout
+    assert "--whiten" in out.stdout and "--model fastcnn" in out.stdout
+
+
+def test_mnist_fast_preset_reaches_99_percent(shared_data, tmp_path):
+    run = cnnkit.train(preset="mnist-fast", data_dir=str(shared_data), out=str(tmp_path / "run"))
+    assert run.summary["test_accuracy"] >= 0.99
+    assert run.config.model == "fastcnn-small"
+
+
+def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folder, tmp_path):
+    run = cnnkit.train(data=str(image_folder), model="fastcnn", whiten=True, ema=0.9, tta=True, epochs=6,
+                       batch_size=16, optimizer="sgd", lr=0.05, nesterov=True, out=str(tmp_path / "run"))
+    assert run.summary["test_accuracy"] >= 0.9
+    assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
