@@ -70,23 +70,25 @@ def unpack_mnist(data_dir: Path, into: Path) -> Path:
     return into
 
 
-def accuracy(net: nn.Module, loader) -> float:
+def accuracy(net: nn.Module, loader, device: str = "cpu") -> float:
     net.eval()
     correct = total = 0
     with torch.no_grad():
         for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
             correct += (net(images).argmax(1) == labels).sum().item()
             total += len(labels)
     return correct / total
 
 
-def train_loop(net: nn.Module, loader, epochs: int, lr: float) -> None:
+def train_loop(net: nn.Module, loader, epochs: int, lr: float, device: str = "cpu") -> None:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     for epoch in range(epochs):
         net.train()
         running = 0.0
         for i, (images, labels) in enumerate(loader):
+            images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
             loss = criterion(net(images), labels)
             loss.backward()
@@ -97,7 +99,7 @@ def train_loop(net: nn.Module, loader, epochs: int, lr: float) -> None:
                 running = 0.0
 
 
-def tutorial_mnist(data_dir: Path, epochs: int = 5) -> tuple[float, float]:
+def tutorial_mnist(data_dir: Path, epochs: int = 5, device: str = "cpu") -> tuple[float, float]:
     """simplecnn, batch 64, SGD lr 0.01 momentum 0.9: (test accuracy, wall seconds)."""
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -106,9 +108,9 @@ def tutorial_mnist(data_dir: Path, epochs: int = 5) -> tuple[float, float]:
         transform = T.Compose([T.ToTensor(), T.Normalize((0.5,), (0.5,))])
         train = torchvision.datasets.MNIST(str(root), train=True, transform=transform)
         test = torchvision.datasets.MNIST(str(root), train=False, transform=transform)
-        net = MnistNet()
-        train_loop(net, torch.utils.data.DataLoader(train, batch_size=64, shuffle=True), epochs, lr=0.01)
-        result = accuracy(net, torch.utils.data.DataLoader(test, batch_size=1000))
+        net = MnistNet().to(device)
+        train_loop(net, torch.utils.data.DataLoader(train, batch_size=64, shuffle=True), epochs, 0.01, device)
+        result = accuracy(net, torch.utils.data.DataLoader(test, batch_size=1000), device)
     return result, time.perf_counter() - started
 
 

@@ -100,3 +100,10 @@ def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folde
                        batch_size=16, optimizer="sgd", lr=0.05, nesterov=True, out=str(tmp_path / "run"))
     assert run.summary["test_accuracy"] >= 0.9
     assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+
+
+def test_compiled_training_reports_its_warm_up_and_saves_plain_weights(tmp_path):
+    run = cnnkit.train(compile=True, epochs=1, out=str(tmp_path / "run"))
+    summary = run.summary
+    assert summary["compile_seconds"] > 0 and summary["test_accuracy"] > 0.5
+    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary["test_accuracy"])

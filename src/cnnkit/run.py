@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,15 +196,17 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
             best_accuracy, best_epoch = score, result.epoch
             save_weights(kept, run_dir / WEIGHTS)  # best-by-validation weights, on disk as soon as they exist
     load_weights(net, run_dir / WEIGHTS)
+    started = time.perf_counter()
     logits, labels = predict_logits(net, DeviceBatches(data.splits["test"], EVAL_BATCH, normalize, machine.device),
                                     machine, cfg.tta)
     metrics = classification_metrics(logits, labels, data.classes)
+    test_seconds = time.perf_counter() - started
     summary = {
         "test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
         "per_class_accuracy": metrics["per_class_accuracy"], "confusion_matrix": metrics["confusion_matrix"],
         "classes": data.classes, "epochs": cfg.epochs, "best_epoch": best_epoch,
         "val_accuracy": best_accuracy if val_batches else None, "train_seconds": round(train_seconds, 3),
-        "compile_seconds": round(compile_seconds, 3),
+        "compile_seconds": round(compile_seconds, 3), "test_seconds": round(test_seconds, 3),
         "num_parameters": num_parameters(net), "num_train_images": len(data.splits["train"]),
         "num_val_images": len(val), "num_test_images": len(data.splits["test"]), "data": cfg.data,
         "model": cfg.model, "device": str(machine.device), "bf16": machine.bf16, "skipped_images": data.skipped,
