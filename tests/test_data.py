@@ -123,3 +123,33 @@ def test_wrong_paths_and_names_are_explained(tmp_path):
         load_data(str(tmp_path / "missing"))
     with pytest.raises(CnnkitError, match="unknown data set 'mnistt'.*digits, mnist"):
         load_data("mnistt")
+
+
+def test_symlinks_leading_outside_the_data_folder_are_not_followed(image_folder, tmp_path, capsys):
+    secret = save_image(tmp_path / "elsewhere" / "secret.png", np.zeros((32, 32), np.uint8))
+    (image_folder / "bar" / "link-out.png").symlink_to(secret)
+    (image_folder / "ring-out").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (image_folder / "bar" / "link-in.png").symlink_to(next((image_folder / "ring").glob("*.png")))
+    data = load_data(str(image_folder))
+    assert data.classes == ["bar", "ring"]
+    assert sum(len(s) for s in data.splits.values()) == 121  # the link inside the folder counts, the others not
+    assert "ignored 2 symbolic link(s) that lead outside" in capsys.readouterr().out
+
+
+def test_a_decompression_bomb_is_refused_by_name(image_folder):
+    from PIL import Image
+
+    Image.new("L", (10000, 10000)).save(image_folder / "ring" / "huge.png")  # 100 megapixels
+    with pytest.raises(CnnkitError, match=r"huge.png: 10000x10000 pixels is over the .*decompression bombs"):
+        load_data(str(image_folder))
+    assert sum(len(s) for s in load_data(str(image_folder), skip_bad_images=True).splits.values()) == 120
+
+
+def test_a_corrupt_data_cache_is_rebuilt_not_trusted(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path / "cache"))
+    first = load_data(str(image_folder))
+    (cache_file,) = (tmp_path / "cache" / "folders").iterdir()
+    cache_file.write_bytes(cache_file.read_bytes()[:1000])  # cut short, as by a crash or a full disk
+    again = load_data(str(image_folder))
+    assert torch.equal(again.splits["train"].images, first.splits["train"].images)
+    assert cache_file.stat().st_size > 1000  # written anew

@@ -17,7 +17,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.errors import CnnkitError  # noqa: E402
 from cnnkit.models import create_model, model_names, register  # noqa: E402
-from cnnkit.run import Run, load, train  # noqa: E402
+from cnnkit.run import Run, load, resume, train  # noqa: E402
 
 __all__ = ["CnnkitError", "Run", "TrainConfig", "__version__", "create_model", "load", "model_names", "register",
-           "train"]
+           "resume", "train"]

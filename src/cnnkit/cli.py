@@ -12,7 +12,8 @@ from cnnkit.config import TrainConfig, coerce, field_type, read_yaml
 from cnnkit.errors import CnnkitError
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
-from cnnkit.run import load, train
+from cnnkit.run import load, resume, train
+from cnnkit.training import TrainingInterrupted
 
 EXAMPLES = """examples:
   cnnkit train                                   # 8x8 digits from scikit-learn, no download
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.command(args)
+    except TrainingInterrupted as e:
+        print(f"cnnkit: {e}", file=sys.stderr)
+        return 130
     except CnnkitError as e:
         print(f"cnnkit: error: {e}", file=sys.stderr)
         return 2
@@ -51,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a classifier. Every flag is also a key of config.yaml.")
     train.add_argument("--config", metavar="FILE", help="settings from a YAML file (a run's config.yaml repeats it); "
                                                         "flags given as well override it")
+    train.add_argument("--resume", metavar="RUN", help="continue a stopped run from its newest whole checkpoint, "
+                                                       "with the run's own settings")
     add_config_flags(train)
     train.set_defaults(command=cmd_train)
 
@@ -92,8 +98,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    given = {k: coerce(k, v) for k, v in vars(args).items() if k not in ("config", "resume", "command")}
+    if args.resume:
+        if given or args.config:
+            raise CnnkitError("--resume continues a run with its own settings; give no other flags with it")
+        resume(args.resume)
+        return 0
     settings = read_yaml(args.config) if args.config else {}
-    given = {k: coerce(k, v) for k, v in vars(args).items() if k not in ("config", "command")}
     train(TrainConfig.from_dict({**settings, **given}))
     return 0
 

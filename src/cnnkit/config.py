@@ -63,12 +63,14 @@ class TrainConfig:
     precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS)
                            + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)")
     compile: bool = _knob(False, "compile the model with torch.compile (pays off on long GPU runs)")
+    checkpoint_every: int = _knob(0, "also checkpoint every N training steps, not only at each epoch's end (0: off)")
     seed: int = _knob(0, "seed for splits, initialisation, shuffling and augmentation")
     out: str | None = _knob(None, "run folder (default: runs/<data>-<model>-<time>)")
 
     def validate(self) -> "TrainConfig":
         """Check every value before any work starts; the message names the flag and what to do."""
         _require(self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
+        _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
         _require(self.lr > 0, "lr", self.lr, "must be a positive number, e.g. 0.001")
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")

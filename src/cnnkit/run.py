@@ -24,7 +24,8 @@ from cnnkit.models.whitening import whiten_first_conv
 from cnnkit.progress import say
 from cnnkit.rundir import (CONFIG, METRICS, MODEL_INFO, SUMMARY, WEIGHTS, MetricsLog, load_weights, new_run_dir,
                            read_json, remove_if_empty, save_weights, write_json)
-from cnnkit.training import compile_warmup, fit
+from cnnkit.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from cnnkit.training import TrainingInterrupted, compile_warmup, fit, stop_on_signals
 
 EVAL_BATCH = 1024
 
@@ -111,23 +112,49 @@ def train(config: TrainConfig | None = None, *, model: nn.Module | str | None = 
     machine = pick_machine(cfg.device, cfg.precision)
     run_dir = new_run_dir(cfg.out, data_name(cfg.data), cfg.model.removeprefix("custom:"))  # fail fast if unwritable
     try:
-        data = load_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split, cfg.seed,
-                         cfg.skip_bad_images)
-        cfg = _resolved(cfg, data)
-        torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights, dropout masks and order
-        net = custom if custom is not None else create_model(
-            cfg.model, data.channels, len(data.classes), data.image_size,
-            **({"dropout": cfg.dropout} if cfg.dropout is not None else {}))
-        if cfg.whiten:
-            whiten_first_conv(net, _whitening_sample(data))
+        data, cfg, net = _prepare(cfg, custom)
     except BaseException:
         remove_if_empty(run_dir)  # a run that never started leaves no empty folder behind
         raise
     dataclasses.replace(cfg, out=None).to_yaml(run_dir / CONFIG)  # repeating a run makes a new folder
     info = _model_info(cfg, data, net)
     write_json(run_dir / MODEL_INFO, info)
+    return _run(net, data, cfg, machine, run_dir, info)
+
+
+def resume(run_dir: str | Path, model: nn.Module | None = None) -> Run:
+    """Continue a stopped run from its newest whole checkpoint; on the CPU the result is bit-identical
+    to a run that was never stopped. Pass `model` for runs that trained a custom nn.Module."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    cfg = TrainConfig.from_yaml(run_dir / CONFIG)
+    machine = pick_machine(cfg.device, cfg.precision)
+    data, cfg, net = _prepare(cfg, model)
+    position = state["position"]
+    say(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']}")
+    return _run(net, data, cfg, machine, run_dir, read_json(run_dir / MODEL_INFO), state)
+
+
+def _prepare(cfg: TrainConfig, custom: nn.Module | None) -> tuple[Dataset, TrainConfig, nn.Module]:
+    data = load_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split, cfg.seed,
+                     cfg.skip_bad_images)
+    cfg = _resolved(cfg, data)
+    torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights, dropout masks and order
+    net = custom if custom is not None else create_model(
+        cfg.model, data.channels, len(data.classes), data.image_size,
+        **({"dropout": cfg.dropout} if cfg.dropout is not None else {}))
+    if cfg.whiten:
+        whiten_first_conv(net, _whitening_sample(data))
+    return data, cfg, net
+
+
+def _run(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path, info: dict,
+         resume_state: dict | None = None) -> Run:
     net.to(machine.device, memory_format=torch.channels_last if machine.channels_last else torch.preserve_format)
-    summary = _train_and_test(net, data, cfg, machine, run_dir)
+    try:
+        summary = _train_and_test(net, data, cfg, machine, run_dir, resume_state)
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{e}. Resume with: cnnkit train --resume {run_dir}") from None
     say(f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}; "
         f"run saved in {run_dir}")
     return Run(run_dir, net, info, cfg, machine)
@@ -172,7 +199,8 @@ def _model_info(cfg: TrainConfig, data: Dataset, net: nn.Module) -> dict:
             "mean": data.mean, "std": data.std, "num_parameters": num_parameters(net)}
 
 
-def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path) -> dict:
+def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path,
+                    resume_state: dict | None) -> dict:
     normalize = Normalize(data.mean, data.std, machine.device, machine.channels_last)
     train_batches = DeviceBatches(data.splits["train"], cfg.batch_size, normalize, machine.device, shuffle=True,
                                   translate=cfg.translate, flip=cfg.flip, seed=cfg.seed)
@@ -185,16 +213,22 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
         compile_seconds = compile_warmup(step_model, data.splits["train"], normalize, [cfg.batch_size, EVAL_BATCH],
                                          machine)
         say(f"compiled the model in {compile_seconds:.1f}s")
-    log = MetricsLog(run_dir / METRICS)
-    best_accuracy, best_epoch, train_seconds = -1.0, 0, 0.0
-    for result, kept in fit(step_model, train_batches, val_batches, cfg, machine):
-        train_seconds += result.seconds
-        log.append(dataclasses.asdict(result))
-        say(_epoch_line(result, cfg.epochs))
-        score = result.val_accuracy if result.val_accuracy is not None else result.epoch  # no val: keep the last
-        if score > best_accuracy:
-            best_accuracy, best_epoch = score, result.epoch
-            save_weights(kept, run_dir / WEIGHTS)  # best-by-validation weights, on disk as soon as they exist
+    first_epoch = resume_state["position"]["epoch"] if resume_state else 1
+    log = MetricsLog(run_dir / METRICS, keep_before_epoch=first_epoch)
+    progress = resume_state["run"] if resume_state else {"best_score": -1.0, "best_epoch": 0, "train_seconds": 0.0}
+
+    def save(state: dict) -> None:
+        save_checkpoint(run_dir / CHECKPOINT, {**state, "run": progress})
+
+    with stop_on_signals() as stop:
+        for result, kept in fit(step_model, train_batches, val_batches, cfg, machine, save, resume_state, stop):
+            progress["train_seconds"] += result.seconds
+            log.append(dataclasses.asdict(result))
+            say(_epoch_line(result, cfg.epochs))
+            score = result.val_accuracy if result.val_accuracy is not None else result.epoch  # no val: the last
+            if score > progress["best_score"]:
+                progress["best_score"], progress["best_epoch"] = score, result.epoch
+                save_weights(kept, run_dir / WEIGHTS)  # best-by-validation weights, on disk as soon as they exist
     load_weights(net, run_dir / WEIGHTS)
     started = time.perf_counter()
     logits, labels = predict_logits(net, DeviceBatches(data.splits["test"], EVAL_BATCH, normalize, machine.device),
@@ -204,8 +238,9 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
     summary = {
         "test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
         "per_class_accuracy": metrics["per_class_accuracy"], "confusion_matrix": metrics["confusion_matrix"],
-        "classes": data.classes, "epochs": cfg.epochs, "best_epoch": best_epoch,
-        "val_accuracy": best_accuracy if val_batches else None, "train_seconds": round(train_seconds, 3),
+        "classes": data.classes, "epochs": cfg.epochs, "best_epoch": progress["best_epoch"],
+        "val_accuracy": progress["best_score"] if val_batches else None,
+        "train_seconds": round(progress["train_seconds"], 3),
         "compile_seconds": round(compile_seconds, 3), "test_seconds": round(test_seconds, 3),
         "num_parameters": num_parameters(net), "num_train_images": len(data.splits["train"]),
         "num_val_images": len(val), "num_test_images": len(data.splits["test"]), "data": cfg.data,

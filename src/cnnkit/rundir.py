@@ -100,10 +100,17 @@ class MetricsLog:
 
     FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_before_epoch: int = 1):
+        """A new log, keeping the rows of epochs before `keep_before_epoch` (a resumed run redoes the rest)."""
+        kept = []
+        if keep_before_epoch > 1 and path.is_file():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["epoch"]) < keep_before_epoch]
         self.path = path
         with open(path, "w", newline="") as f:
-            csv.writer(f).writerow(self.FIELDS)
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:

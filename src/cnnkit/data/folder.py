@@ -52,7 +52,7 @@ def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
         raise CnnkitError(f"--data {root} is a file; give a folder that holds one sub-folder of images per class")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     parts = {p: root / p for p in SPLIT_PARTS if (root / p).is_dir()} if has_splits else {"all": root}
-    files = {part: _class_images(folder) for part, folder in parts.items()}
+    files = {part: _class_images(folder, os.path.realpath(root)) for part, folder in parts.items()}
     classes = sorted({c for _, c in files["train" if has_splits else "all"]})
     if len(classes) < 2:
         where = root / "train" if has_splits else root
@@ -65,13 +65,31 @@ def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
     return files
 
 
-def _class_images(folder: Path) -> list[tuple[str, str]]:
-    items = []  # plain strings: building 60,000 Path objects costs more than the whole cached load
+def _class_images(folder: Path, root: str) -> list[tuple[str, str]]:
+    """(path, class) of every image under folder/<class>/, without following links that leave `root`."""
+    items, outside = [], []  # plain strings: building 60,000 Path objects costs more than the whole cached load
     for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if not _inside(str(class_dir), root):
+            outside.append(str(class_dir))
+            continue
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            items += [(os.path.join(dirpath, f), class_dir.name) for f in sorted(filenames) if is_image_file(f)]
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if not is_image_file(name):
+                    continue
+                if _inside(path, root):
+                    items.append((path, class_dir.name))
+                else:
+                    outside.append(path)
+    if outside:
+        say(f"ignored {len(outside)} symbolic link(s) that lead outside {root}, e.g. {outside[0]}")
     return items
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether a path stays inside the data folder; only links can lead out, so only they are resolved."""
+    return not os.path.islink(path) or os.path.realpath(path).startswith(root + os.sep)
 
 
 def _decode_folder(files: dict[str, list[tuple[str, str]]], image_size: int | None) -> RawData:

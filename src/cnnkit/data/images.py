@@ -18,15 +18,27 @@ def is_image_file(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image lazily, refusing one past PIL's decompression-bomb limit from its header alone
+    (PIL itself only warns between one and two times the limit)."""
+    img = Image.open(path)
+    width, height = img.size
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        img.close()
+        raise Image.DecompressionBombError(f"{width}x{height} pixels is over the {Image.MAX_IMAGE_PIXELS:,}-pixel "
+                                           "limit that guards against decompression bombs; shrink the image")
+    return img
+
+
 def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
     """(width, height) and whether the image is grayscale, read from the header only."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return img.size, img.mode in GRAY_MODES
 
 
 def decode_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
     """Decode, flatten any transparency onto white, convert to `channels` and resize to size x size."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img.load()  # decode now, so that a truncated file fails here rather than later
         img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -64,10 +64,14 @@ class DeviceBatches:
     def __len__(self) -> int:
         return -(-self._stop() // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def new_order(self) -> torch.Tensor | None:
+        """The next epoch's shuffled order (None: in stored order)."""
         n = len(self.labels)
-        order = torch.randperm(n, device=self.labels.device, generator=self.generator) if self.shuffle else None
-        for start in range(0, self._stop(), self.batch_size):
+        return torch.randperm(n, device=self.labels.device, generator=self.generator) if self.shuffle else None
+
+    def iterate(self, order: torch.Tensor | None, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in `order` from batch `start_step` on: a resumed epoch picks up exactly where it stopped."""
+        for start in range(start_step * self.batch_size, self._stop(), self.batch_size):
             if order is None:
                 images, labels = self.images[start: start + self.batch_size], self.labels[start: start + self.batch_size]
             else:
@@ -76,3 +80,6 @@ class DeviceBatches:
             images = random_translate(images, self.translate, self.generator) if self.translate else images
             images = random_flip(images, self.generator) if self.flip else images
             yield self.normalize(images), labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iterate(self.new_order())

@@ -1,0 +1,115 @@
+"""Faults during training: SIGKILL and Ctrl-C then resume (bit for bit), and checkpoints that must
+not be trusted (truncated, foreign, a pickle that would run code)."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cnnkit
+from cnnkit import CnnkitError
+from cnnkit.checkpoint import load_checkpoint
+
+SETTINGS = ["--epochs", "3", "--checkpoint-every", "3", "--batch-size", "16"]  # ~80 steps an epoch
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cnnkit", "train", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def final_state(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoint.safetensors")["model"]
+
+
+def metrics_without_times(run: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(run / "metrics.csv"))]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("reference")
+    assert start([*SETTINGS, "--out", "run"], cwd).wait() == 0
+    return cwd / "run"
+
+
+def assert_identical(run: Path, reference: Path) -> None:
+    expected, got = final_state(reference), final_state(run)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    best, best_again = (load_file(str(r / "weights.safetensors")) for r in (reference, run))
+    assert all(torch.equal(best[k], best_again[k]) for k in best)
+    assert metrics_without_times(run) == metrics_without_times(reference)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, reference, seed):
+    process = start([*SETTINGS, "--out", "run"], tmp_path)
+    wait_for(tmp_path / "run" / "checkpoint.safetensors", process)
+    time.sleep(random.Random(seed).uniform(0, 1.5))  # anywhere in the run: mid-epoch, mid-write, or at its end
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run([sys.executable, "-m", "cnnkit", "train", "--resume", "run"], cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical(tmp_path / "run", reference)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, reference):
+    process = start([*SETTINGS, "--out", "run"], tmp_path)
+    wait_for(tmp_path / "run" / "checkpoint.safetensors", process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate()
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode == 130 and "Traceback" not in err
+    assert "a checkpoint is saved. Resume with: cnnkit train --resume run" in err
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    cnnkit.resume(tmp_path / "run")
+    assert state["position"]["step"] > 0 or state["position"]["epoch"] > 1
+    assert_identical(tmp_path / "run", reference)
+
+
+class Exploit:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_that_are_not_trustworthy_are_refused_unread(tmp_path, reference):
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Exploit(marker)))
+    torch.save({"x": Exploit(marker)}, tmp_path / "evil.pt")
+    whole = (reference / "checkpoint.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    weights = reference / "weights.safetensors"  # valid safetensors, but not a checkpoint
+    for path in ("evil.safetensors", "evil.pt", "cut.safetensors", str(weights)):
+        with pytest.raises(CnnkitError, match="not a (readable )?cnnkit checkpoint"):
+            load_checkpoint(tmp_path / path)
+    assert not marker.exists()
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(CnnkitError, match="no checkpoint at"):
+        cnnkit.resume(tmp_path)
