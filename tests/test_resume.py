@@ -113,3 +113,12 @@ def test_checkpoints_that_are_not_trustworthy_are_refused_unread(tmp_path, refer
 def test_resume_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(CnnkitError, match="no checkpoint at"):
         cnnkit.resume(tmp_path)
+
+
+def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(CnnkitError, match=r"loss became NaN or infinite at epoch \d+, step \d+; the last good "
+                                          r"checkpoint is kept. Lower --lr"):
+        cnnkit.train(epochs=3, optimizer="sgd", lr=1e6, schedule="constant", checkpoint_every=1,
+                     out=str(tmp_path / "run"))
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())  # good weights, not the NaN ones
