@@ -122,3 +122,21 @@ def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path
                      out=str(tmp_path / "run"))
     state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert all(torch.isfinite(t).all() for t in state["model"].values())  # good weights, not the NaN ones
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):
+    from cnnkit.checkpoint import save_checkpoint
+    from cnnkit.rundir import atomic_write
+
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, {"weights": torch.ones(3), "epoch": 2})
+
+    def disk_fills_up(tmp: Path) -> None:
+        tmp.write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(CnnkitError, match="No space left on device; the previous version of the file is intact"):
+        atomic_write(path, disk_fills_up)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 2 and torch.equal(state["weights"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]

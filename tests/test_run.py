@@ -119,3 +119,20 @@ def test_existing_run_folders_are_never_overwritten(digits_run, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(CnnkitError, match="cannot write the run folder"):
         cnnkit.train(out=str(tmp_path / "file" / "run"))
+
+
+def test_init_from_a_run_remakes_a_head_of_another_class_count(digits_run, tmp_path, capsys):
+    from cnnkit.data import load_data
+
+    test = load_data("digits").splits["train"]
+    for i in range(len(test)):
+        if int(test.labels[i]) < 3:  # a three-class folder of 8x8 digits
+            save_image(tmp_path / "three" / str(int(test.labels[i])) / f"{i}.png", test.images[i, 0].numpy())
+    run = cnnkit.train(data=str(tmp_path / "three"), init_from=str(digits_run.dir), epochs=2, out=str(tmp_path / "ft"))
+    assert "made anew for the new classes: classifier.4.weight, classifier.4.bias" in capsys.readouterr().out
+    assert run.summary["test_accuracy"] >= 0.95 and len(run.classes) == 3
+
+
+def test_init_from_another_architecture_says_what_differs(digits_run, tmp_path):
+    with pytest.raises(CnnkitError, match="do not fit this model: missing features.3.weight.*unexpected classifier.4.bias"):
+        cnnkit.train(model="small-cnn", init_from=str(digits_run.dir), epochs=1, out=str(tmp_path / "x"))

@@ -42,6 +42,8 @@ class TrainConfig:
     # model
     model: str = _knob("simplecnn", "model name (see `cnnkit models`)")
     dropout: float | None = _knob(None, "dropout probability, for models that have dropout")
+    init_from: str | None = _knob(None, "start from the weights of a finished RUN folder (fine-tuning); a classifier "
+                                        "head for another class count is made anew")
     whiten: bool = _knob(False, "start the first conv as a fixed whitening of the training images' patches "
                                 "(model fastcnn)")
     # optimisation

@@ -145,14 +145,24 @@ def _prepare(cfg: TrainConfig, custom: nn.Module | None) -> tuple[Dataset, Train
         **({"dropout": cfg.dropout} if cfg.dropout is not None else {}))
     if cfg.whiten:
         whiten_first_conv(net, _whitening_sample(data))
+    if cfg.init_from:
+        _init_from(net, Path(cfg.init_from))
     return data, cfg, net
+
+
+def _init_from(net: nn.Module, run_dir: Path) -> None:
+    if not (run_dir / WEIGHTS).is_file():
+        raise CnnkitError(f"--init-from {run_dir} is not a finished cnnkit run folder (it has no {WEIGHTS})")
+    fresh = load_weights(net, run_dir / WEIGHTS, remake_head=True)
+    remade = f"; made anew for the new classes: {', '.join(fresh)}" if fresh else ""
+    say(f"starting from the weights of {run_dir}{remade}")
 
 
 def _run(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path, info: dict,
          resume_state: dict | None = None) -> Run:
     net.to(machine.device, memory_format=torch.channels_last if machine.channels_last else torch.preserve_format)
     try:
-        summary = _train_and_test(net, data, cfg, machine, run_dir, resume_state)
+        summary = _train_and_test(net, data, cfg, machine, run_dir, info, resume_state)
     except TrainingInterrupted as e:
         raise TrainingInterrupted(f"{e}. Resume with: cnnkit train --resume {run_dir}") from None
     say(f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}; "
@@ -182,6 +192,7 @@ def _resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         cfg,
         data=str(Path(cfg.data).resolve()) if is_folder(cfg.data) else cfg.data,
         data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
+        init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
         translate=cfg.translate if cfg.translate is not None else data.image_size // 10,  # 28 px: 2, 32 px: 3, 8 px: none
         flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
     )
@@ -199,7 +210,7 @@ def _model_info(cfg: TrainConfig, data: Dataset, net: nn.Module) -> dict:
             "mean": data.mean, "std": data.std, "num_parameters": num_parameters(net)}
 
 
-def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path,
+def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path, info: dict,
                     resume_state: dict | None) -> dict:
     normalize = Normalize(data.mean, data.std, machine.device, machine.channels_last)
     train_batches = DeviceBatches(data.splits["train"], cfg.batch_size, normalize, machine.device, shuffle=True,
@@ -218,7 +229,8 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
     progress = resume_state["run"] if resume_state else {"best_score": -1.0, "best_epoch": 0, "train_seconds": 0.0}
 
     def save(state: dict) -> None:
-        save_checkpoint(run_dir / CHECKPOINT, {**state, "run": progress})
+        # the checkpoint describes itself: cnnkit version, model and options, classes, preprocessing
+        save_checkpoint(run_dir / CHECKPOINT, {**state, "run": progress, "model_info": info})
 
     with stop_on_signals() as stop:
         for result, kept in fit(step_model, train_batches, val_batches, cfg, machine, save, resume_state, stop):

@@ -52,12 +52,25 @@ def remove_if_empty(path: Path) -> None:
 
 
 def atomic_write(path: Path, write) -> None:
-    """write(tmp_path), flush to disk, then rename over `path` in one step."""
+    """write(tmp_path), flush it to disk, then rename it over `path` in one step: a crash or a full disk at
+    any moment leaves either the old file or the new one, whole."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CnnkitError(f"cannot write {path}: {e.strerror or e}; the previous version of the file is "
+                              "intact. Free some disk space or choose another --out") from None
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -76,8 +89,12 @@ def save_weights(model: nn.Module, path: Path) -> None:
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights (never a pickle) into a plain model, whatever wrapper they were saved from."""
+def load_weights(model: nn.Module, path: Path, remake_head: bool = False) -> list[str]:
+    """Load safetensors weights (never a pickle) into a plain model, whatever wrapper they were saved from.
+
+    With `remake_head`, a final linear layer sized for another class count keeps its fresh initialisation;
+    the names of such tensors are returned. Any other difference is refused, naming what differs.
+    """
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError) as e:
@@ -85,6 +102,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
     for prefix in WRAPPER_PREFIXES:
         state = {k.removeprefix(prefix): v for k, v in state.items()}
     expected = unwrap(model).state_dict()
+    fresh = [k for k in (_head_names(model) if remake_head else []) if k in state
+             and state[k].shape != expected[k].shape]
+    state.update({k: expected[k] for k in fresh})
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     problems += [f"{k}: saved {tuple(state[k].shape)}, model has {tuple(v.shape)}"
@@ -93,6 +113,13 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise CnnkitError(f"the weights in {path} do not fit this model: " + "; ".join(problems[:5])
                           + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
     unwrap(model).load_state_dict(state)
+    return fresh
+
+
+def _head_names(model: nn.Module) -> list[str]:
+    """The parameter names of the last linear layer: the classifier head."""
+    linears = [name for name, m in unwrap(model).named_modules() if isinstance(m, nn.Linear)]
+    return [f"{linears[-1]}.weight", f"{linears[-1]}.bias"] if linears else []
 
 
 class MetricsLog:
