@@ -44,12 +44,13 @@ def main() -> None:
         folder = args.data / "cifar10-jpeg"
         rows.append(("tutorial: lenet, 2 epochs, batch 4", *tutorial_cifar(folder)))
         os.environ["CNNKIT_CACHE"] = tempfile.mkdtemp()  # first run decodes the JPEGs, the next reads the cache
-        rows.append(("cnnkit --preset cifar10-cpu (cold: JPEG decode)", *timed_cnnkit(preset="cifar10-cpu", data=str(folder))))
-        rows.append(("cnnkit --preset cifar10-cpu (cached)", *timed_cnnkit(preset="cifar10-cpu", data=str(folder))))
+        for label in ("cold: JPEG decode", "cached"):
+            result = timed_cnnkit(preset="cifar10-cpu", data=str(folder))
+            rows.append((f"cnnkit --preset cifar10-cpu ({label})", *result))
         rows.append(("cnnkit --preset cifar10-cpu-best (cached)",
                      *timed_cnnkit(preset="cifar10-cpu-best", data=str(folder))))
     base = rows[0][2]
-    print(f"\n| system | test accuracy | wall seconds | time / tutorial's |\n| --- | --- | --- | --- |")
+    print("\n| system | test accuracy | wall seconds | time / tutorial's |\n| --- | --- | --- | --- |")
     for name, acc, seconds in rows:
         print(f"| {name} | {acc:.4f} | {seconds:.1f} | {seconds / base:.3f} |")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -153,3 +154,15 @@ def test_a_corrupt_data_cache_is_rebuilt_not_trusted(image_folder, tmp_path, mon
     again = load_data(str(image_folder))
     assert torch.equal(again.splits["train"].images, first.splits["train"].images)
     assert cache_file.stat().st_size > 1000  # written anew
+
+
+def test_cache_notices_a_changed_image_even_with_the_same_size_and_time(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_CACHE", str(tmp_path / "cache"))
+    load_data(str(image_folder))
+    target = sorted((image_folder / "bar").glob("*.bmp"))[0]  # BMP: same size whatever the pixels
+    stat = target.stat()
+    before = target.read_bytes()
+    target.write_bytes(before[:-64] + bytes(255 - b for b in before[-64:]))  # change the last pixels
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and put the time back
+    load_data(str(image_folder))
+    assert len(list((tmp_path / "cache" / "folders").iterdir())) == 2  # decoded afresh, not the stale cache

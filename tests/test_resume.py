@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 import cnnkit
 from cnnkit import CnnkitError
@@ -140,3 +141,40 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_pa
     state = load_checkpoint(path)
     assert state["epoch"] == 2 and torch.equal(state["weights"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]
+
+
+class NaNOnFifthStep(nn.Module):
+    """A working digits classifier whose fifth training forward pass returns NaN: an injected fault."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+        self.calls = 0
+
+    def forward(self, x):
+        out = self.body(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == 5:
+                out = out * float("nan")
+        return out
+
+
+def test_an_injected_nan_stops_at_its_step_or_is_skipped_with_the_flag(tmp_path, capsys):
+    with pytest.raises(CnnkitError, match="loss became NaN or infinite at epoch 1, step 5"):
+        cnnkit.train(model=NaNOnFifthStep(), epochs=2, out=str(tmp_path / "stops"))
+    assert not (tmp_path / "stops" / "checkpoint.safetensors").exists()  # no checkpoint of poisoned weights
+    run = cnnkit.train(model=NaNOnFifthStep(), epochs=2, skip_nonfinite=True, lr=0.004, schedule="constant",
+                       out=str(tmp_path / "skips"))
+    assert "skipped epoch 1, step 5: the loss was nan; learning rate halved" in capsys.readouterr().out
+    assert run.summary["test_accuracy"] > 0.8
+    assert load_checkpoint(run.dir / "checkpoint.safetensors")["scheduler"]["base_lrs"] == [0.002, 0.002]
+
+
+def test_a_disk_too_full_for_the_run_fails_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(CnnkitError, match="only 1.0 MiB are free .* free some space or pass --out"):
+        cnnkit.train(out=str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "metrics.csv").exists()  # stopped before the first epoch

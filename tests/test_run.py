@@ -134,5 +134,5 @@ def test_init_from_a_run_remakes_a_head_of_another_class_count(digits_run, tmp_p
 
 
 def test_init_from_another_architecture_says_what_differs(digits_run, tmp_path):
-    with pytest.raises(CnnkitError, match="do not fit this model: missing features.3.weight.*unexpected classifier.4.bias"):
+    with pytest.raises(CnnkitError, match="do not fit this model: missing features.3.weight.*unexpected classifier"):
         cnnkit.train(model="small-cnn", init_from=str(digits_run.dir), epochs=1, out=str(tmp_path / "x"))

@@ -33,11 +33,13 @@ class TrainConfig:
     # data
     data: str = _knob("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | PATH to an image folder")
     data_dir: str | None = _knob(None, "where named data sets are found or downloaded (default: per-user cache)")
-    image_size: int | None = _knob(None, "resize images to this square size (default: the data's own size, capped at 128)")
+    image_size: int | None = _knob(None, "resize images to this square size "
+                                         "(default: the data's own size, capped at 128)")
     val_fraction: float = _knob(0.1, "share of the training split held out, stratified, for validation")
     split: str | None = _knob(None, "merge all splits and re-split as TRAIN/VAL/TEST percentages, e.g. 80/10/10")
     skip_bad_images: bool = _knob(False, "skip (and list) image files that cannot be decoded instead of stopping")
-    translate: int | None = _knob(None, "random-crop padding in pixels, 0 for none (default: a tenth of the image size)")
+    translate: int | None = _knob(None, "random-crop padding in pixels, 0 for none "
+                                        "(default: a tenth of the image size)")
     flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
     # model
     model: str = _knob("simplecnn", "model name (see `cnnkit models`)")
@@ -65,6 +67,8 @@ class TrainConfig:
     precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS)
                            + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)")
     compile: bool = _knob(False, "compile the model with torch.compile (pays off on long GPU runs)")
+    skip_nonfinite: bool = _knob(False, "skip a step whose loss is NaN or infinite and halve the learning rate, "
+                                        "instead of stopping (checks every step: a little slower on a GPU)")
     checkpoint_every: int = _knob(0, "also checkpoint every N training steps, not only at each epoch's end (0: off)")
     seed: int = _knob(0, "seed for splits, initialisation, shuffling and augmentation")
     out: str | None = _knob(None, "run folder (default: runs/<data>-<model>-<time>)")
@@ -109,7 +113,8 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise CnnkitError(f"unknown setting(s) {', '.join(unknown)}; valid settings are: {', '.join(sorted(known))}")
+            raise CnnkitError(f"unknown setting(s) {', '.join(unknown)}; "
+                              f"valid settings are: {', '.join(sorted(known))}")
         return cls(**{key: coerce(key, value) for key, value in values.items()})
 
 
@@ -154,7 +159,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
     except ValueError:
         parts = []
     if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6 or parts[0] == 0 or parts[2] == 0:
-        raise CnnkitError(f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, e.g. 80/10/10")
+        raise CnnkitError(f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, "
+                          "e.g. 80/10/10")
     return parts[0] / 100, parts[1] / 100, parts[2] / 100
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cnnkit import __version__
+from cnnkit.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from cnnkit.config import TrainConfig
 from cnnkit.data import DIGIT_DATA, Dataset, data_name, is_folder, load_data
 from cnnkit.data.images import DECODE_ERRORS, decode_image
@@ -22,9 +23,8 @@ from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model, num_parameters
 from cnnkit.models.whitening import whiten_first_conv
 from cnnkit.progress import say
-from cnnkit.rundir import (CONFIG, METRICS, MODEL_INFO, SUMMARY, WEIGHTS, MetricsLog, load_weights, new_run_dir,
-                           read_json, remove_if_empty, save_weights, write_json)
-from cnnkit.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from cnnkit.rundir import (CONFIG, METRICS, MODEL_INFO, SUMMARY, WEIGHTS, MetricsLog, ensure_free_space, load_weights,
+                           new_run_dir, read_json, remove_if_empty, save_weights, write_json)
 from cnnkit.training import TrainingInterrupted, compile_warmup, fit, stop_on_signals
 
 EVAL_BATCH = 1024
@@ -160,6 +160,8 @@ def _init_from(net: nn.Module, run_dir: Path) -> None:
 
 def _run(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path, info: dict,
          resume_state: dict | None = None) -> Run:
+    # weights, plus a checkpoint with optimiser moments and a weight average, each written beside the last
+    ensure_free_space(run_dir, 8 * 4 * num_parameters(net) + 8 * len(data.splits["train"]))
     net.to(machine.device, memory_format=torch.channels_last if machine.channels_last else torch.preserve_format)
     try:
         summary = _train_and_test(net, data, cfg, machine, run_dir, info, resume_state)
@@ -193,7 +195,8 @@ def _resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         data=str(Path(cfg.data).resolve()) if is_folder(cfg.data) else cfg.data,
         data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
         init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
-        translate=cfg.translate if cfg.translate is not None else data.image_size // 10,  # 28 px: 2, 32 px: 3, 8 px: none
+        # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
+        translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
         flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
     )
 

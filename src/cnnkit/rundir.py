@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -42,8 +43,19 @@ def new_run_dir(out: str | None, data_name: str, model_name: str) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise CnnkitError(f"cannot write the run folder {path} ({e.strerror}); pass --out to a writable folder") from None
+        raise CnnkitError(f"cannot write the run folder {path} ({e.strerror}); "
+                          "pass --out to a writable folder") from None
     return path
+
+
+def ensure_free_space(path: Path, needed: int) -> None:
+    """Fail before training, not in the middle of it, when the run's files cannot fit on the disk."""
+    margin = 16 * 2**20
+    free = shutil.disk_usage(path).free
+    if free < needed + margin:
+        raise CnnkitError(f"only {free / 2**20:.1f} MiB are free where {path} is, and this run's weights and "
+                          f"checkpoints need about {(needed + margin) / 2**20:.1f} MiB; free some space or pass "
+                          "--out to another disk")
 
 
 def remove_if_empty(path: Path) -> None:

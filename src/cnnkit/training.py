@@ -23,7 +23,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import predict_logits
 from cnnkit.machine import Machine
 from cnnkit.models import unwrap
-from cnnkit.progress import bar
+from cnnkit.progress import bar, say
 
 ONECYCLE_WARMUP = 0.25  # share of steps a one-cycle schedule spends rising to the peak rate, by default
 ONECYCLE_START = 0.04  # ... from this fraction of the peak (PyTorch's OneCycleLR starts at peak / 25)
@@ -155,7 +155,8 @@ def fit(model: nn.Module, train: DeviceBatches, val: DeviceBatches | None, cfg: 
             logits, labels = predict_logits(kept, val, machine, cfg.tta)
             val_loss = nn.functional.cross_entropy(logits, labels).item()
             val_accuracy = (logits.argmax(1) == labels).float().mean().item()
-        result = EpochResult(pos.epoch, float(pos.loss_sum) / pos.seen, int(pos.correct) / pos.seen, val_loss,
+        seen = max(1, pos.seen)  # every step of the epoch may have been skipped
+        result = EpochResult(pos.epoch, float(pos.loss_sum) / seen, int(pos.correct) / seen, val_loss,
                              val_accuracy, pos.lr, pos.seconds)
         pos = Position(epoch=pos.epoch + 1)
         yield result, kept
@@ -175,6 +176,10 @@ def train_steps(model, batches: DeviceBatches, optimizer, scheduler, loss_fn, ma
                 logits = model(images)
                 loss = loss_fn(logits, labels)
             optimizer.zero_grad(set_to_none=True)
+            if cfg.skip_nonfinite and not loss.isfinite():  # reads the loss each step: only with this flag
+                _skip_step(scheduler, pos, loss)
+                progress.update()
+                continue
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -196,6 +201,14 @@ def train_steps(model, batches: DeviceBatches, optimizer, scheduler, loss_fn, ma
                 yield asked_to_stop
                 started = time.perf_counter()
     pos.seconds += time.perf_counter() - started
+
+
+def _skip_step(scheduler, pos: Position, loss: torch.Tensor) -> None:
+    """Leave the weights as they are, halve the rate for the rest of the run, and move on."""
+    scheduler.base_lrs = [lr / 2 for lr in scheduler.base_lrs]
+    scheduler.step()
+    pos.step += 1
+    say(f"skipped epoch {pos.epoch}, step {pos.step}: the loss was {loss.item()}; learning rate halved")
 
 
 def _check_finite(pos: Position) -> None:

@@ -72,11 +72,8 @@ class DeviceBatches:
     def iterate(self, order: torch.Tensor | None, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in `order` from batch `start_step` on: a resumed epoch picks up exactly where it stopped."""
         for start in range(start_step * self.batch_size, self._stop(), self.batch_size):
-            if order is None:
-                images, labels = self.images[start: start + self.batch_size], self.labels[start: start + self.batch_size]
-            else:
-                index = order[start: start + self.batch_size]
-                images, labels = self.images[index], self.labels[index]
+            index = slice(start, start + self.batch_size) if order is None else order[start: start + self.batch_size]
+            images, labels = self.images[index], self.labels[index]
             images = random_translate(images, self.translate, self.generator) if self.translate else images
             images = random_flip(images, self.generator) if self.flip else images
             yield self.normalize(images), labels

@@ -36,7 +36,8 @@ def load_mnist_like(dataset: type[torchvision.datasets.MNIST]):
         raw = data_dir / dataset.__name__ / "raw"
         if not all(_find_idx(raw, name) for pair in IDX_FILES.values() for name in pair):
             _download(dataset, data_dir, [f"{raw}/{name}.gz" for pair in IDX_FILES.values() for name in pair])
-        parts = {part: ImageSet(_read_idx(_find_idx(raw, images)).unsqueeze(1), _read_idx(_find_idx(raw, labels)).long())
+        parts = {part: ImageSet(_read_idx(_find_idx(raw, images)).unsqueeze(1),
+                                _read_idx(_find_idx(raw, labels)).long())
                  for part, (images, labels) in IDX_FILES.items()}
         return RawData([str(c) for c in dataset.classes], parts)
 
@@ -51,7 +52,8 @@ def load_cifar(dataset: type[torchvision.datasets.CIFAR10]):
         try:  # torchvision checks every file's md5 before it unpickles the official batches
             splits = {part: dataset(str(data_dir), train=part == "train") for part in ("train", "test")}
         except RuntimeError as e:
-            raise CnnkitError(f"{folder} is incomplete or corrupt ({e}); delete it and run again to download it") from None
+            raise CnnkitError(f"{folder} is incomplete or corrupt ({e}); "
+                              "delete it and run again to download it") from None
         parts = {part: ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
                  for part, ds in splits.items()}
         return RawData(list(splits["train"].classes), parts)
@@ -76,7 +78,8 @@ def _download(dataset, data_dir: Path, wanted: list[str]) -> None:
     except Exception as e:  # urllib, socket and checksum errors all mean: the files are not here
         listing = "\n".join(f"  {w}" for w in wanted)
         raise CnnkitError(f"{dataset.__name__} is not in {data_dir} and could not be downloaded ({_last_line(e)}).\n"
-                          f"Put these files there, or pass --data-dir to the folder that holds them:\n{listing}") from None
+                          "Put these files there, or pass --data-dir to the folder that holds them:\n"
+                          f"{listing}") from None
 
 
 def _find_idx(raw: Path, name: str) -> Path | None:
