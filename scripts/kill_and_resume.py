@@ -32,12 +32,13 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / CHECKPOINT)["model"]
 
 
-def killed_and_resumed(settings: list[str], run: Path, kills: int, span: float, rng: random.Random) -> int:
+def killed_and_resumed(settings: list[str], run: Path, kills: int, startup: float, span: float,
+                       rng: random.Random) -> int:
     """Train, killing the process `kills` times at random moments and resuming each time; returns the
     number of kills that landed before the run finished."""
     process, landed = start([*settings, "--out", str(run)], run.parent), 0
     for _ in range(kills):
-        delay = rng.uniform(1, span)
+        delay = startup + rng.uniform(0, 2 * span / (kills + 2))  # on average a (kills+2)-th of the training
         time.sleep(delay)
         if process.poll() is not None:
             break
@@ -69,14 +70,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         reference = Path(tmp) / "reference"
         started = time.monotonic()
-        assert start([*settings, "--out", str(reference)], Path(tmp)).wait() == 0
-        span = time.monotonic() - started
+        process = start([*settings, "--out", str(reference)], Path(tmp))
+        while not (reference / "metrics.csv").exists():  # written once data and model are ready
+            time.sleep(0.05)
+        startup = time.monotonic() - started
+        assert process.wait() == 0
+        span = time.monotonic() - started - startup
         expected = final_weights(reference)
         total = 0
         for run_index in range(args.runs):
             run = Path(tmp) / f"run{run_index}"
             print(f"run {run_index + 1}:", flush=True)
-            total += killed_and_resumed(settings, run, args.kills, span / (args.kills / 2), random.Random(run_index))
+            total += killed_and_resumed(settings, run, args.kills, startup, span, random.Random(run_index))
             got = final_weights(run)
             same = all(torch.equal(expected[k], got[k]) for k in expected)
             print(f"  final weights bit-identical to the uninterrupted run: {same}", flush=True)

@@ -73,10 +73,11 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, refer
     assert_identical(tmp_path / "run", reference)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, reference):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, reference, sig):
     process = start([*SETTINGS, "--out", "run"], tmp_path)
     wait_for(tmp_path / "run" / "checkpoint.safetensors", process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     out, err = process.communicate()
     if process.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
