@@ -37,7 +37,8 @@ def create_model(name: str, in_channels: int, num_classes: int, image_size: int,
     """Build a registered model; unknown names, unknown options and too-small images get a clear message."""
     if name.startswith("custom:"):
         raise CnnkitError(f"this run trained a custom nn.Module ({name[7:]}), which cnnkit cannot rebuild by name; "
-                          f"in Python, pass an instance: cnnkit.load(run_dir, model={name[7:]}(...))")
+                          f"in Python, pass an instance: cnnkit.load(run_dir, model={name[7:]}(...)), "
+                          f"or cnnkit.resume(run_dir, model={name[7:]}(...))")
     check_model_name(name)
     builder = _BUILDERS[name]
     accepted = list(inspect.signature(builder).parameters)[3:]
