@@ -137,6 +137,7 @@ def test_symlinks_leading_outside_the_data_folder_are_not_followed(image_folder,
     assert "ignored 2 symbolic link(s) that lead outside" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns; cnnkit then refuses
 def test_a_decompression_bomb_is_refused_by_name(image_folder):
     from PIL import Image
 
