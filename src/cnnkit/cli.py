@@ -88,7 +88,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field; unset flags stay absent so a --config file's values survive."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = "" if "default" in f.metadata["help"] else f"(default: {f.default})"
+        shown = "default" in f.metadata["help"] or f.default is None  # None: "not set" needs no mention
+        default = "" if shown else f"(default: {f.default})"
         if field_type(f.name) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{f.metadata['help']} {default}")
