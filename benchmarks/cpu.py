@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import torch
+from tutorial_baselines import tutorial_cifar, tutorial_mnist
 
 import cnnkit
-from tutorial_baselines import tutorial_cifar, tutorial_mnist
 
 
 def timed_cnnkit(**settings) -> tuple[float, float]:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+from tutorial_baselines import tutorial_mnist
 
 import cnnkit
-from tutorial_baselines import tutorial_mnist
 
 
 def run_cnnkit(**settings) -> tuple[dict, float]:

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import save_image
 
 from cnnkit import CnnkitError
 from cnnkit.data import load_data
-from conftest import save_image
 
 
 def test_digits_are_embedded_and_split_stratified():
@@ -71,10 +71,10 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path):
     for part, n in (("train", 12), ("test", 4)):
         for label in ("a", "b"):
             for i in range(n):
-                save_image(tmp_path / part / label / f"{i}.png", rng.integers(0, 255, (20, 30), dtype=np.uint8))
+                save_image(tmp_path / part / label / f"{i}.png", rng.integers(0, 255, (120, 160), dtype=np.uint8))
     data = load_data(str(tmp_path), val_fraction=0.25, image_size=16)
     assert [len(data.splits[s]) for s in ("train", "val", "test")] == [18, 6, 8]
-    assert data.splits["test"].images.shape[1:] == (1, 16, 16)  # all grayscale: one channel
+    assert data.splits["test"].images.shape[1:] == (1, 16, 16)  # all grayscale: one channel; decoded on threads
 
 
 def test_broken_images_stop_the_run_with_a_listing(image_folder):

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import save_image
 from safetensors.torch import load_file
 from torch import nn
 
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig
-from conftest import save_image
 
 SUMMARY_KEYS = {"test_accuracy", "test_loss", "per_class_accuracy", "confusion_matrix", "classes", "epochs",
                 "train_seconds", "num_parameters"}

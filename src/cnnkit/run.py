@@ -23,8 +23,21 @@ from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model, num_parameters
 from cnnkit.models.whitening import whiten_first_conv
 from cnnkit.progress import say
-from cnnkit.rundir import (CONFIG, METRICS, MODEL_INFO, SUMMARY, WEIGHTS, MetricsLog, ensure_free_space, load_weights,
-                           new_run_dir, read_json, remove_if_empty, save_weights, write_json)
+from cnnkit.rundir import (
+    CONFIG,
+    METRICS,
+    MODEL_INFO,
+    SUMMARY,
+    WEIGHTS,
+    MetricsLog,
+    ensure_free_space,
+    load_weights,
+    new_run_dir,
+    read_json,
+    remove_if_empty,
+    save_weights,
+    write_json,
+)
 from cnnkit.training import TrainingInterrupted, compile_warmup, fit, stop_on_signals
 
 EVAL_BATCH = 1024

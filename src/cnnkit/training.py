@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import time
 import dataclasses
+import math
 import signal
 import threading
-from contextlib import contextmanager
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
