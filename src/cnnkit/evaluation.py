@@ -29,14 +29,17 @@ def predict_logits(model: nn.Module, batches: DeviceBatches, machine: Machine, t
     return torch.cat(logits), torch.cat(labels)
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """The test section of summary.json, as `train` writes it and `eval` recomputes it."""
     n = len(classes)
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n).cpu()  # rows: true, cols: predicted
     per_class = confusion.diag() / confusion.sum(1).clamp_min(1)
     return {
-        "loss": F.cross_entropy(logits, labels).item(),
-        "accuracy": (predicted == labels).float().mean().item(),
+        "test_accuracy": (predicted == labels).float().mean().item(),
+        "test_loss": F.cross_entropy(logits, labels).item(),
         "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, per_class.tolist())},
         "confusion_matrix": confusion.tolist(),
+        "classes": classes,
+        "num_test_images": len(labels),
     }

@@ -18,7 +18,7 @@ from cnnkit.data.images import DECODE_ERRORS, decode_image
 from cnnkit.data.loader import DeviceBatches, Normalize
 from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluation import classification_metrics, predict_logits
+from cnnkit.evaluation import predict_logits, test_metrics
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model, num_parameters
 from cnnkit.models.whitening import whiten_first_conv
@@ -69,10 +69,7 @@ class Run:
                             cfg.seed, cfg.skip_bad_images)
         test = self._conform(dataset.splits["test"], dataset.classes, data or cfg.data)
         logits, labels = predict_logits(self.model, self._batches(test), self.machine, cfg.tta)
-        metrics = classification_metrics(logits, labels, self.classes)
-        return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-                "per_class_accuracy": metrics["per_class_accuracy"], "confusion_matrix": metrics["confusion_matrix"],
-                "classes": self.classes, "num_test_images": len(test)}
+        return test_metrics(logits, labels, self.classes)
 
     def predict(self, paths: list[str | Path], top_k: int = 3) -> list[dict]:
         """For each image file: its top-k classes with probabilities, preprocessed exactly as in training."""
@@ -261,17 +258,15 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
     started = time.perf_counter()
     logits, labels = predict_logits(net, DeviceBatches(data.splits["test"], EVAL_BATCH, normalize, machine.device),
                                     machine, cfg.tta)
-    metrics = classification_metrics(logits, labels, data.classes)
+    metrics = test_metrics(logits, labels, data.classes)
     test_seconds = time.perf_counter() - started
     summary = {
-        "test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"],
-        "per_class_accuracy": metrics["per_class_accuracy"], "confusion_matrix": metrics["confusion_matrix"],
-        "classes": data.classes, "epochs": cfg.epochs, "best_epoch": progress["best_epoch"],
+        **metrics, "epochs": cfg.epochs, "best_epoch": progress["best_epoch"],
         "val_accuracy": progress["best_score"] if val_batches else None,
         "train_seconds": round(progress["train_seconds"], 3),
         "compile_seconds": round(compile_seconds, 3), "test_seconds": round(test_seconds, 3),
         "num_parameters": num_parameters(net), "num_train_images": len(data.splits["train"]),
-        "num_val_images": len(val), "num_test_images": len(data.splits["test"]), "data": cfg.data,
+        "num_val_images": len(val), "data": cfg.data,
         "model": cfg.model, "device": str(machine.device), "bf16": machine.bf16, "skipped_images": data.skipped,
         "cnnkit_version": __version__,
     }

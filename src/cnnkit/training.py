@@ -185,8 +185,8 @@ def train_steps(model, batches: DeviceBatches, optimizer, scheduler, loss_fn, ma
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
-            pos.first_bad_step = torch.where((torch.as_tensor(pos.first_bad_step) < 0) & ~loss.isfinite(),
-                                             pos.step, torch.as_tensor(pos.first_bad_step))
+            bad = torch.as_tensor(pos.first_bad_step, device=loss.device)  # recorded on the device: no sync
+            pos.first_bad_step = torch.where((bad < 0) & ~loss.isfinite(), pos.step, bad)
             pos.loss_sum = pos.loss_sum + loss.detach() * len(labels)
             pos.correct = pos.correct + (logits.argmax(1) == labels).sum()
             pos.seen += len(labels)
