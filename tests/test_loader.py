@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnkit.data.loader import DeviceBatches, Normalize, random_flip, random_translate
+from cnnkit.data.loader import DeviceBatches, Normalize, random_translate
 from cnnkit.data.sets import ImageSet
 
 
@@ -26,13 +26,20 @@ def test_translate_moves_each_image_by_at_most_the_padding():
     assert (moved.flatten(1).sum(1) == 255).all()  # the dot is never lost at this padding
 
 
-def test_flip_mirrors_about_half_of_the_images():
+def test_flip_alternates_each_image_between_epochs():
     images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(1000, 1, 1, 1)
-    flipped = random_flip(images, torch.Generator().manual_seed(0))
-    mirrored = (flipped == images.flip(3)).flatten(1).all(1)
-    unchanged = (flipped == images).flatten(1).all(1)
-    assert (mirrored ^ unchanged).all()
-    assert 400 < mirrored.sum() < 600
+    data = ImageSet(images, torch.arange(1000))
+    train = DeviceBatches(data, 100, Normalize([0.0], [1 / 255], torch.device("cpu")), torch.device("cpu"),
+                          shuffle=True, flip=True)
+    mirrored = []
+    for epoch in (1, 2, 3):
+        batches = list(train.iterate(train.new_order(), epoch=epoch))
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        is_mirror = (x == images[:1].flip(3).float()).flatten(1).all(1)
+        assert (is_mirror ^ (x == images[:1].float()).flatten(1).all(1)).all()  # mirrored or untouched
+        mirrored.append(torch.zeros(1000, dtype=torch.bool).index_put_((y,), is_mirror))
+    assert 400 < mirrored[0].sum() < 600  # a random half first
+    assert (mirrored[0] ^ mirrored[1]).all() and torch.equal(mirrored[0], mirrored[2])  # then the other half
 
 
 def test_normalize_gives_zero_mean_unit_std():

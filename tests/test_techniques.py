@@ -10,11 +10,13 @@ import torch
 
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig, create_model
+from cnnkit.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.data import load_data
 from cnnkit.data.loader import DeviceBatches, Normalize
 from cnnkit.evaluation import predict_logits
 from cnnkit.machine import pick_machine
 from cnnkit.models.whitening import whiten_first_conv
+from cnnkit.optimizers import build_optimizer, orthogonalize
 from cnnkit.training import fit
 
 
@@ -43,7 +45,7 @@ def test_whitening_refuses_a_first_layer_of_the_wrong_width():
         whiten_first_conv(create_model("simplecnn", 1, 10, 16), images)
 
 
-def test_flip_tta_averages_each_image_with_its_mirror():
+def test_tta_averages_mirrored_and_shifted_views():
     images, labels = normalized_digits(64)
     model = create_model("small-cnn", 1, 10, 16).eval()
     machine = pick_machine("cpu", "fp32")
@@ -52,8 +54,10 @@ def test_flip_tta_averages_each_image_with_its_mirror():
     plain, _ = predict_logits(model, batches, machine)
     averaged, _ = predict_logits(model, batches, machine, tta=True)
     x = torch.cat([x for x, _ in batches])
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [(1 / 2, x), (1 / 4, padded[..., :16, :16]), (1 / 4, padded[..., 2:, 2:])]  # unshifted, shifted
     with torch.no_grad():
-        expected = (model(x) + model(x.flip(3))) / 2
+        expected = sum(weight * (model(v) + model(v.flip(3))) / 2 for weight, v in views)
     assert torch.allclose(averaged, expected, atol=1e-5) and not torch.allclose(averaged, plain)
 
 
@@ -96,14 +100,82 @@ def test_mnist_fast_preset_reaches_99_percent(shared_data, tmp_path):
 
 
 def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folder, tmp_path):
-    run = cnnkit.train(data=str(image_folder), model="fastcnn", whiten=True, ema=0.9, tta=True, epochs=6,
+    run = cnnkit.train(data=str(image_folder), model="fastcnn", whiten=True, ema=0.9, tta=True, epochs=10,
                        batch_size=16, optimizer="sgd", lr=0.05, nesterov=True, out=str(tmp_path / "run"))
     assert run.summary["test_accuracy"] >= 0.9
     assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
 
 
-def test_compiled_training_reports_its_warm_up_and_saves_plain_weights(tmp_path):
-    run = cnnkit.train(compile=True, epochs=1, out=str(tmp_path / "run"))
+def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp_path, monkeypatch):
+    warm_up = cnnkit.run.compile_warmup
+
+    def then_forbid_compiling(*args):
+        seconds = warm_up(*args)
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # the clock runs from here on
+        return seconds
+
+    monkeypatch.setattr(cnnkit.run, "compile_warmup", then_forbid_compiling)
+    # one channel, test-time augmentation and partial last batches: every layout and size the passes meet
+    run = cnnkit.train(compile=True, epochs=2, tta=True, model="fastcnn-small", image_size=16,
+                       out=str(tmp_path / "run"))
     summary = run.summary
     assert summary["compile_seconds"] > 0 and summary["test_accuracy"] > 0.5
     assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+def test_muon_orthogonalizes_an_update_keeping_its_directions():
+    torch.manual_seed(0)
+    gradient = torch.randn(64, 576) * torch.logspace(0, 1, 64)[:, None]  # singular values spread over 10x
+    update = orthogonalize(gradient)
+    singular_values = torch.linalg.svdvals(update)
+    assert singular_values.min() > 0.5 and singular_values.max() < 1.5  # every direction a similar step
+    u, _, v = torch.linalg.svd(gradient, full_matrices=False)
+    assert torch.nn.functional.cosine_similarity(update.flatten(), (u @ v).flatten(), 0) > 0.95
+
+
+def test_muon_trains_filters_at_fixed_norm_and_the_rest_by_sgd():
+    data = load_data("digits", image_size=16)
+    machine = pick_machine("cpu", "fp32")
+    train = DeviceBatches(data.splits["train"], 64, Normalize(data.mean, data.std, machine.device), machine.device,
+                          shuffle=True)
+    torch.manual_seed(0)
+    model = create_model("fastcnn-small", 1, 10, 16)
+    whiten_first_conv(model, normalized_digits()[0])
+    cfg = TrainConfig(epochs=3, optimizer="muon", muon_lr=0.2, lr=0.05, head_lr=0.01, momentum=0.85, nesterov=True,
+                      label_smoothing=0.1, weight_decay=5e-4)
+    optimizer = build_optimizer(model, cfg)
+    muon, biases, head = optimizer.param_groups
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad]
+    assert muon["orthogonalize"] and {id(p) for p in muon["params"]} == {id(p) for p in convs}  # not the stem
+    assert not biases["orthogonalize"] and all(p.ndim == 1 for p in biases["params"])
+    assert head["params"] == [model.classifier.weight] and head["lr"] == 0.01
+    for _ in fit(model, train, None, cfg, machine):
+        pass
+    test = data.splits["test"]
+    logits, labels = predict_logits(model, DeviceBatches(test, 256, train.normalize, machine.device), machine)
+    assert (logits.argmax(1) == labels).float().mean() > 0.9
+    for w in convs:  # normalised before each step, so each bank ends within one step of sqrt(out_channels)
+        assert w.norm().item() == pytest.approx(len(w) ** 0.5, rel=0.1)
+
+
+def test_muon_state_survives_a_checkpoint(tmp_path):
+    model = create_model("fastcnn-small", 3, 10, 16)
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8)
+
+    def step(optimizer):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    cfg = TrainConfig(optimizer="muon", nesterov=True)
+    optimizer = build_optimizer(model, cfg)
+    step(optimizer)
+    save_checkpoint(tmp_path / "c.safetensors", {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    step(optimizer)
+    expected = [p.detach().clone() for p in model.parameters()]
+    state = load_checkpoint(tmp_path / "c.safetensors")
+    model.load_state_dict(state["model"])
+    restored = build_optimizer(model, cfg)
+    restored.load_state_dict(state["optimizer"])
+    step(restored)
+    assert all(torch.equal(p, e) for p, e in zip(model.parameters(), expected))

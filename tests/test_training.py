@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cnnkit import TrainConfig, create_model
-from cnnkit.training import build_optimizer, lr_factor
+from cnnkit.optimizers import build_optimizer
+from cnnkit.training import lr_factor
 
 
 def curve(schedule: str, warmup: float, total: int = 100) -> list[float]:
@@ -36,3 +37,11 @@ def test_weight_decay_spares_biases_and_norms():
         assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
         assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in spared["params"])
     assert build_optimizer(model, TrainConfig(optimizer="sgd", nesterov=True)).defaults["nesterov"]
+
+
+def test_the_classifier_head_can_have_its_own_rate():
+    model = create_model("simplecnn", 1, 10, 28)
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, head_lr=0.1))
+    head = optimizer.param_groups[-1]
+    assert head["lr"] == 0.1 and {id(p) for p in head["params"]} == {id(p) for p in model.classifier[-1].parameters()}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))

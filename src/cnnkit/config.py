@@ -17,7 +17,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.models import check_model_name
 from cnnkit.presets import preset_settings
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "muon")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -51,17 +51,22 @@ class TrainConfig:
     # optimisation
     epochs: int = _knob(15, "passes over the training split")
     batch_size: int = _knob(32, "images per training step")
-    optimizer: str = _knob("adamw", "one of " + ", ".join(OPTIMIZERS))
+    optimizer: str = _knob("adamw", "one of " + ", ".join(OPTIMIZERS) + " (muon: Muon for the hidden conv and linear "
+                                     "weights, sgd for biases, norms and the classifier head)")
     lr: float = _knob(3e-3, "peak learning rate")
-    momentum: float = _knob(0.9, "momentum for sgd and rmsprop")
-    nesterov: bool = _knob(False, "Nesterov momentum for sgd")
+    head_lr: float | None = _knob(None, "peak learning rate of the classifier head (default: --lr)")
+    momentum: float = _knob(0.9, "momentum for sgd, rmsprop and muon's sgd part")
+    nesterov: bool = _knob(False, "Nesterov momentum for sgd and muon")
+    muon_lr: float = _knob(0.24, "with --optimizer muon: peak learning rate of the Muon-trained weights")
+    muon_momentum: float = _knob(0.6, "with --optimizer muon: momentum of the Muon-trained weights")
     weight_decay: float = _knob(0.01, "weight decay on conv and linear weights (not on biases or norms)")
     schedule: str = _knob("onecycle", "learning-rate schedule: one of " + ", ".join(SCHEDULES))
     warmup: float | None = _knob(None, "share of steps spent warming up linearly (default: 0.25 for onecycle, else 0)")
     label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")
     ema: float = _knob(0.0, "evaluate and keep a moving average of the weights with this decay per step, "
                             "e.g. 0.999 (0: off)")
-    tta: bool = _knob(False, "test-time augmentation: average the predictions for each image and its mirror image")
+    tta: bool = _knob(False, "test-time augmentation: average the predictions over each image, its mirror image "
+                             "and copies shifted by a pixel (6 views)")
     # machine
     device: str = _knob("auto", "one of " + ", ".join(DEVICES) + " (auto: cuda, then mps, then cpu)")
     precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS)
@@ -79,7 +84,10 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
         _require(self.lr > 0, "lr", self.lr, "must be a positive number, e.g. 0.001")
+        _require(self.head_lr is None or self.head_lr > 0, "head_lr", self.head_lr, "must be a positive number")
+        _require(self.muon_lr > 0, "muon_lr", self.muon_lr, "must be a positive number, e.g. 0.2")
         _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
+        _require(0 <= self.muon_momentum < 1, "muon_momentum", self.muon_momentum, "must be in [0, 1)")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be 0 or more")
         _require(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1), e.g. 0.999")
         _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "must be in [0, 1)")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.data.loader import DeviceBatches
+from cnnkit.data.loader import DeviceBatches, laid_out
 from cnnkit.machine import Machine
 
 
@@ -14,19 +14,29 @@ from cnnkit.machine import Machine
 def predict_logits(model: nn.Module, batches: DeviceBatches, machine: Machine, tta: bool = False):
     """All logits (float32) and labels of an evaluation pass, still on the device.
 
-    With `tta`, each image's logits are averaged with its mirror image's: a free gain for data
-    whose classes do not depend on left and right (photos, not digits).
+    With `tta`, each image's logits are averaged over six views (airbench): the image and two copies
+    shifted by one pixel (up-left, down-right), each with its mirror image; the unshifted pair counts
+    half. A free gain for data whose classes do not depend on left and right (photos, not digits).
     """
     model.eval()
     logits, labels = [], []
     for images, y in batches:
         with machine.autocast():
-            out = model(images).float()
+            out = _mirror_average(model, images, machine) if tta else model(images).float()
             if tta:
-                out = (out + model(images.flip(3)).float()) / 2
+                padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+                h, w = images.shape[-2:]
+                shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+                out = (out + sum(_mirror_average(model, s, machine) for s in shifted) / 2) / 2
         logits.append(out)
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
+
+
+def _mirror_average(model: nn.Module, images: torch.Tensor, machine: Machine) -> torch.Tensor:
+    # every view in the batches' own memory layout: a compiled model would recompile for other strides
+    views = [laid_out(v.shape, v.device, machine.memory_format).copy_(v) for v in (images, images.flip(3))]
+    return sum(model(v).float() for v in views) / 2
 
 
 def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:

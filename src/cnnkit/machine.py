@@ -15,8 +15,17 @@ class Machine:
     bf16: bool  # autocast matmuls and convs to bfloat16: tensor cores, half the memory traffic
     channels_last: bool  # NHWC lets cuDNN and oneDNN pick their fastest convolution kernels
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def sync(self) -> None:
+        """Wait for queued GPU work: a clock read without it times the queuing, not the computing."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def pick_machine(device: str = "auto", precision: str = "auto") -> Machine:

@@ -84,7 +84,7 @@ class Run:
                 for path, ps, ix in zip(paths, probs, index)]
 
     def _batches(self, data: ImageSet) -> DeviceBatches:
-        normalize = Normalize(self.info["mean"], self.info["std"], self.machine.device, self.machine.channels_last)
+        normalize = Normalize(self.info["mean"], self.info["std"], self.machine.device, self.machine.memory_format)
         return DeviceBatches(data, EVAL_BATCH, normalize, self.machine.device)
 
     def _read_image(self, path: Path) -> torch.Tensor:
@@ -172,7 +172,7 @@ def _run(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_
          resume_state: dict | None = None) -> Run:
     # weights, plus a checkpoint with optimiser moments and a weight average, each written beside the last
     ensure_free_space(run_dir, 8 * 4 * num_parameters(net) + 8 * len(data.splits["train"]))
-    net.to(machine.device, memory_format=torch.channels_last if machine.channels_last else torch.preserve_format)
+    net.to(machine.device, memory_format=machine.memory_format)
     try:
         summary = _train_and_test(net, data, cfg, machine, run_dir, info, resume_state)
     except TrainingInterrupted as e:
@@ -194,7 +194,7 @@ def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "aut
     net = model if model is not None else create_model(info["model"], info["in_channels"], len(info["classes"]),
                                                        info["image_size"], **info["model_options"])
     load_weights(net, run_dir / WEIGHTS)
-    net.to(machine.device, memory_format=torch.channels_last if machine.channels_last else torch.preserve_format)
+    net.to(machine.device, memory_format=machine.memory_format)
     return Run(run_dir, net.eval(), info, config, machine)
 
 
@@ -225,7 +225,7 @@ def _model_info(cfg: TrainConfig, data: Dataset, net: nn.Module) -> dict:
 
 def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path, info: dict,
                     resume_state: dict | None) -> dict:
-    normalize = Normalize(data.mean, data.std, machine.device, machine.channels_last)
+    normalize = Normalize(data.mean, data.std, machine.device, machine.memory_format)
     train_batches = DeviceBatches(data.splits["train"], cfg.batch_size, normalize, machine.device, shuffle=True,
                                   translate=cfg.translate, flip=cfg.flip, seed=cfg.seed)
     val = data.splits["val"]
@@ -234,8 +234,9 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
     step_model = torch.compile(net) if cfg.compile else net  # weights stay shared with `net`
     compile_seconds = 0.0
     if cfg.compile:  # compiled before the clock starts, and reported on its own
-        compile_seconds = compile_warmup(step_model, data.splits["train"], normalize, [cfg.batch_size, EVAL_BATCH],
-                                         machine)
+        train_size = min(cfg.batch_size, len(data.splits["train"]))
+        compile_seconds = compile_warmup(step_model, data.splits["train"], normalize, train_size,
+                                         _eval_batch_sizes(data), machine, cfg.tta)
         say(f"compiled the model in {compile_seconds:.1f}s")
     first_epoch = resume_state["position"]["epoch"] if resume_state else 1
     log = MetricsLog(run_dir / METRICS, keep_before_epoch=first_epoch)
@@ -256,8 +257,8 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
                 save_weights(kept, run_dir / WEIGHTS)  # best-by-validation weights, on disk as soon as they exist
     load_weights(net, run_dir / WEIGHTS)
     started = time.perf_counter()
-    logits, labels = predict_logits(net, DeviceBatches(data.splits["test"], EVAL_BATCH, normalize, machine.device),
-                                    machine, cfg.tta)
+    test_batches = DeviceBatches(data.splits["test"], EVAL_BATCH, normalize, machine.device)
+    logits, labels = predict_logits(step_model, test_batches, machine, cfg.tta)
     metrics = test_metrics(logits, labels, data.classes)
     test_seconds = time.perf_counter() - started
     summary = {
@@ -272,6 +273,12 @@ def _train_and_test(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Ma
     }
     write_json(run_dir / SUMMARY, summary)
     return summary
+
+
+def _eval_batch_sizes(data: Dataset) -> set[int]:
+    """Every batch size the validation and test passes will see: full batches and each split's remainder."""
+    sizes = {len(data.splits[s]) for s in ("val", "test")} - {0}
+    return {size for n in sizes for size in (min(n, EVAL_BATCH), n % EVAL_BATCH)} - {0}
 
 
 def _announce(net: nn.Module, data: Dataset, cfg: TrainConfig, machine: Machine, run_dir: Path) -> None:

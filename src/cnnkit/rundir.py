@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cnnkit.errors import CnnkitError
-from cnnkit.models import unwrap
+from cnnkit.models import classifier_head, unwrap
 
 CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY = (
     "config.yaml", "model.json", "metrics.csv", "weights.safetensors", "summary.json")
@@ -129,9 +129,9 @@ def load_weights(model: nn.Module, path: Path, remake_head: bool = False) -> lis
 
 
 def _head_names(model: nn.Module) -> list[str]:
-    """The parameter names of the last linear layer: the classifier head."""
-    linears = [name for name, m in unwrap(model).named_modules() if isinstance(m, nn.Linear)]
-    return [f"{linears[-1]}.weight", f"{linears[-1]}.bias"] if linears else []
+    head = classifier_head(model)
+    name = next((n for n, m in unwrap(model).named_modules() if m is head), None)
+    return [f"{name}.weight", f"{name}.bias"] if head is not None else []
 
 
 class MetricsLog:

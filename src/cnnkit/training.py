@@ -23,6 +23,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import predict_logits
 from cnnkit.machine import Machine
 from cnnkit.models import unwrap
+from cnnkit.optimizers import build_optimizer
 from cnnkit.progress import bar, say
 
 ONECYCLE_WARMUP = 0.25  # share of steps a one-cycle schedule spends rising to the peak rate, by default
@@ -38,20 +39,6 @@ class EpochResult:
     val_accuracy: float | None
     lr: float
     seconds: float
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # weight decay on conv and linear weights only: decaying biases and norm scales just hurts
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def lr_factor(schedule: str, warmup: float, total_steps: int, step: int) -> float:
@@ -171,7 +158,7 @@ def train_steps(model, batches: DeviceBatches, optimizer, scheduler, loss_fn, ma
     started = time.perf_counter()
     with bar(len(batches), f"epoch {pos.epoch}/{cfg.epochs}", unit="batch") as progress:
         progress.update(pos.step)
-        for images, labels in batches.iterate(pos.order, pos.step):
+        for images, labels in batches.iterate(pos.order, pos.step, pos.epoch):
             with machine.autocast():
                 logits = model(images)
                 loss = loss_fn(logits, labels)
@@ -197,9 +184,11 @@ def train_steps(model, batches: DeviceBatches, optimizer, scheduler, loss_fn, ma
             asked_to_stop = stop is not None and stop.is_set()
             due = cfg.checkpoint_every and scheduler.last_epoch % cfg.checkpoint_every == 0
             if asked_to_stop or (due and pos.step < len(batches)):
+                machine.sync()
                 pos.seconds += time.perf_counter() - started
                 yield asked_to_stop
                 started = time.perf_counter()
+    machine.sync()
     pos.seconds += time.perf_counter() - started
 
 
@@ -244,23 +233,24 @@ def _restore(state: dict, parts: dict, train: DeviceBatches) -> Position:
     return pos
 
 
-def compile_warmup(model: nn.Module, data: ImageSet, normalize: Normalize, batch_sizes: list[int],
-                   machine: Machine) -> float:
-    """Let torch.compile compile before the clock starts: a training and an evaluation step per batch
-    shape, whose effects on weights, norm statistics and gradients are undone. Returns the seconds spent."""
+def compile_warmup(model: nn.Module, data: ImageSet, normalize: Normalize, train_size: int, eval_sizes: set[int],
+                   machine: Machine, tta: bool) -> float:
+    """Let torch.compile compile before the clock starts: a training step at the training batch size and
+    the evaluation pass at every evaluation batch size, whose effects on weights, norm statistics and
+    gradients are undone. Returns the seconds spent."""
     started = time.perf_counter()
     saved = {k: v.clone() for k, v in unwrap(model).state_dict().items()}
-    for size in batch_sizes:
-        images = normalize(data.images[:size].to(machine.device))
-        labels = data.labels[:size].to(machine.device)
-        model.train()
-        with machine.autocast():
-            nn.functional.cross_entropy(model(images), labels).backward()
-        model.eval()
-        with torch.no_grad(), machine.autocast():
-            model(images)
+
+    def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.arange(size) % len(data)
+        return normalize(data.images[index].to(machine.device)), data.labels[index].to(machine.device)
+
+    model.train()
+    images, labels = batch(train_size)
+    with machine.autocast():
+        nn.functional.cross_entropy(model(images), labels).backward()
+    predict_logits(model, [batch(size) for size in sorted(eval_sizes)], machine, tta)
     model.zero_grad(set_to_none=True)
     unwrap(model).load_state_dict(saved)
-    if machine.device.type == "cuda":
-        torch.cuda.synchronize()
+    machine.sync()
     return time.perf_counter() - started

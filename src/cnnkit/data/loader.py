@@ -16,23 +16,30 @@ from cnnkit.data.sets import ImageSet
 class Normalize:
     """uint8 (N, C, H, W) -> float, scaled to zero mean and unit std per channel in one fused multiply-add."""
 
-    def __init__(self, mean: list[float], std: list[float], device: torch.device, channels_last: bool = False):
+    def __init__(self, mean: list[float], std: list[float], device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.scale = 1 / (255 * std_t)
         self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = memory_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.shift, images.float(), self.scale)
-        return x.contiguous(memory_format=self.memory_format)
+        out = laid_out(images.shape, images.device, self.memory_format)
+        return torch.addcmul(self.shift, images, self.scale, out=out)
+
+
+def laid_out(shape: torch.Size, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
+    """An empty float batch with the strides of `memory_format`, even where one channel makes two layouts
+    equivalent: a compiled model recompiles for any other strides."""
+    return torch.empty(shape, device=device, memory_format=memory_format)
 
 
 def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding, a different shift per image, as one gather over the padded batch."""
+    """Random crop with mirrored borders, a different shift per image, as one gather over the padded batch."""
     if pad == 0:
         return images
     n, _, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")  # no black edges to learn
     dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), device=images.device, generator=generator)
     rows = dy + torch.arange(h, device=images.device)  # (n, h)
     cols = dx + torch.arange(w, device=images.device)  # (n, w)
@@ -40,9 +47,8 @@ def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator)
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (n, h, w, c) -> (n, c, h, w)
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+def mirror_where(images: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
+    return torch.where(mirror.view(-1, 1, 1, 1), images.flip(3), images)
 
 
 class DeviceBatches:
@@ -55,6 +61,10 @@ class DeviceBatches:
         self.batch_size, self.normalize, self.shuffle = batch_size, normalize, shuffle
         self.translate, self.flip = translate, flip
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        # alternating flip (airbench): each image is mirrored in every other epoch, a random half first, so
+        # two epochs show every image both ways instead of each way by chance; it trains faster than coin flips
+        n = len(self.labels)
+        self.mirror_first = torch.rand(n, device=device, generator=self.generator) < 0.5 if flip else None
 
     def _stop(self) -> int:
         """Training drops the last partial batch: a batch of one breaks batch norm and a tiny one is noise."""
@@ -69,13 +79,15 @@ class DeviceBatches:
         n = len(self.labels)
         return torch.randperm(n, device=self.labels.device, generator=self.generator) if self.shuffle else None
 
-    def iterate(self, order: torch.Tensor | None, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in `order` from batch `start_step` on: a resumed epoch picks up exactly where it stopped."""
+    def iterate(self, order: torch.Tensor | None, start_step: int = 0,
+                epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s batches in `order` from batch `start_step` on: a resumed epoch picks up exactly
+        where it stopped."""
         for start in range(start_step * self.batch_size, self._stop(), self.batch_size):
             index = slice(start, start + self.batch_size) if order is None else order[start: start + self.batch_size]
             images, labels = self.images[index], self.labels[index]
             images = random_translate(images, self.translate, self.generator) if self.translate else images
-            images = random_flip(images, self.generator) if self.flip else images
+            images = mirror_where(images, self.mirror_first[index] ^ (epoch % 2 == 0)) if self.flip else images
             yield self.normalize(images), labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -84,6 +84,12 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def classifier_head(model: nn.Module) -> nn.Module | None:
+    """The last linear layer: the classifier head (remade for a new class count, given its own rate)."""
+    linears = [m for m in unwrap(model).modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def _smallest_size(builder, in_channels: int, num_classes: int) -> int:
     for size in range(4, 257):
         try:

@@ -1,0 +1,90 @@
+"""Optimisers: PyTorch's own, plus Muon for convolution filters (the optimiser of the CIFAR-10 speed records).
+
+Muon (Keller Jordan, 2024) replaces each filter bank's momentum by the nearest semi-orthogonal matrix:
+every direction of the update gets the same size, so rare but useful directions are learned as fast as
+the dominant ones. That, not more epochs, is what lets airbench reach 94% in 8 passes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnkit.config import TrainConfig
+from cnnkit.errors import CnnkitError
+from cnnkit.models import classifier_head
+
+# quintic Newton-Schulz coefficients chosen for the steepest slope at zero: three iterations push every
+# singular value into roughly [0.5, 1.5], which trains as well as exact orthogonalisation (Muon's write-up)
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(matrix: torch.Tensor, steps: int = 3) -> torch.Tensor:
+    """Approximately U V^T for matrix = U S V^T: the same directions with all singular values near 1."""
+    a, b, c = NEWTON_SCHULZ
+    x = matrix.float() / (matrix.norm() + 1e-7)  # singular values <= 1, where the iteration converges
+    wide = x.shape[0] <= x.shape[1]
+    x = x if wide else x.T  # iterate on the smaller Gram matrix
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).to(matrix.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the groups marked `orthogonalize=True`, Nesterov SGD (with coupled weight decay) for the rest.
+
+    One optimiser for both keeps one learning-rate schedule and one state to checkpoint. In Muon groups
+    each filter bank is kept at norm sqrt(out_channels) (airbench): its scale is irrelevant before batch
+    norm, and a fixed norm makes `lr` a fixed relative step size for the whole run.
+    """
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool = True):
+        super().__init__(groups, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0,
+                                  "orthogonalize": False})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=decay) if decay else p.grad
+                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buffer.mul_(momentum).add_(grad)
+                update = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+                if group["orthogonalize"]:
+                    p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
+                    update = orthogonalize(update.reshape(len(p), -1)).view_as(p)
+                p.add_(update, alpha=-lr)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    head = _head_parameters(model) if cfg.head_lr is not None or cfg.optimizer == "muon" else []
+    in_head = {id(p) for p in head}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_head]
+    # weight decay on conv and linear weights only: decaying biases and norm scales just hurts
+    groups = [{"params": [p for p in rest if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}]
+    if head:
+        groups.append({"params": head, "weight_decay": cfg.weight_decay,
+                       "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr})
+    if cfg.optimizer == "muon":  # hidden weights by Muon; biases, norms and the head by Nesterov SGD
+        groups[0] = {"params": groups[0]["params"], "orthogonalize": True, "lr": cfg.muon_lr,
+                     "momentum": cfg.muon_momentum}
+        return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    head = classifier_head(model)
+    if head is None:
+        raise CnnkitError("--head-lr and --optimizer muon need a model that ends in a linear layer (nn.Linear)")
+    return [p for p in head.parameters() if p.requires_grad]
