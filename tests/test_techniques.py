@@ -148,6 +148,7 @@ def test_muon_trains_filters_at_fixed_norm_and_the_rest_by_sgd():
     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad]
     assert muon["orthogonalize"] and {id(p) for p in muon["params"]} == {id(p) for p in convs}  # not the stem
     assert not biases["orthogonalize"] and all(p.ndim == 1 for p in biases["params"])
+    assert biases["weight_decay"] == head["weight_decay"] == 5e-4 and muon["weight_decay"] == 0  # as airbench
     assert head["params"] == [model.classifier.weight] and head["lr"] == 0.01
     for _ in fit(model, train, None, cfg, machine):
         pass

@@ -59,7 +59,8 @@ class TrainConfig:
     nesterov: bool = _knob(False, "Nesterov momentum for sgd and muon")
     muon_lr: float = _knob(0.24, "with --optimizer muon: peak learning rate of the Muon-trained weights")
     muon_momentum: float = _knob(0.6, "with --optimizer muon: momentum of the Muon-trained weights")
-    weight_decay: float = _knob(0.01, "weight decay on conv and linear weights (not on biases or norms)")
+    weight_decay: float = _knob(0.01, "weight decay on conv and linear weights, not on biases or norms (muon: the "
+                                      "share of each bias, norm and head weight decayed per step at the peak rate)")
     schedule: str = _knob("onecycle", "learning-rate schedule: one of " + ", ".join(SCHEDULES))
     warmup: float | None = _knob(None, "share of steps spent warming up linearly (default: 0.25 for onecycle, else 0)")
     label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")

@@ -36,6 +36,8 @@ def pick_machine(device: str = "auto", precision: str = "auto") -> Machine:
     if device == "mps" and not torch.backends.mps.is_available():
         raise CnnkitError("--device mps was asked for, but this machine has no Apple GPU; use --device auto or cpu")
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # batch shapes are fixed: time cuDNN's algorithms once, keep the best
     # channels-last is faster for convolutions on both cuDNN and oneDNN (measured: 1.3-2x on a 2-core EPYC)
     return Machine(torch.device(device), bf16, channels_last=device in ("cuda", "cpu"))
 

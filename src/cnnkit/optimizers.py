@@ -32,21 +32,25 @@ def orthogonalize(matrix: torch.Tensor, steps: int = 3) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for the groups marked `orthogonalize=True`, Nesterov SGD (with coupled weight decay) for the rest.
+    """Muon for the groups marked `orthogonalize=True`, Nesterov SGD for the rest.
 
     One optimiser for both keeps one learning-rate schedule and one state to checkpoint. In Muon groups
     each filter bank is kept at norm sqrt(out_channels) (airbench): its scale is irrelevant before batch
-    norm, and a fixed norm makes `lr` a fixed relative step size for the whole run.
+    norm, and a fixed norm makes `lr` a fixed relative step size for the whole run. In SGD groups
+    `weight_decay` is the share of each weight decayed per step at the group's peak rate (airbench's
+    decay), so groups of very different rates decay alike.
     """
 
     def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool = True):
         super().__init__(groups, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0,
                                   "orthogonalize": False})
+        for group in self.param_groups:
+            group["peak_lr"] = group["lr"]
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"] / group["peak_lr"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -73,6 +77,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "muon":  # hidden weights by Muon; biases, norms and the head by Nesterov SGD
         groups[0] = {"params": groups[0]["params"], "orthogonalize": True, "lr": cfg.muon_lr,
                      "momentum": cfg.muon_momentum}
+        groups[1]["weight_decay"] = cfg.weight_decay  # airbench decays biases too
         return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
