@@ -22,15 +22,16 @@ def predict_logits(model: nn.Module, batches: DeviceBatches, machine: Machine, t
     logits, labels = [], []
     for images, y in batches:
         with machine.autocast():
-            out = _mirror_average(model, images, machine) if tta else model(images).float()
-            if tta:
-                padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
-                h, w = images.shape[-2:]
-                shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-                out = (out + sum(_mirror_average(model, s, machine) for s in shifted) / 2) / 2
-        logits.append(out)
+            logits.append(_six_view_average(model, images, machine) if tta else model(images).float())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
+
+
+def _six_view_average(model: nn.Module, images: torch.Tensor, machine: Machine) -> torch.Tensor:
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    h, w = images.shape[-2:]
+    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+    return (_mirror_average(model, images, machine) + sum(_mirror_average(model, s, machine) for s in shifted) / 2) / 2
 
 
 def _mirror_average(model: nn.Module, images: torch.Tensor, machine: Machine) -> torch.Tensor:

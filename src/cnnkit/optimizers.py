@@ -2,7 +2,7 @@
 
 Muon (Keller Jordan, 2024) replaces each filter bank's momentum by the nearest semi-orthogonal matrix:
 every direction of the update gets the same size, so rare but useful directions are learned as fast as
-the dominant ones. That, not more epochs, is what lets airbench reach 94% in 8 passes.
+the dominant ones. It lets airbench94_muon reach 94% in 8 passes, fewer than its SGD predecessor needs.
 """
 
 from __future__ import annotations
