@@ -21,7 +21,8 @@ import cnnkit
 from cnnkit import CnnkitError
 from cnnkit.checkpoint import load_checkpoint
 
-SETTINGS = ["--epochs", "3", "--checkpoint-every", "3", "--batch-size", "16"]  # ~80 steps an epoch
+SETTINGS = ["--epochs", "3", "--checkpoint-every", "3", "--batch-size", "16",  # ~80 steps an epoch
+            "--flip"]  # flips alternate by epoch: a resumed epoch must mirror the same images
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
