@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The whole GPU benchmark of issue 3 in one device call: the records and cnnkit on the same data, same card.
+# The GPU benchmark of issue 3: the records and cnnkit on the same data, on the same card, in one call.
 #
-#   bash benchmarks/gpu_session.sh pack   # here: fills the ignored .devdata/ (data + the records' scripts)
-#   bash benchmarks/gpu_session.sh run    # there, through the device tool with carry [".devdata"]
+#   bash benchmarks/gpu_session.sh pack    # here: fills the ignored .devdata/ (data + the records' scripts)
+#   bash benchmarks/gpu_session.sh cifar   # there, through the device tool with carry [".devdata"], 600 s
+#   bash benchmarks/gpu_session.sh mnist   # there, in a second call (same carry)
 #
 # pack needs ../shared/data and the two record repositories fetched into /work/.mirror (the `fetch` tool:
 # github:hiverge/cifar10-speedrun and github:KellerJordan/cifar10-airbench). Their scripts are only
 # carried to the device, with the number of runs cut down, never added to the project.
-# run writes every log to $OUT and prints a summary last; each part has its own time limit, so one that
-# hangs cannot take the others' time.
+# cifar and mnist write every log to $OUT and print a summary last; each part has its own time limit, so
+# one that hangs cannot take the others' time (max-autotune compilation makes the records slow to start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,22 +25,29 @@ pack() {
   du -sh .devdata
 }
 
-run() {
+unpack() {
   export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 CNNKIT_CACHE=/tmp/cnnkit-cache
-  local out=${OUT:-/tmp/out} data=/tmp/data
-  mkdir -p "$out" "$data" /tmp/records
+  out=${OUT:-/tmp/out} data=/tmp/data
+  mkdir -p "$out" "$data"
   nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv | tee "$out/gpu.txt" || true
-  tar -xzf .devdata/cifar10-jpeg.tar.gz -C "$data"
-  tar -xzf .devdata/mnist.tar.gz -C "$data"
+  tar -xzf ".devdata/$1.tar.gz" -C "$data"
+}
+
+cifar() {
+  unpack cifar10-jpeg
+  mkdir -p /tmp/records
   python3 benchmarks/records_data.py "$data/cifar10-jpeg" /tmp/records/cifar10 | tee "$out/records_data.txt"
-  (cd /tmp/records && timeout 150 python3 "$OLDPWD/.devdata/cifar10_speedrun.py") > "$out/hiverge.log" 2>&1 || true
-  (cd /tmp/records && timeout 150 python3 "$OLDPWD/.devdata/airbench94_muon.py") > "$out/airbench.log" 2>&1 || true
+  (cd /tmp/records && timeout 180 python3 "$OLDPWD/.devdata/cifar10_speedrun.py") > "$out/hiverge.log" 2>&1 || true
+  (cd /tmp/records && timeout 160 python3 "$OLDPWD/.devdata/airbench94_muon.py") > "$out/airbench.log" 2>&1 || true
   timeout 200 python3 benchmarks/gpu.py cifar --data "$data" --runs 5 --compile > "$out/cnnkit_cifar.log" 2>&1 || true
-  timeout 90 python3 benchmarks/gpu.py mnist --data "$data" > "$out/cnnkit_mnist.log" 2>&1 || true
   echo "== hiverge cifar10_speedrun (8 runs)"; grep -E "Accuracies|Times" "$out/hiverge.log" || tail -5 "$out/hiverge.log"
   echo "== airbench94_muon (10 runs)"; grep -E "^Mean" "$out/airbench.log" || tail -5 "$out/airbench.log"
   echo "== cnnkit cifar10-fast"; tail -7 "$out/cnnkit_cifar.log"
-  echo "== cnnkit mnist"; tail -6 "$out/cnnkit_mnist.log"
 }
 
-"${1:?usage: gpu_session.sh pack|run}"
+mnist() {
+  unpack mnist
+  timeout 300 python3 benchmarks/gpu.py mnist --data "$data" 2>&1 | tee "$out/cnnkit_mnist.log"
+}
+
+"${1:?usage: gpu_session.sh pack|cifar|mnist}"
