@@ -55,7 +55,10 @@ class Muon(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 grad = p.grad.add(p, alpha=decay) if decay else p.grad
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # not setdefault: that would allocate zeros every step
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffer = state["momentum_buffer"]
                 buffer.mul_(momentum).add_(grad)
                 update = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
                 if group["orthogonalize"]:
