@@ -34,11 +34,13 @@ def main() -> None:
     parser.add_argument("job", choices=["mnist", "cifar"])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d')}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d')}"
+    )
     rows = []
     if args.job == "mnist":
-        rows.append(("tutorial: simplecnn, 5 epochs", *tutorial_mnist(args.data)))
+        rows.append(("tutorial: PyTorch MNIST example net, 5 epochs", *tutorial_mnist(args.data)))
         rows.append(("cnnkit --preset mnist-fast", *timed_cnnkit(preset="mnist-fast", data_dir=str(args.data))))
     else:
         folder = args.data / "cifar10-jpeg"
@@ -47,8 +49,9 @@ def main() -> None:
         for label in ("cold: JPEG decode", "cached"):
             result = timed_cnnkit(preset="cifar10-cpu", data=str(folder))
             rows.append((f"cnnkit --preset cifar10-cpu ({label})", *result))
-        rows.append(("cnnkit --preset cifar10-cpu-best (cached)",
-                     *timed_cnnkit(preset="cifar10-cpu-best", data=str(folder))))
+        rows.append(
+            ("cnnkit --preset cifar10-cpu-best (cached)", *timed_cnnkit(preset="cifar10-cpu-best", data=str(folder)))
+        )
     base = rows[0][2]
     print("\n| system | test accuracy | wall seconds | time / tutorial's |\n| --- | --- | --- | --- |")
     for name, acc, seconds in rows:

@@ -24,16 +24,22 @@ from cnnkit.checkpoint import CHECKPOINT, load_checkpoint
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cnnkit", "train", *args], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "train", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / CHECKPOINT)["model"]
 
 
-def killed_and_resumed(settings: list[str], run: Path, kills: int, startup: float, span: float,
-                       rng: random.Random) -> int:
+def killed_and_resumed(
+    settings: list[str], run: Path, kills: int, startup: float, span: float, rng: random.Random
+) -> int:
     """Train, killing the process `kills` times at random moments and resuming each time; returns the
     number of kills that landed before the run finished."""
     process, landed = start([*settings, "--out", str(run)], run.parent), 0
@@ -47,8 +53,10 @@ def killed_and_resumed(settings: list[str], run: Path, kills: int, startup: floa
         landed += 1
         if (run / CHECKPOINT).exists():
             where = load_checkpoint(run / CHECKPOINT)["position"]
-            print(f"  kill {landed} after {delay:.1f}s: resuming at epoch {where['epoch']}, step {where['step']}",
-                  flush=True)
+            print(
+                f"  kill {landed} after {delay:.1f}s: resuming at epoch {where['epoch']}, step {where['step']}",
+                flush=True,
+            )
             process = start(["--resume", str(run)], run.parent)
         else:  # killed before the first checkpoint: nothing to resume, start again
             print(f"  kill {landed} after {delay:.1f}s: before the first checkpoint, starting again", flush=True)
@@ -65,8 +73,20 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    settings = ["--data", "mnist", "--data-dir", args.data, "--model", "simplecnn", "--epochs", str(args.epochs),
-                "--checkpoint-every", "50", "--device", "cpu"]
+    settings = [
+        "--data",
+        "mnist",
+        "--data-dir",
+        args.data,
+        "--model",
+        "simplecnn",
+        "--epochs",
+        str(args.epochs),
+        "--checkpoint-every",
+        "50",
+        "--device",
+        "cpu",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         reference = Path(tmp) / "reference"
         started = time.monotonic()

@@ -18,6 +18,13 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ["CNNKIT_CACHE"] = tempfile.mkdtemp(prefix="cnnkit-test-cache-")
 
 
+def pytest_collection_modifyitems(items):
+    """A test that reads ../shared/data says so by its marker: `pytest -m "not needs_shared_data"` runs the rest."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_shared_data)
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Tests never download: a connection attempt raises, as on a machine that is offline."""

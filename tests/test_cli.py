@@ -11,19 +11,21 @@ from conftest import save_image
 
 
 def cnnkit(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--epochs", "0"], "--epochs 0 must be at least 1"),
-    (["train", "--model", "vgg"], "unknown model 'vgg'; choose one of: lenet"),
-    (["train", "--data", "imagenet"], "unknown data set 'imagenet'"),
-    (["train", "--data", "./no/such/folder"], "does not exist"),
-    (["train", "--split", "80/30/10"], "must be three percentages"),
-    (["train", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
-    (["eval", "not-a-run"], "not a finished cnnkit run folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--epochs", "0"], "--epochs 0 must be at least 1"),
+        (["train", "--model", "vgg"], "unknown model 'vgg'; choose one of: lenet"),
+        (["train", "--data", "imagenet"], "unknown data set 'imagenet'"),
+        (["train", "--data", "./no/such/folder"], "does not exist"),
+        (["train", "--split", "80/30/10"], "must be three percentages"),
+        (["train", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
+        (["eval", "not-a-run"], "not a finished cnnkit run folder"),
+    ],
+)
 def test_user_mistakes_end_in_one_line(tmp_path, args, message):
     result = cnnkit(*args, cwd=tmp_path)
     assert result.returncode == 2
@@ -64,8 +66,19 @@ def test_broken_image_stops_before_training_and_skip_flag_trains(image_folder, t
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
     assert "broken.jpg" in stopped.stderr and "--skip-bad-images" in stopped.stderr
     assert "epoch" not in stopped.stdout
-    trained = cnnkit("train", "--data", str(image_folder), "--model", "small-cnn", "--epochs", "1",
-                     "--skip-bad-images", "--out", "run", cwd=tmp_path)
+    trained = cnnkit(
+        "train",
+        "--data",
+        str(image_folder),
+        "--model",
+        "small-cnn",
+        "--epochs",
+        "1",
+        "--skip-bad-images",
+        "--out",
+        "run",
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr
     assert "skipped bad image" in trained.stdout and "broken.jpg" in trained.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -8,25 +8,52 @@ from cnnkit import CnnkitError, TrainConfig
 from cnnkit.config import parse_split
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"epochs": 0}, "--epochs 0 must be at least 1"),
-    ({"lr": -0.1}, "--lr -0.1 must be a positive number"),
-    ({"val_fraction": 1.5}, "--val-fraction 1.5 must be in"),
-    ({"optimizer": "lbfgs"}, "--optimizer lbfgs must be one of sgd, adam, adamw, rmsprop"),
-    ({"schedule": "cyclic"}, "--schedule cyclic must be one of"),
-    ({"model": "vgg"}, "unknown model 'vgg'"),
-    ({"split": "80/10/20"}, "add up to 100"),
-    ({"split": "90/10/0"}, "add up to 100"),
-    ({"batch_size": "many"}, "setting 'batch_size' must be int"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"epochs": 0}, "--epochs 0 must be at least 1"),
+        ({"lr": -0.1}, "--lr -0.1 must be a positive number"),
+        ({"val_fraction": 1.5}, "--val-fraction 1.5 must be in"),
+        ({"optimizer": "lbfgs"}, "--optimizer lbfgs must be one of sgd, adam, adamw, rmsprop"),
+        ({"schedule": "cyclic"}, "--schedule cyclic must be one of"),
+        ({"model": "vgg"}, "unknown model 'vgg'"),
+        ({"split": "80/10/20"}, "add up to 100"),
+        ({"split": "90/10/0"}, "add up to 100"),
+        ({"batch_size": "many"}, "setting 'batch_size' must be int"),
+    ],
+)
 def test_bad_values_are_refused_with_the_flag_named(settings, message):
     with pytest.raises(CnnkitError, match=message):
-        TrainConfig.from_dict(settings).validate()
+        TrainConfig.from_dict(settings)
+    with pytest.raises(CnnkitError, match=message):  # built in Python, it is checked just the same
+        TrainConfig(**settings)
+
+
+def test_settings_built_in_python_are_coerced_like_flags():
+    cfg = TrainConfig(epochs="4", lr="1e-3", nesterov="yes")
+    assert (cfg.epochs, cfg.lr, cfg.nesterov) == (4, 0.001, True)
+    with pytest.raises(CnnkitError, match="unknown preset 'fast'"):
+        TrainConfig(preset="fast")
+
+
+def test_unknown_optimizers_and_schedules_are_refused_where_they_are_used():
+    from cnnkit.models import create_model, model_spec
+    from cnnkit.optimizers import build_optimizer
+    from cnnkit.training.schedule import lr_factor
+
+    cfg = TrainConfig()
+    object.__setattr__(cfg, "optimizer", "rmsprob")  # past the config's own check, as a caller could
+    with pytest.raises(
+        CnnkitError, match="unknown optimizer 'rmsprob'; choose one of: sgd, adam, adamw, rmsprop, muon"
+    ):
+        build_optimizer(create_model("small-cnn", 1, 10, 8), cfg, model_spec("small-cnn"))
+    with pytest.raises(CnnkitError, match="unknown schedule 'linear'; choose one of: constant, step, cosine, onecycle"):
+        lr_factor("linear", 0.0, 100, 5)
 
 
 def test_yaml_round_trip_and_loose_number_spellings(tmp_path):
     cfg = TrainConfig(data="mnist", lr=0.0005, flip=True, split="70/15/15")
-    cfg.to_yaml(tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
     assert TrainConfig.from_yaml(tmp_path / "config.yaml") == cfg
     (tmp_path / "hand.yaml").write_text("lr: 1e-3\nepochs: '4'\nnesterov: yes\n")  # YAML reads 1e-3 as a string
     hand = TrainConfig.from_yaml(tmp_path / "hand.yaml")

@@ -106,10 +106,13 @@ def test_folder_cache_is_reused_and_renewed_when_files_change(image_folder, tmp_
     assert len(list((tmp_path / "cache" / "folders").iterdir())) == 2
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda root: (root / "only").mkdir(parents=True), "at least two"),
-    (lambda root: root.mkdir(), "at least two"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: (root / "only").mkdir(parents=True), "at least two"),
+        (lambda root: root.mkdir(), "at least two"),
+    ],
+)
 def test_folder_needs_two_classes(tmp_path, setup, message):
     root = tmp_path / "data"
     setup(root)
@@ -167,3 +170,17 @@ def test_cache_notices_a_changed_image_even_with_the_same_size_and_time(image_fo
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and put the time back
     load_data(str(image_folder))
     assert len(list((tmp_path / "cache" / "folders").iterdir())) == 2  # decoded afresh, not the stale cache
+
+
+def test_one_grey_conversion_for_files_and_for_tensors(tmp_path):
+    from PIL import Image
+
+    from cnnkit.data.images import decode_image, to_channels
+
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    path = save_image(tmp_path / "colour.png", rgb)
+    as_tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    pil_grey = torch.from_numpy(np.array(Image.fromarray(rgb).convert("L")))
+    assert torch.equal(to_channels(as_tensor, 1)[0, 0], pil_grey)  # PIL's own luma, bit for bit
+    assert torch.equal(decode_image(path, 16, 1), to_channels(decode_image(path, 16, 3)[None], 1)[0])
+    assert torch.equal(to_channels(pil_grey[None, None], 3)[0], pil_grey.expand(3, -1, -1))

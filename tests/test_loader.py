@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cnnkit.data.loader import DeviceBatches, Normalize, random_translate
+from cnnkit.data.loader import DeviceBatches, random_translate
+from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 
 
@@ -22,15 +23,14 @@ def test_translate_moves_each_image_by_at_most_the_padding():
     where = moved.flatten(1).argmax(1)
     dy, dx = where // 9 - 4, where % 9 - 4
     assert dy.abs().max() == 2 and dx.abs().max() == 2  # shifted, but never further than the padding
-    assert len(set(zip(dy.tolist(), dx.tolist()))) == 25  # each image its own shift: all 5x5 offsets occur
+    assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) == 25  # each image its own shift: all 5x5 offsets occur
     assert (moved.flatten(1).sum(1) == 255).all()  # the dot is never lost at this padding
 
 
 def test_flip_alternates_each_image_between_epochs():
     images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(1000, 1, 1, 1)
     data = ImageSet(images, torch.arange(1000))
-    train = DeviceBatches(data, 100, Normalize([0.0], [1 / 255], torch.device("cpu")), torch.device("cpu"),
-                          shuffle=True, flip=True)
+    train = DeviceBatches(data, 100, Preprocess([0.0], [1 / 255]), shuffle=True, flip=True)
     mirrored = []
     for epoch in (1, 2, 3):
         batches = list(train.iterate(train.new_order(), epoch=epoch))
@@ -46,17 +46,17 @@ def test_normalize_gives_zero_mean_unit_std():
     images = torch.randint(0, 256, (256, 3, 8, 8), dtype=torch.uint8)
     x = images.float() / 255
     mean, std = x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
-    out = Normalize(mean, std, torch.device("cpu"))(images)
+    out = Preprocess(mean, std)(images)
     assert out.dtype == torch.float32
     assert out.mean((0, 2, 3)).abs().max() < 1e-4 and (out.std((0, 2, 3)) - 1).abs().max() < 1e-2
 
 
 def test_training_batches_shuffle_and_drop_the_partial_batch():
     data = ImageSet(torch.zeros(103, 1, 4, 4, dtype=torch.uint8), torch.arange(103))
-    norm = Normalize([0.0], [1.0], torch.device("cpu"))
-    train = DeviceBatches(data, 10, norm, torch.device("cpu"), shuffle=True, seed=0)
+    norm = Preprocess([0.0], [1.0])
+    train = DeviceBatches(data, 10, norm, shuffle=True, seed=0)
     labels = torch.cat([y for _, y in train])
     assert len(train) == 10 and len(labels) == 100 and len(set(labels.tolist())) == 100
     assert not torch.equal(labels, torch.arange(100))
-    ordered = DeviceBatches(data, 10, norm, torch.device("cpu"))
+    ordered = DeviceBatches(data, 10, norm)
     assert len(ordered) == 11 and torch.equal(torch.cat([y for _, y in ordered]), torch.arange(103))

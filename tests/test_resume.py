@@ -21,13 +21,25 @@ import cnnkit
 from cnnkit import CnnkitError
 from cnnkit.checkpoint import load_checkpoint
 
-SETTINGS = ["--epochs", "3", "--checkpoint-every", "3", "--batch-size", "16",  # ~80 steps an epoch
-            "--flip"]  # flips alternate by epoch: a resumed epoch must mirror the same images
+SETTINGS = [
+    "--epochs",
+    "3",
+    "--checkpoint-every",
+    "3",
+    "--batch-size",
+    "16",  # ~80 steps an epoch
+    "--flip",
+]  # flips alternate by epoch: a resumed epoch must mirror the same images
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cnnkit", "train", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "train", *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -47,13 +59,18 @@ def metrics_without_times(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+def reference(tmp_path_factory) -> tuple[Path, float]:
+    """An uninterrupted run, and how long it trained after its first checkpoint appeared."""
     cwd = tmp_path_factory.mktemp("reference")
-    assert start([*SETTINGS, "--out", "run"], cwd).wait() == 0
-    return cwd / "run"
+    process = start([*SETTINGS, "--out", "run"], cwd)
+    wait_for(cwd / "run" / "checkpoint.safetensors", process)
+    started = time.monotonic()
+    assert process.wait() == 0
+    return cwd / "run", time.monotonic() - started
 
 
-def assert_identical(run: Path, reference: Path) -> None:
+def assert_identical(run: Path, reference_run: tuple[Path, float]) -> None:
+    reference = reference_run[0]
     expected, got = final_state(reference), final_state(run)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     best, best_again = (load_file(str(r / "weights.safetensors")) for r in (reference, run))
@@ -65,11 +82,13 @@ def assert_identical(run: Path, reference: Path) -> None:
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, reference, seed):
     process = start([*SETTINGS, "--out", "run"], tmp_path)
     wait_for(tmp_path / "run" / "checkpoint.safetensors", process)
-    time.sleep(random.Random(seed).uniform(0, 1.5))  # anywhere in the run: mid-epoch, mid-write, or at its end
+    time.sleep(random.Random(seed).uniform(0, 0.8 * reference[1]))  # anywhere in the run: mid-epoch, mid-write...
+    assert process.poll() is None, "the run ended before the kill: the test would compare a run with itself"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run([sys.executable, "-m", "cnnkit", "train", "--resume", "run"], cwd=tmp_path,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cnnkit", "train", "--resume", "run"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert_identical(tmp_path / "run", reference)
 
@@ -104,9 +123,9 @@ def test_checkpoints_that_are_not_trustworthy_are_refused_unread(tmp_path, refer
     marker = tmp_path / "pwned"
     (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Exploit(marker)))
     torch.save({"x": Exploit(marker)}, tmp_path / "evil.pt")
-    whole = (reference / "checkpoint.safetensors").read_bytes()
+    whole = (reference[0] / "checkpoint.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
-    weights = reference / "weights.safetensors"  # valid safetensors, but not a checkpoint
+    weights = reference[0] / "weights.safetensors"  # valid safetensors, but not a checkpoint
     for path in ("evil.safetensors", "evil.pt", "cut.safetensors", str(weights)):
         with pytest.raises(CnnkitError, match="not a (readable )?cnnkit checkpoint"):
             load_checkpoint(tmp_path / path)
@@ -119,10 +138,14 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
 
 
 def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    with pytest.raises(CnnkitError, match=r"loss became NaN or infinite at epoch \d+, step \d+; the last good "
-                                          r"checkpoint is kept. Lower --lr"):
-        cnnkit.train(epochs=3, optimizer="sgd", lr=1e6, schedule="constant", checkpoint_every=1,
-                     out=str(tmp_path / "run"))
+    with pytest.raises(
+        CnnkitError,
+        match=r"loss became NaN or infinite at epoch \d+, step \d+; the last good "
+        r"checkpoint is kept. Lower --lr",
+    ):
+        cnnkit.train(
+            epochs=3, optimizer="sgd", lr=1e6, schedule="constant", checkpoint_every=1, out=str(tmp_path / "run")
+        )
     state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert all(torch.isfinite(t).all() for t in state["model"].values())  # good weights, not the NaN ones
 
@@ -166,8 +189,14 @@ def test_an_injected_nan_stops_at_its_step_or_is_skipped_with_the_flag(tmp_path,
     with pytest.raises(CnnkitError, match="loss became NaN or infinite at epoch 1, step 5"):
         cnnkit.train(model=NaNOnFifthStep(), epochs=2, out=str(tmp_path / "stops"))
     assert not (tmp_path / "stops" / "checkpoint.safetensors").exists()  # no checkpoint of poisoned weights
-    run = cnnkit.train(model=NaNOnFifthStep(), epochs=2, skip_nonfinite=True, lr=0.004, schedule="constant",
-                       out=str(tmp_path / "skips"))
+    run = cnnkit.train(
+        model=NaNOnFifthStep(),
+        epochs=2,
+        skip_nonfinite=True,
+        lr=0.004,
+        schedule="constant",
+        out=str(tmp_path / "skips"),
+    )
     assert "skipped epoch 1, step 5: the loss was nan; learning rate halved" in capsys.readouterr().out
     assert run.summary["test_accuracy"] > 0.8
     assert load_checkpoint(run.dir / "checkpoint.safetensors")["scheduler"]["base_lrs"] == [0.002, 0.002]

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import save_image
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig
 
-SUMMARY_KEYS = {"test_accuracy", "test_loss", "per_class_accuracy", "confusion_matrix", "classes", "epochs",
-                "train_seconds", "num_parameters"}
+SUMMARY_KEYS = {
+    "test_accuracy",
+    "test_loss",
+    "per_class_accuracy",
+    "confusion_matrix",
+    "classes",
+    "epochs",
+    "train_seconds",
+    "num_parameters",
+}
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +86,14 @@ def test_predict_refuses_missing_and_broken_files(digits_run, tmp_path):
         run.predict([tmp_path / "bad.png"])
 
 
+@pytest.mark.slow
 def test_mnist_one_epoch_reaches_98_percent(shared_data, tmp_path):
     run = cnnkit.train(data="mnist", data_dir=str(shared_data), model="simplecnn", epochs=1, out=str(tmp_path / "m"))
     assert run.summary["test_accuracy"] >= 0.98
     assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
 
 
+@pytest.mark.slow
 def test_cifar_jpeg_folder_beats_the_tutorial_with_lenet(shared_data, tmp_path):
     run = cnnkit.train(data=str(shared_data / "cifar10-jpeg"), model="lenet", epochs=2, out=str(tmp_path / "c"))
     assert run.summary["test_accuracy"] > 0.5335  # the PyTorch tutorial's figure for this net and budget
@@ -106,7 +118,7 @@ class TinyNet(nn.Module):
 
 def test_any_nn_module_trains_and_loads_back(tmp_path):
     run = cnnkit.train(model=TinyNet(), epochs=2, out=str(tmp_path / "custom"))
-    assert run.summary["model"] == "custom:TinyNet"
+    assert (run.summary["model"], run.summary["module"]) == ("custom", "TinyNet")
     with pytest.raises(CnnkitError, match=r"custom nn.Module \(TinyNet\).*model=TinyNet"):
         cnnkit.load(run.dir)
     loaded = cnnkit.load(run.dir, model=TinyNet())
@@ -129,10 +141,132 @@ def test_init_from_a_run_remakes_a_head_of_another_class_count(digits_run, tmp_p
         if int(test.labels[i]) < 3:  # a three-class folder of 8x8 digits
             save_image(tmp_path / "three" / str(int(test.labels[i])) / f"{i}.png", test.images[i, 0].numpy())
     run = cnnkit.train(data=str(tmp_path / "three"), init_from=str(digits_run.dir), epochs=2, out=str(tmp_path / "ft"))
-    assert "made anew for the new classes: classifier.4.weight, classifier.4.bias" in capsys.readouterr().out
+    assert "made anew for the new classes: head.weight, head.bias" in capsys.readouterr().out
     assert run.summary["test_accuracy"] >= 0.95 and len(run.classes) == 3
 
 
 def test_init_from_another_architecture_says_what_differs(digits_run, tmp_path):
-    with pytest.raises(CnnkitError, match="do not fit this model: missing features.3.weight.*unexpected classifier"):
+    with pytest.raises(
+        CnnkitError,
+        match=r"do not fit this model: unexpected hidden.1.bias.*features.0.weight: saved \(32, 1, 3, 3\), model has "
+        r"\(16, 1, 3, 3\)",
+    ):
         cnnkit.train(model="small-cnn", init_from=str(digits_run.dir), epochs=1, out=str(tmp_path / "x"))
+
+
+def digits_folder(root, classes, mode="RGB"):
+    """Some of the digits' test images as files of another mode, one sub-folder per class."""
+    from cnnkit.data import load_data
+
+    test = load_data("digits").splits["test"]
+    for i in range(len(test)):
+        label = str(int(test.labels[i]))
+        if label in classes:
+            path = root / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(test.images[i, 0].numpy()).convert(mode).save(path)
+    return root
+
+
+def test_evaluate_on_other_data_maps_its_classes_and_channels(digits_run, tmp_path):
+    run = cnnkit.load(digits_run.dir)
+    colour = digits_folder(tmp_path / "colour", {"3", "5", "8"})  # RGB files, three of the ten classes
+    metrics = run.evaluate(data=str(colour))
+    assert metrics["classes"] == run.classes and metrics["num_test_images"] > 20
+    counts = np.array(metrics["confusion_matrix"]).sum(1)
+    assert set(np.flatnonzero(counts)) == {3, 5, 8}  # each test image counted under its own class
+    assert metrics["test_accuracy"] >= 0.85
+    digits_folder(tmp_path / "letters", {"3"})
+    (tmp_path / "letters" / "x").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "letters" / "x" / "1.png")
+    with pytest.raises(CnnkitError, match="has classes this run never saw: x"):
+        run.evaluate(data=str(tmp_path / "letters"))
+
+
+def test_predict_images_in_memory_matches_predict_on_files(digits_run, tmp_path):
+    from cnnkit.data import load_data
+
+    run = cnnkit.load(digits_run.dir)
+    test = load_data("digits").splits["test"]
+    paths = [save_image(tmp_path / f"{i}.png", test.images[i, 0].numpy()) for i in range(8)]
+    from_files = [r["predictions"] for r in run.predict(paths, top_k=2)]
+    as_pil = [Image.open(p) for p in paths]
+    assert run.predict_images(as_pil, top_k=2) == from_files
+    assert run.predict_images(test.images[:8], top_k=2) == from_files  # a uint8 batch
+    assert run.predict_images(list(test.images[:8].expand(-1, 3, -1, -1)), top_k=2) == from_files  # grey as RGB
+    with pytest.raises(CnnkitError, match=r"uint8 tensors .* got a torch.float32 tensor of shape \(1, 8, 8\)"):
+        run.predict_images([torch.zeros(1, 8, 8)])
+
+
+def test_the_inference_model_takes_raw_pixels(digits_run):
+    from cnnkit.data import load_data
+
+    run = cnnkit.load(digits_run.dir)
+    images = load_data("digits").splits["test"].images[:16]
+    with torch.no_grad():
+        logits = run.inference_model()(images)
+        expected = run.model(
+            (images.float() / 255 - torch.tensor(run.info["mean"]).view(1, -1, 1, 1))
+            / torch.tensor(run.info["std"]).view(1, -1, 1, 1)
+        )
+    assert logits.shape == (16, 10) and torch.allclose(logits, expected, atol=1e-4)
+    assert set(run.inference_model().state_dict()) >= {"preprocess.scale", "preprocess.shift"}
+
+
+def test_the_summary_says_where_its_figures_came_from(digits_run):
+    import subprocess
+
+    import torchvision
+
+    summary = digits_run.summary
+    assert summary["torch_version"] == torch.__version__ and summary["torchvision_version"] == torchvision.__version__
+    assert summary["device"] == "cpu" and summary["device_name"]
+    checkout = Path(cnnkit.__file__).resolve().parents[2]
+    if not (checkout / ".git").exists():
+        pytest.skip("cnnkit is installed, not running from a checkout: no commit to record")
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert summary["git_commit"].removesuffix("-dirty") == head.strip()
+
+
+def test_auto_named_run_folders_never_collide(tmp_path, monkeypatch):
+    from cnnkit.rundir import new_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("cnnkit.rundir.time.strftime", lambda fmt: "20260101-120000")  # two runs in one second
+    first, second, third = (new_run_dir(None, "digits-simplecnn") for _ in range(3))
+    assert [p.name for p in (first, second, third)] == [
+        "digits-simplecnn-20260101-120000",
+        "digits-simplecnn-20260101-120000-2",
+        "digits-simplecnn-20260101-120000-3",
+    ]
+
+
+class Scaled(nn.Module):
+    """A registered model with its own normalisation and input size, as a pretrained backbone has."""
+
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.head = nn.Linear(8 * 12 * 12, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_a_models_own_input_size_and_normalisation_are_used_and_stored(tmp_path, monkeypatch):
+    from cnnkit.models import model_spec
+
+    monkeypatch.setattr(cnnkit.models, "_SPECS", dict(cnnkit.models._SPECS))  # registered for this test only
+
+    @cnnkit.register(
+        "test-scaled", first_conv="features.0", input_size=12, mean=(0.25,), std=(0.5,), init_options=("pretrained",)
+    )
+    def scaled(in_channels, num_classes, image_size, pretrained: bool = False):
+        return Scaled(in_channels, num_classes)
+
+    run = cnnkit.train(model="test-scaled", epochs=2, out=str(tmp_path / "run"))
+    info = json.loads((run.dir / "model.json").read_text())
+    assert (info["image_size"], info["mean"], info["std"]) == (12, [0.25], [0.5])
+    assert run.summary["test_accuracy"] > 0.8
+    spec = model_spec("test-scaled")
+    assert spec.architecture({"pretrained": True}) == {}  # initialisation only: never stored, never re-run on load

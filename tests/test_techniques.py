@@ -12,25 +12,27 @@ import cnnkit
 from cnnkit import CnnkitError, TrainConfig, create_model
 from cnnkit.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.data import load_data
-from cnnkit.data.loader import DeviceBatches, Normalize
+from cnnkit.data.loader import DeviceBatches
+from cnnkit.data.preprocess import Preprocess
 from cnnkit.evaluation import predict_logits
 from cnnkit.machine import pick_machine
-from cnnkit.models.whitening import whiten_first_conv
+from cnnkit.models import model_spec
+from cnnkit.models.whitening import whiten_conv
 from cnnkit.optimizers import build_optimizer, orthogonalize
-from cnnkit.training import fit
+from cnnkit.training.trainer import Trainer
 
 
 def normalized_digits(n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     data = load_data("digits", image_size=16)
     train = data.splits["train"]
-    return Normalize(data.mean, data.std, torch.device("cpu"))(train.images[:n]), train.labels[:n]
+    return Preprocess(data.mean, data.std)(train.images[:n]), train.labels[:n]
 
 
 def test_whitening_makes_the_first_layer_output_decorrelated_with_unit_variance():
     images, _ = normalized_digits()
     model = create_model("fastcnn", 1, 10, 16)
-    whiten_first_conv(model, images, eps=1e-8)
     conv = model.stem[0]
+    whiten_conv(conv, images, eps=1e-8)
     out = conv(images)[:, :4].permute(0, 2, 3, 1).reshape(-1, 4)  # the +W half: 4 filters for 1x2x2 patches
     out = out - out.mean(0)
     covariance = out.T @ out / len(out)
@@ -42,15 +44,16 @@ def test_whitening_makes_the_first_layer_output_decorrelated_with_unit_variance(
 def test_whitening_refuses_a_first_layer_of_the_wrong_width():
     images, _ = normalized_digits(50)
     with pytest.raises(CnnkitError, match="--whiten needs a first conv with 9 or 18 filters"):
-        whiten_first_conv(create_model("simplecnn", 1, 10, 16), images)
+        whiten_conv(create_model("simplecnn", 1, 10, 16).features[0], images)
 
 
 def test_tta_averages_mirrored_and_shifted_views():
     images, labels = normalized_digits(64)
     model = create_model("small-cnn", 1, 10, 16).eval()
     machine = pick_machine("cpu", "fp32")
-    batches = DeviceBatches(cnnkit.data.sets.ImageSet((images * 20 + 100).clamp(0, 255).byte(), labels), 32,
-                            Normalize([0.0], [1.0], machine.device), machine.device)
+    batches = DeviceBatches(
+        cnnkit.data.sets.ImageSet((images * 20 + 100).clamp(0, 255).byte(), labels), 32, Preprocess([0.0], [1.0])
+    )
     plain, _ = predict_logits(model, batches, machine)
     averaged, _ = predict_logits(model, batches, machine, tta=True)
     x = torch.cat([x for x, _ in batches])
@@ -64,17 +67,18 @@ def test_tta_averages_mirrored_and_shifted_views():
 def test_ema_keeps_a_slow_average_of_the_weights():
     data = load_data("digits")
     machine = pick_machine("cpu", "fp32")
-    norm = Normalize(data.mean, data.std, machine.device)
-    train = DeviceBatches(data.splits["train"], 32, norm, machine.device, shuffle=True)
+    train = DeviceBatches(data.splits["train"], 32, Preprocess(data.mean, data.std), shuffle=True)
     torch.manual_seed(0)
     model = create_model("small-cnn", 1, 10, 8)
     start = [p.detach().clone() for p in model.parameters()]
     cfg = TrainConfig(epochs=1, ema=0.99, lr=0.01)
-    _, kept = next(fit(model, train, None, cfg, machine))
+    trainer = Trainer(model, model_spec("small-cnn"), train, cfg, machine)
+    trainer.fit(None)
+    kept = trainer.kept_model
     assert kept is not model
 
     def moved(m):
-        return sum((p.detach() - s).norm() for p, s in zip(m.parameters(), start))
+        return sum((p.detach() - s).norm() for p, s in zip(m.parameters(), start, strict=True))
 
     assert 0 < moved(kept) < 0.9 * moved(model)  # the average trails the weights it averages
 
@@ -93,6 +97,7 @@ def test_presets_are_listed_with_their_settings(tmp_path):
     assert "--whiten" in out.stdout and "--model fastcnn" in out.stdout
 
 
+@pytest.mark.slow
 def test_mnist_fast_preset_reaches_99_percent(shared_data, tmp_path):
     run = cnnkit.train(preset="mnist-fast", data_dir=str(shared_data), out=str(tmp_path / "run"))
     assert run.summary["test_accuracy"] >= 0.99
@@ -100,24 +105,36 @@ def test_mnist_fast_preset_reaches_99_percent(shared_data, tmp_path):
 
 
 def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folder, tmp_path):
-    run = cnnkit.train(data=str(image_folder), model="fastcnn", whiten=True, ema=0.9, tta=True, epochs=10,
-                       batch_size=16, optimizer="sgd", lr=0.05, nesterov=True, out=str(tmp_path / "run"))
+    run = cnnkit.train(
+        data=str(image_folder),
+        model="fastcnn",
+        whiten=True,
+        ema=0.9,
+        tta=True,
+        epochs=10,
+        batch_size=16,
+        optimizer="sgd",
+        lr=0.05,
+        nesterov=True,
+        out=str(tmp_path / "run"),
+    )
     assert run.summary["test_accuracy"] >= 0.9
     assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
 
 
 def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp_path, monkeypatch):
-    warm_up = cnnkit.run.compile_warmup
+    warm_up = cnnkit.session.compile_warmup
 
     def then_forbid_compiling(*args):
         seconds = warm_up(*args)
         monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # the clock runs from here on
         return seconds
 
-    monkeypatch.setattr(cnnkit.run, "compile_warmup", then_forbid_compiling)
+    monkeypatch.setattr(cnnkit.session, "compile_warmup", then_forbid_compiling)
     # one channel, test-time augmentation and partial last batches: every layout and size the passes meet
-    run = cnnkit.train(compile=True, epochs=2, tta=True, model="fastcnn-small", image_size=16,
-                       out=str(tmp_path / "run"))
+    run = cnnkit.train(
+        compile=True, epochs=2, tta=True, model="fastcnn-small", image_size=16, out=str(tmp_path / "run")
+    )
     summary = run.summary
     assert summary["compile_seconds"] > 0 and summary["test_accuracy"] > 0.5
     assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary["test_accuracy"])
@@ -136,24 +153,31 @@ def test_muon_orthogonalizes_an_update_keeping_its_directions():
 def test_muon_trains_filters_at_fixed_norm_and_the_rest_by_sgd():
     data = load_data("digits", image_size=16)
     machine = pick_machine("cpu", "fp32")
-    train = DeviceBatches(data.splits["train"], 64, Normalize(data.mean, data.std, machine.device), machine.device,
-                          shuffle=True)
+    train = DeviceBatches(data.splits["train"], 64, Preprocess(data.mean, data.std), shuffle=True)
     torch.manual_seed(0)
     model = create_model("fastcnn-small", 1, 10, 16)
-    whiten_first_conv(model, normalized_digits()[0])
-    cfg = TrainConfig(epochs=3, optimizer="muon", muon_lr=0.2, lr=0.05, head_lr=0.01, momentum=0.85, nesterov=True,
-                      label_smoothing=0.1, weight_decay=5e-4)
-    optimizer = build_optimizer(model, cfg)
-    muon, biases, head = optimizer.param_groups
+    whiten_conv(model.stem[0], normalized_digits()[0])
+    cfg = TrainConfig(
+        epochs=3,
+        optimizer="muon",
+        muon_lr=0.2,
+        lr=0.05,
+        head_lr=0.01,
+        momentum=0.85,
+        nesterov=True,
+        label_smoothing=0.1,
+        weight_decay=5e-4,
+    )
+    trainer = Trainer(model, model_spec("fastcnn-small"), train, cfg, machine)
+    muon, biases, head = trainer.optimizer.param_groups
     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad]
     assert muon["orthogonalize"] and {id(p) for p in muon["params"]} == {id(p) for p in convs}  # not the stem
     assert not biases["orthogonalize"] and all(p.ndim == 1 for p in biases["params"])
     assert biases["weight_decay"] == head["weight_decay"] == 5e-4 and muon["weight_decay"] == 0  # as airbench
-    assert head["params"] == [model.classifier.weight] and head["lr"] == 0.01
-    for _ in fit(model, train, None, cfg, machine):
-        pass
+    assert head["params"] == [model.head.weight] and head["initial_lr"] == 0.01  # the peak of its schedule
+    trainer.fit(None)
     test = data.splits["test"]
-    logits, labels = predict_logits(model, DeviceBatches(test, 256, train.normalize, machine.device), machine)
+    logits, labels = predict_logits(model, DeviceBatches(test, 256, train.preprocess), machine)
     assert (logits.argmax(1) == labels).float().mean() > 0.9
     for w in convs:  # normalised before each step, so each bank ends within one step of sqrt(out_channels)
         assert w.norm().item() == pytest.approx(len(w) ** 0.5, rel=0.1)
@@ -169,14 +193,14 @@ def test_muon_state_survives_a_checkpoint(tmp_path):
         optimizer.step()
 
     cfg = TrainConfig(optimizer="muon", nesterov=True)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, model_spec("fastcnn-small"))
     step(optimizer)
     save_checkpoint(tmp_path / "c.safetensors", {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
     step(optimizer)
     expected = [p.detach().clone() for p in model.parameters()]
     state = load_checkpoint(tmp_path / "c.safetensors")
     model.load_state_dict(state["model"])
-    restored = build_optimizer(model, cfg)
+    restored = build_optimizer(model, cfg, model_spec("fastcnn-small"))
     restored.load_state_dict(state["optimizer"])
     step(restored)
-    assert all(torch.equal(p, e) for p, e in zip(model.parameters(), expected))
+    assert all(torch.equal(p, e) for p, e in zip(model.parameters(), expected, strict=True))

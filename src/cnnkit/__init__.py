@@ -1,10 +1,10 @@
 """cnnkit: build, train, evaluate and use convolutional image classifiers.
 
-    import cnnkit
-    run = cnnkit.train(data="mnist", model="simplecnn", epochs=1)
-    run.evaluate()["test_accuracy"]
-    run.predict(["digit.png"])
-    run = cnnkit.load("runs/mnist-simplecnn-20260101-120000")
+import cnnkit
+run = cnnkit.train(data="mnist", model="simplecnn", epochs=1)
+run.evaluate()["test_accuracy"]
+run.predict(["digit.png"])
+run = cnnkit.load("runs/mnist-simplecnn-20260101-120000")
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -17,7 +17,20 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.errors import CnnkitError  # noqa: E402
 from cnnkit.models import create_model, model_names, register  # noqa: E402
-from cnnkit.run import Run, load, resume, train  # noqa: E402
+from cnnkit.run import Run, load  # noqa: E402
+from cnnkit.session import resume, train  # noqa: E402
+from cnnkit.training.events import Callback  # noqa: E402
 
-__all__ = ["CnnkitError", "Run", "TrainConfig", "__version__", "create_model", "load", "model_names", "register",
-           "resume", "train"]
+__all__ = [
+    "Callback",
+    "CnnkitError",
+    "Run",
+    "TrainConfig",
+    "__version__",
+    "create_model",
+    "load",
+    "model_names",
+    "register",
+    "resume",
+    "train",
+]

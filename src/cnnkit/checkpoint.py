@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cnnkit.errors import CnnkitError
-from cnnkit.rundir import atomic_write
+from cnnkit.files import atomic_write
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "cnnkit-checkpoint/1"
@@ -40,9 +40,11 @@ def load_checkpoint(path: Path) -> dict:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         return _unflatten(json.loads(meta["layout"]), tensors)
     except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise CnnkitError(f"{path} is not a readable cnnkit checkpoint: truncated, corrupt or another format "
-                          f"({type(e).__name__}); nothing in it was run. Resume from a whole checkpoint, or "
-                          "start the run again") from None
+        raise CnnkitError(
+            f"{path} is not a readable cnnkit checkpoint: truncated, corrupt or another format "
+            f"({type(e).__name__}); nothing in it was run. Resume from a whole checkpoint, or "
+            "start the run again"
+        ) from None
 
 
 def _flatten(value, tensors: dict):

@@ -12,8 +12,9 @@ from cnnkit.config import TrainConfig, coerce, field_type, read_yaml
 from cnnkit.errors import CnnkitError
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
-from cnnkit.run import load, resume, train
-from cnnkit.training import TrainingInterrupted
+from cnnkit.run import load
+from cnnkit.session import resume, train
+from cnnkit.training.stopping import TrainingInterrupted
 
 EXAMPLES = """examples:
   cnnkit train                                   # 8x8 digits from scikit-learn, no download
@@ -46,17 +47,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cnnkit", description="Train, evaluate and use convolutional image classifiers.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="cnnkit",
+        description="Train, evaluate and use convolutional image classifiers.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model and write a run folder",
-                                description="Train a classifier. Every flag is also a key of config.yaml.")
-    train.add_argument("--config", metavar="FILE", help="settings from a YAML file (a run's config.yaml repeats it); "
-                                                        "flags given as well override it")
-    train.add_argument("--resume", metavar="RUN", help="continue a stopped run from its newest whole checkpoint, "
-                                                       "with the run's own settings")
+    train = commands.add_parser(
+        "train",
+        help="train a model and write a run folder",
+        description="Train a classifier. Every flag is also a key of config.yaml.",
+    )
+    train.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a YAML file (a run's config.yaml repeats it); flags given as well override it",
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a stopped run from its newest whole checkpoint, with the run's own settings",
+    )
     add_config_flags(train)
     train.set_defaults(command=cmd_train)
 
@@ -91,11 +104,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         shown = "default" in f.metadata["help"] or f.default is None  # None: "not set" needs no mention
         default = "" if shown else f"(default: {f.default})"
         if field_type(f.name) is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"{f.metadata['help']} {default}")
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata['help']} {default}",
+            )
         else:
-            parser.add_argument(flag, type=str, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                                help=f"{f.metadata['help']} {default}")
+            parser.add_argument(
+                flag,
+                type=str,
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=f"{f.metadata['help']} {default}",
+            )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -115,8 +137,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
-          f"on {metrics['num_test_images']} images")
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
+        f"on {metrics['num_test_images']} images"
+    )
     width = max(len(c) for c in metrics["classes"])
     for name, accuracy in metrics["per_class_accuracy"].items():
         print(f"  {name:<{width}}  {accuracy:.4f}")

@@ -7,6 +7,7 @@ The CLI builds its `train` flags from these fields, so a flag, a config-file key
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,10 @@ import yaml
 
 from cnnkit.errors import CnnkitError
 from cnnkit.models import check_model_name
+from cnnkit.optimizers import OPTIMIZERS
 from cnnkit.presets import preset_settings
+from cnnkit.training.schedule import SCHEDULES
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "muon")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -33,53 +34,79 @@ class TrainConfig:
     # data
     data: str = _knob("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | PATH to an image folder")
     data_dir: str | None = _knob(None, "where named data sets are found or downloaded (default: per-user cache)")
-    image_size: int | None = _knob(None, "resize images to this square size "
-                                         "(default: the data's own size, capped at 128)")
+    image_size: int | None = _knob(
+        None, "resize images to this square size (default: the data's own size, capped at 128)"
+    )
     val_fraction: float = _knob(0.1, "share of the training split held out, stratified, for validation")
     split: str | None = _knob(None, "merge all splits and re-split as TRAIN/VAL/TEST percentages, e.g. 80/10/10")
     skip_bad_images: bool = _knob(False, "skip (and list) image files that cannot be decoded instead of stopping")
-    translate: int | None = _knob(None, "random-crop padding in pixels, 0 for none "
-                                        "(default: a tenth of the image size)")
+    translate: int | None = _knob(
+        None, "random-crop padding in pixels, 0 for none (default: a tenth of the image size)"
+    )
     flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
     # model
     model: str = _knob("simplecnn", "model name (see `cnnkit models`)")
     dropout: float | None = _knob(None, "dropout probability, for models that have dropout")
-    init_from: str | None = _knob(None, "start from the weights of a finished RUN folder (fine-tuning); a classifier "
-                                        "head for another class count is made anew")
-    whiten: bool = _knob(False, "start the first conv as a fixed whitening of the training images' patches "
-                                "(model fastcnn)")
+    init_from: str | None = _knob(
+        None,
+        "start from the weights of a finished RUN folder (fine-tuning); a classifier "
+        "head for another class count is made anew",
+    )
+    whiten: bool = _knob(
+        False, "start the first conv as a fixed whitening of the training images' patches (model fastcnn)"
+    )
     # optimisation
     epochs: int = _knob(15, "passes over the training split")
     batch_size: int = _knob(32, "images per training step")
-    optimizer: str = _knob("adamw", "one of " + ", ".join(OPTIMIZERS) + " (muon: Muon for the hidden conv and linear "
-                                     "weights, sgd for biases, norms and the classifier head)")
+    optimizer: str = _knob(
+        "adamw",
+        "one of " + ", ".join(OPTIMIZERS) + " (muon: Muon for the hidden conv and linear "
+        "weights, sgd for biases, norms and the classifier head)",
+    )
     lr: float = _knob(3e-3, "peak learning rate")
     head_lr: float | None = _knob(None, "peak learning rate of the classifier head (default: --lr)")
     momentum: float = _knob(0.9, "momentum for sgd, rmsprop and muon's sgd part")
     nesterov: bool = _knob(False, "Nesterov momentum for sgd and muon")
     muon_lr: float = _knob(0.24, "with --optimizer muon: peak learning rate of the Muon-trained weights")
     muon_momentum: float = _knob(0.6, "with --optimizer muon: momentum of the Muon-trained weights")
-    weight_decay: float = _knob(0.01, "weight decay on conv and linear weights, not on biases or norms (muon: the "
-                                      "share of each bias, norm and head weight decayed per step at the peak rate)")
+    weight_decay: float = _knob(
+        0.01,
+        "weight decay on conv and linear weights, not on biases or norms (muon: the "
+        "share of each bias, norm and head weight decayed per step at the peak rate)",
+    )
     schedule: str = _knob("onecycle", "learning-rate schedule: one of " + ", ".join(SCHEDULES))
     warmup: float | None = _knob(None, "share of steps spent warming up linearly (default: 0.25 for onecycle, else 0)")
     label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")
-    ema: float = _knob(0.0, "evaluate and keep a moving average of the weights with this decay per step, "
-                            "e.g. 0.999 (0: off)")
-    tta: bool = _knob(False, "test-time augmentation: average the predictions over each image, its mirror image "
-                             "and copies shifted by a pixel (6 views)")
+    ema: float = _knob(
+        0.0, "evaluate and keep a moving average of the weights with this decay per step, e.g. 0.999 (0: off)"
+    )
+    tta: bool = _knob(
+        False,
+        "test-time augmentation: average the predictions over each image, its mirror image "
+        "and copies shifted by a pixel (6 views)",
+    )
     # machine
     device: str = _knob("auto", "one of " + ", ".join(DEVICES) + " (auto: cuda, then mps, then cpu)")
-    precision: str = _knob("auto", "one of " + ", ".join(PRECISIONS)
-                           + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)")
+    precision: str = _knob(
+        "auto", "one of " + ", ".join(PRECISIONS) + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)"
+    )
     compile: bool = _knob(False, "compile the model with torch.compile (pays off on long GPU runs)")
-    skip_nonfinite: bool = _knob(False, "skip a step whose loss is NaN or infinite and halve the learning rate, "
-                                        "instead of stopping (checks every step: a little slower on a GPU)")
+    skip_nonfinite: bool = _knob(
+        False,
+        "skip a step whose loss is NaN or infinite and halve the learning rate, "
+        "instead of stopping (checks every step: a little slower on a GPU)",
+    )
     checkpoint_every: int = _knob(0, "also checkpoint every N training steps, not only at each epoch's end (0: off)")
     seed: int = _knob(0, "seed for splits, initialisation, shuffling and augmentation")
     out: str | None = _knob(None, "run folder (default: runs/<data>-<model>-<time>)")
 
-    def validate(self) -> "TrainConfig":
+    def __post_init__(self) -> None:
+        """Settings built in Python are checked like those from a flag or a file: coerced, then validated."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name)))
+        self.validate()
+
+    def validate(self) -> None:
         """Check every value before any work starts; the message names the flag and what to do."""
         _require(self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
@@ -95,38 +122,43 @@ class TrainConfig:
         _require(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
         _require(self.warmup is None or 0 <= self.warmup < 1, "warmup", self.warmup, "must be in [0, 1)")
         _require(self.dropout is None or 0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
-        _require(self.image_size is None or 4 <= self.image_size <= 1024, "image_size", self.image_size,
-                 "must be between 4 and 1024 pixels")
+        _require(
+            self.image_size is None or 4 <= self.image_size <= 1024,
+            "image_size",
+            self.image_size,
+            "must be between 4 and 1024 pixels",
+        )
         _require(self.translate is None or self.translate >= 0, "translate", self.translate, "must be 0 or more")
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "must be one of " + ", ".join(OPTIMIZERS))
         _require(self.schedule in SCHEDULES, "schedule", self.schedule, "must be one of " + ", ".join(SCHEDULES))
         _require(self.device in DEVICES, "device", self.device, "must be one of " + ", ".join(DEVICES))
         _require(self.precision in PRECISIONS, "precision", self.precision, "must be one of " + ", ".join(PRECISIONS))
-        if not self.model.startswith("custom:"):
-            check_model_name(self.model)
+        check_model_name(self.model)
+        preset_settings(self.preset)  # an unknown preset is named with the valid ones
         if self.split is not None:
             parse_split(self.split)
-        return self
 
-    def to_yaml(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False))
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_yaml(path))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """Settings over the named preset's values over the defaults."""
         values = {**preset_settings(values.get("preset")), **values}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise CnnkitError(f"unknown setting(s) {', '.join(unknown)}; "
-                              f"valid settings are: {', '.join(sorted(known))}")
-        return cls(**{key: coerce(key, value) for key, value in values.items()})
+            raise CnnkitError(
+                f"unknown setting(s) {', '.join(unknown)}; valid settings are: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
 
 
+@functools.cache
 def field_type(key: str) -> type:
     """The plain type of a setting: int, float, bool or str (Optional stripped)."""
     hint = typing.get_type_hints(TrainConfig)[key]
@@ -168,8 +200,9 @@ def parse_split(text: str) -> tuple[float, float, float]:
     except ValueError:
         parts = []
     if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6 or parts[0] == 0 or parts[2] == 0:
-        raise CnnkitError(f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, "
-                          "e.g. 80/10/10")
+        raise CnnkitError(
+            f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, e.g. 80/10/10"
+        )
     return parts[0] / 100, parts[1] / 100, parts[2] / 100
 
 

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.data.loader import DeviceBatches, laid_out
+from cnnkit.data.preprocess import laid_out
+from cnnkit.data.sets import ImageSet
 from cnnkit.machine import Machine
+
+EVAL_BATCH = 1024  # images per evaluation batch: no gradients, so larger than training's
+
+
+def eval_batch_sizes(splits: dict[str, ImageSet]) -> set[int]:
+    """Every batch size the validation and test passes will see: full batches and each split's remainder."""
+    sizes = {len(splits[s]) for s in ("val", "test")} - {0}
+    return {size for n in sizes for size in (min(n, EVAL_BATCH), n % EVAL_BATCH)} - {0}
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, batches: DeviceBatches, machine: Machine, tta: bool = False):
+def predict_logits(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], machine: Machine, tta: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (float32) and labels of an evaluation pass, still on the device.
 
     With `tta`, each image's logits are averaged over six views (airbench): the image and two copies
@@ -49,7 +62,7 @@ def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str])
     return {
         "test_accuracy": (predicted == labels).float().mean().item(),
         "test_loss": F.cross_entropy(logits, labels).item(),
-        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, per_class.tolist())},
+        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, per_class.tolist(), strict=True)},
         "confusion_matrix": confusion.tolist(),
         "classes": classes,
         "num_test_images": len(labels),

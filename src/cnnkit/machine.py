@@ -1,12 +1,19 @@
-"""Which device a run uses, and the precision and memory layout that pay off there."""
+"""Which device a run uses, the precision and memory layout that pay off there, and which process of a
+multi-process run this is (rank, local rank and world size, as torchrun sets them)."""
 
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+import torch.distributed as dist
 
 from cnnkit.errors import CnnkitError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -14,6 +21,14 @@ class Machine:
     device: torch.device
     bf16: bool  # autocast matmuls and convs to bfloat16: tensor cores, half the memory traffic
     channels_last: bool  # NHWC lets cuDNN and oneDNN pick their fastest convolution kernels
+    rank: int = 0  # this process among all of the run's processes; 0 is the main one
+    local_rank: int = 0  # ... among those on this machine: which GPU it drives
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process prints, writes files and names the run folder."""
+        return self.rank == 0
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -27,8 +42,56 @@ class Machine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on any process: a stop or a non-finite loss stops every process at once."""
+        if not distributed():
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def share(self, value: T) -> T:
+        """The main process's `value`, on every process (the run folder's name, say)."""
+        if not distributed():
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (e.g. until the main one has written the best weights)."""
+        if distributed():
+            dist.barrier()
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def process_place() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torch.distributed or torchrun's variables; one process if neither."""
+    if distributed():
+        return dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_world_size()
+    try:
+        return tuple(
+            int(os.environ.get(name, default))
+            for name, default in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1))  # type: ignore[return-value]
+        )
+    except ValueError:
+        raise CnnkitError("RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers (torchrun sets them)") from None
+
+
+def is_main_process() -> bool:
+    return process_place()[0] == 0
+
 
 def pick_machine(device: str = "auto", precision: str = "auto") -> Machine:
+    rank, local_rank, world_size = process_place()
+    if world_size > 1 and not distributed():
+        raise CnnkitError(
+            f"this is process {rank} of {world_size} (torchrun), but no torch.distributed process "
+            "group is set up and cnnkit does not train data-parallel yet; run one process"
+        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -38,8 +101,9 @@ def pick_machine(device: str = "auto", precision: str = "auto") -> Machine:
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # batch shapes are fixed: time cuDNN's algorithms once, keep the best
+    place = torch.device(f"cuda:{local_rank}") if device == "cuda" and world_size > 1 else torch.device(device)
     # channels-last is faster for convolutions on both cuDNN and oneDNN (measured: 1.3-2x on a 2-core EPYC)
-    return Machine(torch.device(device), bf16, channels_last=device in ("cuda", "cpu"))
+    return Machine(place, bf16, device in ("cuda", "cpu"), rank, local_rank, world_size)
 
 
 def native_bf16(device: str) -> bool:
@@ -47,3 +111,14 @@ def native_bf16(device: str) -> bool:
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
     return device == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware's own name, for provenance: the GPU's model, or the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux names the CPU model here; platform.processor() often does not
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

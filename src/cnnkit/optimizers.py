@@ -7,12 +7,16 @@ the dominant ones. It lets airbench94_muon reach 94% in 8 passes, fewer than its
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
-from cnnkit.models import classifier_head
+from cnnkit.models import ModelSpec
+
+if TYPE_CHECKING:
+    from cnnkit.config import TrainConfig
 
 # quintic Newton-Schulz coefficients chosen for the steepest slope at zero: three iterations push every
 # singular value into roughly [0.5, 1.5], which trains as well as exact orthogonalisation (Muon's write-up)
@@ -42,8 +46,9 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool = True):
-        super().__init__(groups, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0,
-                                  "orthogonalize": False})
+        super().__init__(
+            groups, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0, "orthogonalize": False}
+        )
         for group in self.param_groups:
             group["peak_lr"] = group["lr"]
 
@@ -67,32 +72,47 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update, alpha=-lr)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    head = _head_parameters(model) if cfg.head_lr is not None or cfg.optimizer == "muon" else []
+# PyTorch's optimisers by name: (parameter groups, config) -> optimiser
+TORCH_OPTIMIZERS = {
+    "sgd": lambda groups, cfg: torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+    ),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr),
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr),
+    "rmsprop": lambda groups, cfg: torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum),
+}
+OPTIMIZERS = (*TORCH_OPTIMIZERS, "muon")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, spec: ModelSpec) -> torch.optim.Optimizer:
+    """The optimiser cfg names, over parameter groups: decayed weights, spared biases and norms, and the
+    classifier head apart when it has its own rate (or is trained by SGD beside Muon)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise CnnkitError(f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    head = _head_parameters(model, cfg, spec) if cfg.head_lr is not None or cfg.optimizer == "muon" else []
     in_head = {id(p) for p in head}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_head]
     # weight decay on conv and linear weights only: decaying biases and norm scales just hurts
-    groups = [{"params": [p for p in rest if p.ndim > 1], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in rest if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
+    ]
     if head:
-        groups.append({"params": head, "weight_decay": cfg.weight_decay,
-                       "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr})
+        groups.append(
+            {"params": head, "weight_decay": cfg.weight_decay, "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr}
+        )
     if cfg.optimizer == "muon":  # hidden weights by Muon; biases, norms and the head by Nesterov SGD
-        groups[0] = {"params": groups[0]["params"], "orthogonalize": True, "lr": cfg.muon_lr,
-                     "momentum": cfg.muon_momentum}
+        groups[0] = {
+            "params": groups[0]["params"],
+            "orthogonalize": True,
+            "lr": cfg.muon_lr,
+            "momentum": cfg.muon_momentum,
+        }
         groups[1]["weight_decay"] = cfg.weight_decay  # airbench decays biases too
         return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return TORCH_OPTIMIZERS[cfg.optimizer](groups, cfg)
 
 
-def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    head = classifier_head(model)
-    if head is None:
-        raise CnnkitError("--head-lr and --optimizer muon need a model that ends in a linear layer (nn.Linear)")
-    return [p for p in head.parameters() if p.requires_grad]
+def _head_parameters(model: nn.Module, cfg: TrainConfig, spec: ModelSpec) -> list[nn.Parameter]:
+    flag = "--head-lr" if cfg.head_lr is not None else "--optimizer muon"
+    return [p for p in spec.head_module(model, flag).parameters() if p.requires_grad]

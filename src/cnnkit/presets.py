@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from cnnkit.errors import CnnkitError
 
+# one recipe in a few lines, as airbench keeps its hyperparameters: read at a glance
+# fmt: off
 PRESETS: dict[str, dict] = {
     "mnist-fast": {
         "about": "MNIST-like 28x28 grayscale data to 99% test accuracy in seconds, even on a laptop CPU",
@@ -50,6 +52,7 @@ PRESETS: dict[str, dict] = {
         "ema": 0.999, "tta": True, "precision": "auto",
     },
 }
+# fmt: on
 
 
 def preset_settings(name: str | None) -> dict:

@@ -1,10 +1,13 @@
-"""Progress output: a live bar on a terminal, and only plain lines in a log file or a pipe."""
+"""Progress output: a live bar on a terminal, plain lines in a log file or a pipe, and nothing at all from
+any process but the main one."""
 
 from __future__ import annotations
 
 import sys
 
 from tqdm import tqdm
+
+from cnnkit.machine import is_main_process
 
 
 def interactive() -> bool:
@@ -13,9 +16,11 @@ def interactive() -> bool:
 
 def bar(total: int, desc: str, unit: str = "it") -> tqdm:
     """A bar that draws only on a terminal (and vanishes when done), so logs get no bar noise."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not interactive(), leave=False, dynamic_ncols=True)
+    shown = interactive() and is_main_process()
+    return tqdm(total=total, desc=desc, unit=unit, disable=not shown, leave=False, dynamic_ncols=True)
 
 
 def say(line: str) -> None:
-    """Print a line above any live bar."""
-    tqdm.write(line)
+    """Print a line above any live bar (on the main process only)."""
+    if is_main_process():
+        tqdm.write(line)

@@ -6,11 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from cnnkit.config import parse_split
 from cnnkit.data.folder import load_folder
+from cnnkit.data.images import resize_images
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
 from cnnkit.data.splits import channel_stats, make_splits
@@ -58,13 +56,25 @@ def load_raw(data: str, data_dir: str | None, image_size: int | None, skip_bad_i
         raw = NAMED_SOURCES[data](Path(data_dir).expanduser() if data_dir else cache_root() / "data")
         return _resized(raw, image_size) if image_size else raw
     if "/" not in data and "\\" not in data and not data.startswith(".") and not Path(data).exists():
-        raise CnnkitError(f"unknown data set {data!r}; use one of {', '.join(NAMED_SOURCES)}, or a path to a folder "
-                          "of images with one sub-folder per class")
+        raise CnnkitError(
+            f"unknown data set {data!r}; use one of {', '.join(NAMED_SOURCES)}, or a path to a folder "
+            "of images with one sub-folder per class"
+        )
     return load_folder(Path(data).expanduser(), image_size, skip_bad_images, cache_root())
 
 
-def load_data(data: str, data_dir: str | None = None, image_size: int | None = None, val_fraction: float = 0.1,
-              split: str | None = None, seed: int = 0, skip_bad_images: bool = False) -> Dataset:
+def load_data(
+    data: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    val_fraction: float = 0.1,
+    split: str | None = None,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+) -> Dataset:
+    """A named data set or an image folder, split into train/val/test, with the training split's statistics.
+    Every setting is a keyword, so two of them can never be swapped by position."""
     raw = load_raw(data, data_dir, image_size, skip_bad_images)
     splits = make_splits(raw, val_fraction, parse_split(split) if split else None, seed)
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
@@ -74,11 +84,5 @@ def load_data(data: str, data_dir: str | None = None, image_size: int | None = N
 
 
 def _resized(raw: RawData, size: int) -> RawData:
-    def resize(s: ImageSet) -> ImageSet:
-        if s.images.shape[-1] == size and s.images.shape[-2] == size:
-            return s
-        chunks = [F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                  for c in s.images.split(4096)]
-        return ImageSet(torch.cat(chunks).round_().clamp_(0, 255).to(torch.uint8), s.labels)
-
-    return RawData(raw.classes, {k: resize(v) for k, v in raw.parts.items()}, raw.skipped)
+    parts = {k: ImageSet(resize_images(v.images, size), v.labels) for k, v in raw.parts.items()}
+    return RawData(raw.classes, parts, raw.skipped)

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from cnnkit.data.images import DECODE_ERRORS, decode_image, is_image_file, peek_image
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.errors import CnnkitError
+from cnnkit.machine import is_main_process
 from cnnkit.progress import bar, say
 
 SPLIT_PARTS = ("train", "val", "test")
@@ -38,8 +39,10 @@ def load_folder(root: Path, image_size: int | None, skip_bad_images: bool, cache
         _write_cache(cache_file, raw)
     if raw.skipped and not skip_bad_images:
         listing = "\n".join(f"  {line}" for line in raw.skipped)
-        raise CnnkitError(f"{len(raw.skipped)} image file(s) cannot be decoded:\n{listing}\n"
-                          "Fix or remove them, or pass --skip-bad-images to train without them.")
+        raise CnnkitError(
+            f"{len(raw.skipped)} image file(s) cannot be decoded:\n{listing}\n"
+            "Fix or remove them, or pass --skip-bad-images to train without them."
+        )
     for line in raw.skipped:
         say(f"skipped bad image {line}")
     return raw
@@ -48,8 +51,10 @@ def load_folder(root: Path, image_size: int | None, skip_bad_images: bool, cache
 def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
     """Image files per part as (path, class name); hidden files and non-image files are ignored."""
     if not root.exists():
-        raise CnnkitError(f"data folder {root} does not exist; give a folder of class sub-folders, "
-                          "or a named data set (digits, mnist, fashion-mnist, cifar10, cifar100)")
+        raise CnnkitError(
+            f"data folder {root} does not exist; give a folder of class sub-folders, "
+            "or a named data set (digits, mnist, fashion-mnist, cifar10, cifar100)"
+        )
     if not root.is_dir():
         raise CnnkitError(f"--data {root} is a file; give a folder that holds one sub-folder of images per class")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
@@ -58,8 +63,10 @@ def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
     classes = sorted({c for _, c in files["train" if has_splits else "all"]})
     if len(classes) < 2:
         where = root / "train" if has_splits else root
-        raise CnnkitError(f"{where} holds images of {len(classes)} class(es), and a classifier needs at least two: "
-                          "put each class's images in its own sub-folder, e.g. FOLDER/cat/1.jpg, FOLDER/dog/2.jpg")
+        raise CnnkitError(
+            f"{where} holds images of {len(classes)} class(es), and a classifier needs at least two: "
+            "put each class's images in its own sub-folder, e.g. FOLDER/cat/1.jpg, FOLDER/dog/2.jpg"
+        )
     for part, items in files.items():
         unknown = sorted({c for _, c in items} - set(classes))
         if unknown:
@@ -109,16 +116,18 @@ def _decode_folder(files: dict[str, list[tuple[str, str]]], image_size: int | No
     # PIL lets go of the GIL while it decodes and resizes, which pays for photos; tiny images are bound by
     # Python's own overhead, and threads only slow them down (measured: 32x32 JPEGs 1.9x slower with 8)
     threads = min(8, 2 * (os.cpu_count() or 1)) if mean_pixels > THREADED_DECODE_PIXELS else 1
-    pixels, bad_decodes = _parallel(lambda p: decode_image(p, image_size, channels), good, "decoding images",
-                                    threads)
+    pixels, bad_decodes = _parallel(lambda p: decode_image(p, image_size, channels), good, "decoding images", threads)
     bad.update(bad_decodes)
-    classes = sorted({c for _, c in files.get("train", files.get("all"))})
+    classes = sorted({c for _, c in files["train" if "train" in files else "all"]})
     index = {c: i for i, c in enumerate(classes)}
     parts = {}
     for part, items in files.items():
         kept = [(path, c) for path, c in items if path in pixels]
-        images = torch.stack([pixels[p] for p, _ in kept]) if kept else torch.zeros(0, channels, image_size, image_size,
-                                                                                    dtype=torch.uint8)
+        images = (
+            torch.stack([pixels[p] for p, _ in kept])
+            if kept
+            else torch.zeros(0, channels, image_size, image_size, dtype=torch.uint8)
+        )
         parts[part] = ImageSet(images, torch.tensor([index[c] for _, c in kept], dtype=torch.int64))
     return RawData(classes, parts, [f"{path}: {reason}" for path, reason in sorted(bad.items())])
 
@@ -129,7 +138,7 @@ def _parallel(fn, paths: list[str], desc: str, threads: int) -> tuple[dict, dict
     results, errors = {}, {}
 
     def attempt(chunk: list[str]) -> list[tuple[str, object, str | None]]:
-        outcomes = []
+        outcomes: list[tuple[str, object, str | None]] = []
         for path in chunk:
             try:
                 outcomes.append((path, fn(path), None))
@@ -137,7 +146,7 @@ def _parallel(fn, paths: list[str], desc: str, threads: int) -> tuple[dict, dict
                 outcomes.append((path, None, str(e) or type(e).__name__))
         return outcomes
 
-    chunks = [paths[i: i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    chunks = [paths[i : i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
     with ThreadPoolExecutor(max_workers=threads) as pool, bar(len(paths), desc) as progress:
         for outcomes in pool.map(attempt, chunks):
             for path, value, error in outcomes:
@@ -162,6 +171,8 @@ def _cache_key(root: Path, image_size: int | None, files: dict[str, list[tuple[s
 
 
 def _write_cache(path: Path, raw: RawData) -> None:
+    if not is_main_process():  # one writer per run
+        return
     tensors = {}
     for part, s in raw.parts.items():
         tensors[f"{part}.images"], tensors[f"{part}.labels"] = s.images.contiguous(), s.labels
@@ -182,8 +193,11 @@ def _read_cache(path: Path) -> RawData | None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        parts = {k[: -len(".images")]: ImageSet(v, tensors[k[: -len(".images")] + ".labels"])
-                 for k, v in tensors.items() if k.endswith(".images")}
+        parts = {
+            k[: -len(".images")]: ImageSet(v, tensors[k[: -len(".images")] + ".labels"])
+            for k, v in tensors.items()
+            if k.endswith(".images")
+        }
         return RawData(json.loads(meta["classes"]), parts, json.loads(meta["skipped"]))
     except Exception:  # a damaged cache is rebuilt, never trusted
         return None

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+LUMA_WEIGHTS = (19595, 38470, 7471)  # PIL's RGB -> L weights, in 1/65536: 0.299 R + 0.587 G + 0.114 B
 
 
 def is_image_file(name: str) -> bool:
@@ -25,8 +27,10 @@ def open_image(path: str | Path) -> Image.Image:
     width, height = img.size
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
         img.close()
-        raise Image.DecompressionBombError(f"{width}x{height} pixels is over the {Image.MAX_IMAGE_PIXELS:,}-pixel "
-                                           "limit that guards against decompression bombs; shrink the image")
+        raise Image.DecompressionBombError(
+            f"{width}x{height} pixels is over the {Image.MAX_IMAGE_PIXELS:,}-pixel "
+            "limit that guards against decompression bombs; shrink the image"
+        )
     return img
 
 
@@ -37,19 +41,47 @@ def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
 
 
 def decode_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
-    """Decode, flatten any transparency onto white, convert to `channels` and resize to size x size."""
+    """Decode an image file to a uint8 (channels, size, size) tensor, as `image_to_tensor` converts."""
     with open_image(path) as img:
         img.load()  # decode now, so that a truncated file fails here rather than later
-        img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img.alpha_composite(rgba)
-        img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        return image_to_tensor(img, size, channels)
+
+
+def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """Upright by its EXIF rotation, transparency flattened onto white, resized to size x size, and
+    converted to `channels` by `to_channels`: a uint8 (channels, size, size) tensor."""
+    img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img.alpha_composite(rgba)
+    img = img.convert("L" if img.mode in GRAY_MODES and channels == 1 else "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(img, dtype=np.uint8).reshape(size, size, -1)
+    return to_channels(torch.from_numpy(array.copy()).permute(2, 0, 1)[None], channels)[0]
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) images as 1 or 3 channels: grey copied into RGB, or colour made grey by PIL's own
+    luma (ITU-R 601-2), bit for bit, so an image gets the same input whichever way it arrives."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.int32).view(1, 3, 1, 1)
+    return (((images.int() * weights).sum(1, keepdim=True) + 0x8000) >> 16).to(torch.uint8)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) images resized to size x size (antialiased bilinear), in chunks to bound memory."""
+    if images.shape[-2:] == (size, size):
+        return images
+    chunks = [
+        F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        for c in images.split(4096)
+    ]
+    return torch.cat(chunks).round_().clamp_(0, 255).to(torch.uint8)
 
 
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)

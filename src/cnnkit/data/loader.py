@@ -10,28 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
-
-
-class Normalize:
-    """uint8 (N, C, H, W) -> float, scaled to zero mean and unit std per channel in one fused multiply-add."""
-
-    def __init__(self, mean: list[float], std: list[float], device: torch.device,
-                 memory_format: torch.memory_format = torch.contiguous_format):
-        std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.scale = 1 / (255 * std_t)
-        self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
-        self.memory_format = memory_format
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = laid_out(images.shape, images.device, self.memory_format)
-        return torch.addcmul(self.shift, images, self.scale, out=out)
-
-
-def laid_out(shape: torch.Size, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
-    """An empty float batch with the strides of `memory_format`, even where one channel makes two layouts
-    equivalent: a compiled model recompiles for any other strides."""
-    return torch.empty(shape, device=device, memory_format=memory_format)
 
 
 def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -54,12 +34,23 @@ def mirror_where(images: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
 class DeviceBatches:
     """Shuffled, augmented, normalised training batches, or plain ordered batches for evaluation."""
 
-    def __init__(self, data: ImageSet, batch_size: int, normalize: Normalize, device: torch.device,
-                 shuffle: bool = False, translate: int = 0, flip: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        preprocess: Preprocess,
+        *,
+        shuffle: bool = False,
+        translate: int = 0,
+        flip: bool = False,
+        seed: int = 0,
+    ):
+        """Batches on the device that `preprocess` lives on; `shuffle`, `translate` and `flip` for training."""
+        device = preprocess.scale.device
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
-        self.batch_size, self.normalize, self.shuffle = batch_size, normalize, shuffle
-        self.translate, self.flip = translate, flip
+        self.batch_size, self.preprocess, self.shuffle = batch_size, preprocess, shuffle
+        self.translate = translate
         self.generator = torch.Generator(device=device).manual_seed(seed)
         # alternating flip (airbench): each image is mirrored in every other epoch, a random half first, so
         # two epochs show every image both ways instead of each way by chance; it trains faster than coin flips
@@ -79,16 +70,18 @@ class DeviceBatches:
         n = len(self.labels)
         return torch.randperm(n, device=self.labels.device, generator=self.generator) if self.shuffle else None
 
-    def iterate(self, order: torch.Tensor | None, start_step: int = 0,
-                epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iterate(
+        self, order: torch.Tensor | None, start_step: int = 0, epoch: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch `epoch`'s batches in `order` from batch `start_step` on: a resumed epoch picks up exactly
         where it stopped."""
         for start in range(start_step * self.batch_size, self._stop(), self.batch_size):
-            index = slice(start, start + self.batch_size) if order is None else order[start: start + self.batch_size]
+            index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             images, labels = self.images[index], self.labels[index]
             images = random_translate(images, self.translate, self.generator) if self.translate else images
-            images = mirror_where(images, self.mirror_first[index] ^ (epoch % 2 == 0)) if self.flip else images
-            yield self.normalize(images), labels
+            if self.mirror_first is not None:
+                images = mirror_where(images, self.mirror_first[index] ^ (epoch % 2 == 0))
+            yield self.preprocess(images), labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iterate(self.new_order())

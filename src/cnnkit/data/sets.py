@@ -15,11 +15,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index])
 
     @staticmethod
-    def concat(sets: list["ImageSet"]) -> "ImageSet":
+    def concat(sets: list[ImageSet]) -> ImageSet:
         return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]))
 
 

@@ -17,8 +17,10 @@ import torchvision
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.errors import CnnkitError
 
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def load_digits(data_dir: Path) -> RawData:
@@ -36,9 +38,10 @@ def load_mnist_like(dataset: type[torchvision.datasets.MNIST]):
         raw = data_dir / dataset.__name__ / "raw"
         if not all(_find_idx(raw, name) for pair in IDX_FILES.values() for name in pair):
             _download(dataset, data_dir, [f"{raw}/{name}.gz" for pair in IDX_FILES.values() for name in pair])
-        parts = {part: ImageSet(_read_idx(_find_idx(raw, images)).unsqueeze(1),
-                                _read_idx(_find_idx(raw, labels)).long())
-                 for part, (images, labels) in IDX_FILES.items()}
+        parts = {
+            part: ImageSet(_read_idx(raw, images).unsqueeze(1), _read_idx(raw, labels).long())
+            for part, (images, labels) in IDX_FILES.items()
+        }
         return RawData([str(c) for c in dataset.classes], parts)
 
     return load
@@ -52,10 +55,13 @@ def load_cifar(dataset: type[torchvision.datasets.CIFAR10]):
         try:  # torchvision checks every file's md5 before it unpickles the official batches
             splits = {part: dataset(str(data_dir), train=part == "train") for part in ("train", "test")}
         except RuntimeError as e:
-            raise CnnkitError(f"{folder} is incomplete or corrupt ({e}); "
-                              "delete it and run again to download it") from None
-        parts = {part: ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
-                 for part, ds in splits.items()}
+            raise CnnkitError(
+                f"{folder} is incomplete or corrupt ({e}); delete it and run again to download it"
+            ) from None
+        parts = {
+            part: ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+            for part, ds in splits.items()
+        }
         return RawData(list(splits["train"].classes), parts)
 
     return load
@@ -77,23 +83,27 @@ def _download(dataset, data_dir: Path, wanted: list[str]) -> None:
         dataset(str(data_dir), download=True)
     except Exception as e:  # urllib, socket and checksum errors all mean: the files are not here
         listing = "\n".join(f"  {w}" for w in wanted)
-        raise CnnkitError(f"{dataset.__name__} is not in {data_dir} and could not be downloaded ({_last_line(e)}).\n"
-                          "Put these files there, or pass --data-dir to the folder that holds them:\n"
-                          f"{listing}") from None
+        raise CnnkitError(
+            f"{dataset.__name__} is not in {data_dir} and could not be downloaded ({_last_line(e)}).\n"
+            "Put these files there, or pass --data-dir to the folder that holds them:\n"
+            f"{listing}"
+        ) from None
 
 
 def _find_idx(raw: Path, name: str) -> Path | None:
     return next((p for p in (raw / name, raw / f"{name}.gz") if p.is_file()), None)
 
 
-def _read_idx(path: Path) -> torch.Tensor:
+def _read_idx(raw: Path, name: str) -> torch.Tensor:
     """An IDX file of unsigned bytes (MNIST's format): a magic number, the dimensions, then the data."""
+    path = _find_idx(raw, name)
+    assert path is not None  # the download made sure every file is there
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         data = f.read()
     ndim = data[3]
     if data[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 3:
         raise CnnkitError(f"{path} is not an IDX file of unsigned bytes; delete it and run again to download it")
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     pixels = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if pixels.size != int(np.prod(shape)):
         raise CnnkitError(f"{path} is truncated; delete it and run again to download it")

@@ -9,8 +9,9 @@ from cnnkit.data.sets import ImageSet, RawData
 DEFAULT_TEST_FRACTION = 0.2  # held out as test when a source has no test split of its own
 
 
-def make_splits(raw: RawData, val_fraction: float, split: tuple[float, float, float] | None,
-                seed: int) -> dict[str, ImageSet]:
+def make_splits(
+    raw: RawData, val_fraction: float, split: tuple[float, float, float] | None, seed: int
+) -> dict[str, ImageSet]:
     """The official test split where there is one; validation carved from train unless the source has one.
 
     `split` merges every part and re-splits it (e.g. CIFAR-10's train and test as one pool, 80/10/10).
@@ -23,8 +24,8 @@ def make_splits(raw: RawData, val_fraction: float, split: tuple[float, float, fl
         train, val = stratified_split(parts["train"], [1 - val_fraction, val_fraction], generator)
         return {"train": train, "val": val, "test": parts["test"]}
     if split is None:
-        test = DEFAULT_TEST_FRACTION
-        split = ((1 - test) * (1 - val_fraction), (1 - test) * val_fraction, test)
+        held_out = DEFAULT_TEST_FRACTION
+        split = ((1 - held_out) * (1 - val_fraction), (1 - held_out) * val_fraction, held_out)
     pool = ImageSet.concat([parts[name] for name in sorted(parts)])
     train, val, test = stratified_split(pool, list(split), generator)
     return {"train": train, "val": val, "test": test}
@@ -38,7 +39,7 @@ def stratified_split(data: ImageSet, fractions: list[float], generator: torch.Ge
         members = members[torch.randperm(len(members), generator=generator)]
         bounds = torch.tensor([0.0] + fractions).cumsum(0).mul(len(members)).round().long().tolist()
         for i in range(len(fractions)):
-            chunks[i].append(members[bounds[i]: bounds[i + 1]])
+            chunks[i].append(members[bounds[i] : bounds[i + 1]])
     return [data.subset(torch.cat(c).sort().values) for c in chunks]
 
 

@@ -1,66 +1,126 @@
-"""Model registry: a name maps to a function that builds a plain `nn.Module` for the data's shape.
+"""Model registry: a name maps to a `ModelSpec`, whose builder makes a plain `nn.Module` for the data's shape.
 
-A builder takes (in_channels, num_classes, image_size, **options). Register one with `@register("name")`.
+A builder takes (in_channels, num_classes, image_size, **options). Register one with
+`@register("name", head="head", first_conv="features.0")`; the spec names the parts of the model
+that cnnkit works on (like timm's pretrained configs), so nothing is guessed from the layer types.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cnnkit.errors import CnnkitError
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+CUSTOM = "custom"  # the model name a run records when it trained an nn.Module passed in from Python
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class ModelSpec:
+    """What cnnkit knows about a model besides its code."""
+
+    name: str
+    build: Callable[..., nn.Module] | None  # None: a module passed in from Python, which cnnkit cannot rebuild
+    about: str = ""
+    head: str | None = "head"  # the classifier head by name: remade for a new class count, given --head-lr
+    first_conv: str | None = None  # the first convolution by name: what --whiten initialises
+    input_size: int | None = None  # the image size the model expects (None: any size)
+    mean: tuple[float, ...] | None = None  # the model's own normalisation (a pretrained backbone's)
+    std: tuple[float, ...] | None = None
+    init_options: tuple[str, ...] = ()  # options that only initialise (e.g. pretrained=True): never stored
+
+    @property
+    def options(self) -> list[str]:
+        return list(inspect.signature(self.build).parameters)[3:] if self.build else []
+
+    def architecture(self, options: dict) -> dict:
+        """The options that shape the network, as model.json stores them; initialisation-only ones left out."""
+        return {k: v for k, v in options.items() if k not in self.init_options}
+
+    def head_module(self, model: nn.Module, needed_for: str) -> nn.Linear:
+        return self._part(model, self.head, "classifier head", needed_for)
+
+    def first_conv_module(self, model: nn.Module, needed_for: str) -> nn.Conv2d:
+        return self._part(model, self.first_conv, "first convolution", needed_for)
+
+    def _part(self, model: nn.Module, name: str | None, what: str, needed_for: str):
+        if name is None:
+            raise CnnkitError(
+                f"{needed_for} needs the model's {what}, and model {self.name!r} names none; "
+                f"register its builder with cnnkit.register(name, head=..., first_conv=...)"
+            )
+        return unwrap(model).get_submodule(name)
+
+
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, **spec):
+    """Decorator: register a builder under `name`, with the spec's fields (head, first_conv, ...) as keywords."""
+
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _BUILDERS[name] = builder
+        if name == CUSTOM:
+            raise CnnkitError(f"{CUSTOM!r} is reserved for modules passed in from Python; choose another name")
+        if name in _SPECS:
+            warnings.warn(f"model {name!r} is registered again; the new builder replaces the old one", stacklevel=2)
+        about = next(iter((builder.__doc__ or "").strip().splitlines()), "")
+        _SPECS[name] = ModelSpec(name, builder, about, **spec)
         return builder
 
     return add
 
 
 def model_names() -> list[str]:
-    return list(_BUILDERS)
+    return list(_SPECS)
 
 
 def check_model_name(name: str) -> None:
-    if name not in _BUILDERS:
-        raise CnnkitError(f"unknown model {name!r}; choose one of: {', '.join(_BUILDERS)} (`cnnkit models` lists them)")
+    if name not in _SPECS and name != CUSTOM:
+        raise CnnkitError(f"unknown model {name!r}; choose one of: {', '.join(_SPECS)} (`cnnkit models` lists them)")
+
+
+def model_spec(name: str, module: nn.Module | None = None) -> ModelSpec:
+    """The spec of a registered model, or of a module passed in from Python (which names no parts)."""
+    if module is not None:
+        return ModelSpec(CUSTOM, None, type(module).__name__, head=None)
+    check_model_name(name)
+    return _SPECS[name] if name != CUSTOM else ModelSpec(CUSTOM, None, head=None)
 
 
 def create_model(name: str, in_channels: int, num_classes: int, image_size: int, **options) -> nn.Module:
     """Build a registered model; unknown names, unknown options and too-small images get a clear message."""
-    if name.startswith("custom:"):
-        raise CnnkitError(f"this run trained a custom nn.Module ({name[7:]}), which cnnkit cannot rebuild by name; "
-                          f"in Python, pass an instance: cnnkit.load(run_dir, model={name[7:]}(...)), "
-                          f"or cnnkit.resume(run_dir, model={name[7:]}(...))")
-    check_model_name(name)
-    builder = _BUILDERS[name]
-    accepted = list(inspect.signature(builder).parameters)[3:]
-    unknown = sorted(set(options) - set(accepted))
+    spec = model_spec(name)
+    if spec.build is None:
+        raise CnnkitError(
+            f"model {CUSTOM!r} stands for an nn.Module passed in from Python, which cnnkit cannot build by name; "
+            "pass an instance: cnnkit.train(model=MyNet()), cnnkit.load(run_dir, model=MyNet()) or "
+            "cnnkit.resume(run_dir, model=MyNet())"
+        )
+    unknown = sorted(set(options) - set(spec.options))
     if unknown:
-        has = f"its options are: {', '.join(accepted)}" if accepted else "it takes no options"
+        has = f"its options are: {', '.join(spec.options)}" if spec.options else "it takes no options"
         raise CnnkitError(f"model {name!r} has no option {', '.join(unknown)}; {has}")
     try:
-        return builder(in_channels, num_classes, image_size, **options)
+        return spec.build(in_channels, num_classes, image_size, **options)
     except RuntimeError:  # a conv or pool ran out of pixels while sizing the classifier
-        raise CnnkitError(f"model {name!r} cannot take {image_size}x{image_size} images: they shrink to nothing inside "
-                          f"it. Pass --image-size {_smallest_size(builder, in_channels, num_classes)} or larger, or "
-                          "choose a model that keeps small images, such as small-cnn or simplecnn.") from None
+        raise CnnkitError(
+            f"model {name!r} cannot take {image_size}x{image_size} images: they shrink to nothing inside "
+            f"it. Pass --image-size {_smallest_size(spec, in_channels, num_classes)} or larger, or "
+            "choose a model that keeps small images, such as small-cnn or simplecnn."
+        ) from None
 
 
 def describe_models(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> list[tuple[str, int, str]]:
     """(name, parameter count for the given data shape, first line of the builder's docstring)."""
-    rows = []
-    for name, builder in _BUILDERS.items():
-        model = builder(in_channels, num_classes, image_size)
-        rows.append((name, num_parameters(model), (builder.__doc__ or "").strip().splitlines()[0]))
-    return rows
+    return [
+        (name, num_parameters(create_model(name, in_channels, num_classes, image_size)), spec.about)
+        for name, spec in _SPECS.items()
+    ]
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -76,24 +136,19 @@ def flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside torch.compile's and DDP's wrappers, whose parameter names carry no prefix."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
             return model
 
 
-def classifier_head(model: nn.Module) -> nn.Module | None:
-    """The last linear layer: the classifier head (remade for a new class count, given its own rate)."""
-    linears = [m for m in unwrap(model).modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
-
-
-def _smallest_size(builder, in_channels: int, num_classes: int) -> int:
+def _smallest_size(spec: ModelSpec, in_channels: int, num_classes: int) -> int:
+    assert spec.build is not None
     for size in range(4, 257):
         try:
-            builder(in_channels, num_classes, size)
+            spec.build(in_channels, num_classes, size)
             return size
         except RuntimeError:
             continue

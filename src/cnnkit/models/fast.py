@@ -22,9 +22,11 @@ class ConvGroup(nn.Sequential):
         super().__init__(
             nn.Conv2d(cin, cout, 3, padding=1, bias=False),
             nn.MaxPool2d(2),  # pooling before the norm: the norm and GELU then run on a quarter of the pixels
-            batch_norm(cout), nn.GELU(),
+            batch_norm(cout),
+            nn.GELU(),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-            batch_norm(cout), nn.GELU(),
+            batch_norm(cout),
+            nn.GELU(),
         )
 
 
@@ -33,13 +35,18 @@ class FastCNN(nn.Module):
         super().__init__()
         patch = in_channels * 2 * 2
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 2 * patch, 2), nn.GELU())  # +/- whitened 2x2 patches
-        self.features = nn.Sequential(ConvGroup(2 * patch, widths[0]), ConvGroup(widths[0], widths[1]),
-                                      ConvGroup(widths[1], widths[2]), nn.AdaptiveMaxPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(widths[2], num_classes, bias=False)
-        nn.init.normal_(self.classifier.weight, std=1 / widths[2])  # near-zero first logits (airbench's scale)
+        self.features = nn.Sequential(
+            ConvGroup(2 * patch, widths[0]),
+            ConvGroup(widths[0], widths[1]),
+            ConvGroup(widths[1], widths[2]),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        nn.init.normal_(self.head.weight, std=1 / widths[2])  # near-zero first logits (airbench's scale)
 
     def forward(self, x):
-        return self.classifier(self.features(self.stem(x)))
+        return self.head(self.features(self.stem(x)))
 
 
 def _fastcnn(in_channels, num_classes, image_size, widths):
@@ -48,13 +55,13 @@ def _fastcnn(in_channels, num_classes, image_size, widths):
     return FastCNN(in_channels, num_classes, widths)
 
 
-@register("fastcnn")
+@register("fastcnn", first_conv="stem.0")
 def fastcnn(in_channels, num_classes, image_size):
     """airbench-style net (widths 64-256-256): whitened 2x2 stem, conv-pool-BN-GELU blocks; GPU speed runs."""
     return _fastcnn(in_channels, num_classes, image_size, (64, 256, 256))
 
 
-@register("fastcnn-small")
+@register("fastcnn-small", first_conv="stem.0")
 def fastcnn_small(in_channels, num_classes, image_size):
     """The same design at widths 16-32-64: the fastest good CNN on a laptop CPU."""
     return _fastcnn(in_channels, num_classes, image_size, (16, 32, 64))

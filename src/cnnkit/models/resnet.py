@@ -29,16 +29,19 @@ class ResNet9(nn.Module):
         w = [width, 2 * width, 4 * width, 8 * width]
         self.features = nn.Sequential(
             conv_bn(in_channels, w[0]),
-            conv_bn(w[0], w[1], pool=True), Residual(w[1]),
+            conv_bn(w[0], w[1], pool=True),
+            Residual(w[1]),
             conv_bn(w[1], w[2], pool=True),
-            conv_bn(w[2], w[3], pool=True), Residual(w[3]),
+            conv_bn(w[2], w[3], pool=True),
+            Residual(w[3]),
             nn.AdaptiveMaxPool2d(1),  # any input size ends as one vector per image
             nn.Flatten(),
         )
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(w[3], num_classes))
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(w[3], num_classes)
 
     def forward(self, x):
-        return self.classifier(self.features(x))
+        return self.head(self.dropout(self.features(x)))
 
 
 def _resnet9(in_channels, num_classes, image_size, dropout: float = 0.0, *, width: int):
@@ -47,13 +50,13 @@ def _resnet9(in_channels, num_classes, image_size, dropout: float = 0.0, *, widt
     return ResNet9(in_channels, num_classes, width, dropout)
 
 
-@register("resnet9")
+@register("resnet9", first_conv="features.0.0")
 def resnet9(in_channels, num_classes, image_size, dropout: float = 0.0):
     """ResNet-9 (widths 64-512), batch norm, residual blocks: strong on CIFAR, best on a GPU."""
     return _resnet9(in_channels, num_classes, image_size, dropout, width=64)
 
 
-@register("resnet9-small")
+@register("resnet9-small", first_conv="features.0.0")
 def resnet9_small(in_channels, num_classes, image_size, dropout: float = 0.0):
     """ResNet-9 at a quarter of the width (16-128): the same design, fast enough for a laptop CPU."""
     return _resnet9(in_channels, num_classes, image_size, dropout, width=16)

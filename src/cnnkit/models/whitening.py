@@ -13,20 +13,12 @@ from torch import nn
 from cnnkit.errors import CnnkitError
 
 
-def first_conv(model: nn.Module) -> nn.Conv2d:
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        raise CnnkitError("--whiten needs a model whose first layer is a convolution")
-    return conv
-
-
 @torch.no_grad()
-def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> None:
-    """Set the first conv's filters to whiten `images`' patches (as +W and -W when it has twice the filters).
+def whiten_conv(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set a conv's filters to whiten `images`' patches (as +W and -W when it has twice the filters).
 
     `images` are normalised float images (N, C, H, W). The filters are frozen: they stay a whitening.
     """
-    conv = first_conv(model)
     kh, kw = conv.kernel_size
     patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1)  # (N, C, H', W', kh, kw)
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, conv.in_channels * kh * kw).double()
@@ -35,8 +27,10 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4)
     filters = (eigenvectors.T / (eigenvalues.clamp_min(0) + eps).sqrt()[:, None]).float()
     dim = filters.shape[0]
     if conv.out_channels not in (dim, 2 * dim) or conv.groups != 1:
-        raise CnnkitError(f"--whiten needs a first conv with {dim} or {2 * dim} filters of {kh}x{kw} over "
-                          f"{conv.in_channels} channels; this model's has {conv.out_channels}: use model fastcnn")
+        raise CnnkitError(
+            f"--whiten needs a first conv with {dim} or {2 * dim} filters of {kh}x{kw} over "
+            f"{conv.in_channels} channels; this model's has {conv.out_channels}: use model fastcnn"
+        )
     weight = filters if conv.out_channels == dim else torch.cat([filters, -filters])
     conv.weight.copy_(weight.view_as(conv.weight))
     if conv.bias is not None:

@@ -1,0 +1,112 @@
+"""A run's context: the settings with their data-dependent defaults filled in, the data, the model and what
+cnnkit knows of it, the machine, the run folder and the preprocessing, made once by `prepare`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnkit import __version__
+from cnnkit.config import TrainConfig
+from cnnkit.data import DIGIT_DATA, Dataset, is_folder, load_data
+from cnnkit.data.preprocess import Preprocess
+from cnnkit.errors import CnnkitError
+from cnnkit.machine import Machine
+from cnnkit.models import CUSTOM, ModelSpec, create_model, model_spec, num_parameters
+from cnnkit.models.whitening import whiten_conv
+from cnnkit.progress import say
+from cnnkit.rundir import WEIGHTS, RunFolder, load_weights
+
+WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
+
+
+@dataclass
+class RunContext:
+    cfg: TrainConfig
+    data: Dataset
+    model: nn.Module
+    spec: ModelSpec
+    machine: Machine
+    folder: RunFolder
+    preprocess: Preprocess  # on the machine's device
+    info: dict  # model.json: architecture, classes and preprocessing
+
+
+def prepare(cfg: TrainConfig, module: nn.Module | None, machine: Machine, folder: RunFolder) -> RunContext:
+    """Load the data, fill the data-dependent settings, and build and initialise the model."""
+    spec = model_spec(cfg.model, module)
+    data = load_data(
+        cfg.data,
+        data_dir=cfg.data_dir,
+        image_size=cfg.image_size or spec.input_size,
+        val_fraction=cfg.val_fraction,
+        split=cfg.split,
+        seed=cfg.seed,
+        skip_bad_images=cfg.skip_bad_images,
+    )
+    cfg = resolved(cfg, data)
+    mean, std = (list(spec.mean), list(spec.std)) if spec.mean and spec.std else (data.mean, data.std)
+    torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights, dropout masks and order
+    options = {"dropout": cfg.dropout} if cfg.dropout is not None else {}
+    net = (
+        module
+        if module is not None
+        else create_model(cfg.model, data.channels, len(data.classes), data.image_size, **options)
+    )
+    if cfg.whiten:
+        sample = Preprocess(mean, std)(data.splits["train"].images[:WHITENING_SAMPLE])
+        whiten_conv(spec.first_conv_module(net, "--whiten"), sample)
+    if cfg.init_from:
+        _init_from(net, spec, Path(cfg.init_from))
+    info = {
+        "cnnkit_version": __version__,
+        "model": cfg.model,
+        "model_options": spec.architecture(options),
+        "in_channels": data.channels,
+        "image_size": data.image_size,
+        "classes": data.classes,
+        "mean": mean,
+        "std": std,
+        "num_parameters": num_parameters(net),
+    }
+    if module is not None:
+        info["module"] = type(module).__name__
+    preprocess = Preprocess(mean, std, machine.memory_format).to(machine.device)
+    return RunContext(cfg, data, net, spec, machine, folder, preprocess, info)
+
+
+def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """Fill the data-dependent defaults, so config.yaml repeats the run even if defaults change later."""
+    return dataclasses.replace(
+        cfg,
+        data=str(Path(cfg.data).resolve()) if is_folder(cfg.data) else cfg.data,
+        data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
+        init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
+        image_size=data.image_size,
+        # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
+        translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
+        flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
+    )
+
+
+def require_module(info: dict, module: nn.Module | None) -> None:
+    """A run of a module passed in from Python can only be loaded or resumed with an instance of it."""
+    if info["model"] == CUSTOM and module is None:
+        name = info.get("module", "MyNet")
+        raise CnnkitError(
+            f"this run trained a custom nn.Module ({name}), which cnnkit cannot rebuild by name; in "
+            f"Python, pass an instance: cnnkit.load(run_dir, model={name}(...)), or "
+            f"cnnkit.resume(run_dir, model={name}(...))"
+        )
+
+
+def _init_from(net: nn.Module, spec: ModelSpec, run_dir: Path) -> None:
+    if not (run_dir / WEIGHTS).is_file():
+        raise CnnkitError(f"--init-from {run_dir} is not a finished cnnkit run folder (it has no {WEIGHTS})")
+    fresh = load_weights(net, run_dir / WEIGHTS, remake_head=spec.head)
+    remade = f"; made anew for the new classes: {', '.join(fresh)}" if fresh else ""
+    say(f"starting from the weights of {run_dir}{remade}")

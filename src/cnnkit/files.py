@@ -1,0 +1,46 @@
+"""Files written whole or not at all (temporary file, flush, rename), so a crash or a full disk never
+leaves a half-written file in place of a good one."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnkit.errors import CnnkitError
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp_path), flush it to disk, then rename it over `path` in one step: a crash or a full disk at
+    any moment leaves either the old file or the new one, whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CnnkitError(
+                f"cannot write {path}: {e.strerror or e}; the previous version of the file is "
+                "intact. Free some disk space or choose another --out"
+            ) from None
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def write_json(path: Path, value: dict) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CnnkitError(f"cannot read {path} ({e}); is this a cnnkit run folder?") from None

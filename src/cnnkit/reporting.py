@@ -1,0 +1,111 @@
+"""What a run tells the user: the opening line, one line and one metrics.csv row per epoch, the closing
+line, and summary.json with the test results and where they came from (versions, device, commit)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import torch
+import torchvision
+
+from cnnkit import __version__
+from cnnkit.context import RunContext
+from cnnkit.machine import Machine, device_name
+from cnnkit.models import num_parameters
+from cnnkit.progress import say
+from cnnkit.rundir import RunFolder
+from cnnkit.training.events import Callback, EpochResult
+from cnnkit.training.trainer import Trainer
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when cnnkit runs from one (src layout)
+
+
+class EpochReport(Callback):
+    """Each epoch's numbers: a row of metrics.csv and a line on the console."""
+
+    def __init__(self, folder: RunFolder, epochs: int):
+        self.folder, self.epochs = folder, epochs
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        self.folder.append_metrics(dataclasses.asdict(result))
+        say(epoch_line(result, self.epochs))
+
+
+def epoch_line(r: EpochResult, epochs: int) -> str:
+    val = f"  val loss {r.val_loss:.4f} acc {r.val_accuracy:.4f}" if r.val_loss is not None else ""
+    return (
+        f"epoch {r.epoch}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_accuracy:.4f}{val}"
+        f"  lr {r.lr:.2e}  {r.seconds:.1f}s"
+    )
+
+
+def opening_line(ctx: RunContext) -> str:
+    data, machine = ctx.data, ctx.machine
+    sizes = "/".join(str(len(data.splits[s])) for s in ("train", "val", "test"))
+    return (
+        f"cnnkit: {model_label(ctx.info)} ({num_parameters(ctx.model):,} parameters) on {data.name}: {sizes} "
+        f"train/val/test images of {data.channels}x{data.image_size}x{data.image_size}, {len(data.classes)} "
+        f"classes; {machine.device}{' bf16' if machine.bf16 else ''}; run folder {ctx.folder}"
+    )
+
+
+def model_label(info: dict) -> str:
+    """The model's name, or the class name of a module passed in from Python."""
+    return info.get("module") or info["model"]
+
+
+def closing_line(summary: dict, folder: RunFolder) -> str:
+    return f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}; run saved in {folder}"
+
+
+def run_summary(ctx: RunContext, metrics: dict, record: dict, timings: dict[str, float]) -> dict:
+    """summary.json: the test metrics, how training went, the data, and where the figures came from."""
+    data = ctx.data
+    return {
+        **metrics,
+        "epochs": ctx.cfg.epochs,
+        "best_epoch": record["best_epoch"],
+        "val_accuracy": record["best_score"] if len(data.splits["val"]) else None,
+        "train_seconds": round(record["train_seconds"], 3),
+        **{k: round(v, 3) for k, v in timings.items()},
+        "num_parameters": num_parameters(ctx.model),
+        "num_train_images": len(data.splits["train"]),
+        "num_val_images": len(data.splits["val"]),
+        "data": ctx.cfg.data,
+        "model": ctx.cfg.model,
+        "module": ctx.info.get("module"),
+        "skipped_images": data.skipped,
+        **provenance(ctx.machine),
+    }
+
+
+def provenance(machine: Machine) -> dict:
+    """Where a run's figures came from: the software, the hardware, and the code's exact commit."""
+    return {
+        "cnnkit_version": __version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "device": str(machine.device),
+        "device_name": device_name(machine.device),
+        "bf16": machine.bf16,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit(root: Path = SOURCE_ROOT) -> str | None:
+    """The checkout's commit, with '-dirty' for uncommitted changes; None for an installed package."""
+    if not (root / ".git").exists() or not (root / "src" / "cnnkit").is_dir():
+        return None
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+    return result.stdout.strip()

@@ -1,0 +1,151 @@
+"""Training a run end to end: `train` makes a run folder, `resume` continues one. Between them: the trainer,
+the best weights by validation, the test and the summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnkit.checkpoint import CHECKPOINT, load_checkpoint
+from cnnkit.config import TrainConfig
+from cnnkit.context import RunContext, prepare, require_module
+from cnnkit.data import data_name
+from cnnkit.data.loader import DeviceBatches
+from cnnkit.evaluation import EVAL_BATCH, eval_batch_sizes, predict_logits, test_metrics
+from cnnkit.files import read_json
+from cnnkit.machine import pick_machine
+from cnnkit.models import CUSTOM, num_parameters
+from cnnkit.progress import say
+from cnnkit.reporting import EpochReport, closing_line, opening_line, run_summary
+from cnnkit.run import Run
+from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder, load_weights
+from cnnkit.training.events import Callback, EpochResult
+from cnnkit.training.stopping import TrainingInterrupted, stop_on_signals
+from cnnkit.training.trainer import Trainer
+from cnnkit.training.warmup import compile_warmup
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    model: nn.Module | str | None = None,
+    callbacks: Sequence[Callback] = (),
+    **settings,
+) -> Run:
+    """Train a classifier and write its run folder. `model` is a registered name or any nn.Module;
+    `callbacks` watch the training loop (see `cnnkit.Callback`).
+
+    Example: `cnnkit.train(data="mnist", model="simplecnn", epochs=1)`.
+    """
+    module = model if isinstance(model, nn.Module) else None
+    if model is not None:
+        settings["model"] = CUSTOM if module is not None else model
+    cfg = TrainConfig.from_dict({**(dataclasses.asdict(config) if config else {}), **settings})
+    machine = pick_machine(cfg.device, cfg.precision)
+    model_name = type(module).__name__.lower() if module is not None else cfg.model
+    folder = RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine)  # fails fast if unwritable
+    try:
+        ctx = prepare(cfg, module, machine, folder)
+    except BaseException:
+        folder.remove_if_empty()  # a run that never started leaves no empty folder behind
+        raise
+    folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())  # a repeat makes a new folder
+    folder.write_json(MODEL_INFO, ctx.info)
+    return _run(ctx, callbacks)
+
+
+def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Sequence[Callback] = ()) -> Run:
+    """Continue a stopped run from its newest whole checkpoint; on the CPU the result is bit-identical
+    to a run that was never stopped. Pass `model` for runs that trained a custom nn.Module."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    require_module(read_json(run_dir / MODEL_INFO), model)
+    cfg = TrainConfig.from_yaml(run_dir / CONFIG)
+    machine = pick_machine(cfg.device, cfg.precision)
+    ctx = prepare(cfg, model, machine, RunFolder(run_dir, machine.is_main))
+    position = state["position"]
+    say(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']}")
+    return _run(ctx, callbacks, state)
+
+
+def _run(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None = None) -> Run:
+    # weights, plus a checkpoint with optimiser moments and a weight average, each written beside the last
+    ctx.folder.ensure_free_space(8 * 4 * num_parameters(ctx.model) + 8 * len(ctx.data.splits["train"]))
+    ctx.model.to(ctx.machine.device, memory_format=ctx.machine.memory_format)  # type: ignore[call-overload]
+    try:
+        summary = _train_and_test(ctx, callbacks, resume_state)
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{e}. Resume with: cnnkit train --resume {ctx.folder}") from None
+    say(closing_line(summary, ctx.folder))
+    return Run(ctx.folder.path, ctx.model, ctx.info, ctx.cfg, ctx.machine)
+
+
+class KeepBest(Callback):
+    """The best weights by validation accuracy (the last epoch's without validation), on disk as soon as they
+    exist; `record` travels in every checkpoint."""
+
+    def __init__(self, folder: RunFolder, record: dict):
+        self.folder, self.record = folder, record
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        self.record["train_seconds"] += result.seconds
+        score = result.val_accuracy if result.val_accuracy is not None else result.epoch
+        if score > self.record["best_score"]:
+            self.record["best_score"], self.record["best_epoch"] = score, result.epoch
+            self.folder.save_weights(trainer.kept_model)
+
+
+def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None) -> dict:
+    say(opening_line(ctx))
+    step_model: nn.Module = torch.compile(ctx.model) if ctx.cfg.compile else ctx.model  # type: ignore[assignment]
+    record = resume_state["run"] if resume_state else {"best_score": -1.0, "best_epoch": 0, "train_seconds": 0.0}
+    compile_seconds = _train(ctx, step_model, callbacks, record, resume_state)
+    ctx.machine.barrier()  # the best weights are on disk before any process reads them
+    load_weights(ctx.model, ctx.folder / WEIGHTS)
+    started = time.perf_counter()
+    test = DeviceBatches(ctx.data.splits["test"], EVAL_BATCH, ctx.preprocess)
+    metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
+    timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - started}
+    summary = run_summary(ctx, metrics, record, timings)
+    ctx.folder.write_json(SUMMARY, summary)
+    return summary
+
+
+def _train(
+    ctx: RunContext, step_model: nn.Module, callbacks: Sequence[Callback], record: dict, resume_state: dict | None
+) -> float:
+    """Train to the last epoch, from the start or from `resume_state`, keeping the run's `record` (best epoch
+    and score, seconds); returns the seconds spent compiling."""
+    cfg, data = ctx.cfg, ctx.data
+    assert cfg.translate is not None and cfg.flip is not None  # filled in by `prepare`
+    train = DeviceBatches(
+        data.splits["train"],
+        cfg.batch_size,
+        ctx.preprocess,
+        shuffle=True,
+        translate=cfg.translate,
+        flip=cfg.flip,
+        seed=cfg.seed,
+    )
+    val = DeviceBatches(data.splits["val"], EVAL_BATCH, ctx.preprocess) if len(data.splits["val"]) else None
+    trainer = Trainer(step_model, ctx.spec, train, cfg, ctx.machine)
+    if resume_state:
+        trainer.load_state_dict(resume_state)
+    compile_seconds = 0.0
+    if cfg.compile:  # compiled before the clock starts, and reported on its own
+        compile_seconds = compile_warmup(trainer, eval_batch_sizes(data.splits), cfg.tta)
+        say(f"compiled the model in {compile_seconds:.1f}s")
+    ctx.folder.start_metrics(keep_before_epoch=trainer.pos.epoch)
+    trainer.callbacks = [EpochReport(ctx.folder, cfg.epochs), KeepBest(ctx.folder, record), *callbacks]
+
+    def save(state: dict) -> None:  # the checkpoint describes itself: version, model, classes, preprocessing
+        ctx.folder.save_checkpoint({**state, "run": record, "model_info": ctx.info})
+
+    with stop_on_signals() as stop:
+        trainer.fit(val, save, stop)
+    return compile_seconds
