@@ -76,7 +76,8 @@ def mnist(data: Path) -> None:
         schedule="constant",
     )
     print(
-        f"cnnkit, pytorch-mnist (the same net), batch 64, 1 epoch: {s['num_train_images'] / s['train_seconds']:,.0f} images/s "
+        f"cnnkit, pytorch-mnist (the same net), batch 64, 1 epoch: "
+        f"{s['num_train_images'] / s['train_seconds']:,.0f} images/s "
         f"(accuracy {s['test_accuracy']:.4f})"
     )
 
