@@ -89,3 +89,16 @@ def test_models_lists_names_with_parameter_counts(tmp_path):
     result = cnnkit("models", cwd=tmp_path)
     assert result.returncode == 0
     assert any(line.split()[:2] == ["lenet", "62,006"] for line in result.stdout.splitlines())
+
+
+def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "models"],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # as `cnnkit models | head -0` would, before cnnkit writes a line
+    assert process.wait(timeout=120) == 141
+    assert "Traceback" not in process.stderr.read()

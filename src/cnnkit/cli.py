@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from cnnkit import __version__
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("cnnkit: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # whoever read the output stopped early (`cnnkit eval RUN | head`): not a fault
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so Python's exit flush stays quiet
+        return 141
 
 
 def build_parser() -> argparse.ArgumentParser:
