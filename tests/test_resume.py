@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import cnnkit
+import cnnkit.rundir
 from cnnkit import CnnkitError
 from cnnkit.checkpoint import load_checkpoint
 
@@ -152,7 +153,7 @@ def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):
     from cnnkit.checkpoint import save_checkpoint
-    from cnnkit.rundir import atomic_write
+    from cnnkit.files import atomic_write
 
     path = tmp_path / "checkpoint.safetensors"
     save_checkpoint(path, {"weights": torch.ones(3), "epoch": 2})
@@ -209,3 +210,43 @@ def test_a_disk_too_full_for_the_run_fails_before_training(tmp_path, monkeypatch
     with pytest.raises(CnnkitError, match="only 1.0 MiB are free .* free some space or pass --out"):
         cnnkit.train(out=str(tmp_path / "run"))
     assert not (tmp_path / "run" / "metrics.csv").exists()  # stopped before the first epoch
+
+
+def test_a_run_folder_belongs_to_one_run_at_a_time(tmp_path):
+    long = ["--epochs", "300", "--checkpoint-every", "20"]  # minutes of digits: still going while we try
+    first = start([*long, "--out", "run"], tmp_path)
+    wait_for(tmp_path / "run" / "checkpoint.safetensors", first)
+    for second in (["--out", "run"], ["--resume", "run"]):  # neither a new run nor a resume may write into it
+        refused = subprocess.run(
+            [sys.executable, "-m", "cnnkit", "train", *second],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert "run is in use by another cnnkit run that is still going" in refused.stderr
+    assert first.poll() is None
+    first.send_signal(signal.SIGTERM)  # the first run stops cleanly, and with it goes its claim
+    assert first.wait(timeout=120) == 130
+    with cnnkit.rundir.RunFolder.reopen(tmp_path / "run", cnnkit.machine.pick_machine("cpu")):
+        pass  # claimed and let go again: nothing holds the folder any more
+
+
+def test_two_runs_started_together_on_one_folder_never_mix(tmp_path):
+    runs = [start(["--epochs", "2", "--out", "run"], tmp_path) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "in use by another cnnkit run" in refused or "already holds files" in refused
+    assert [row["epoch"] for row in csv.DictReader(open(tmp_path / "run" / "metrics.csv"))] == ["1", "2"]
+
+
+def test_a_failed_start_keeps_a_folder_the_user_made(tmp_path):
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(CnnkitError, match="does not exist"):
+        cnnkit.train(data=str(tmp_path / "missing"), out=str(tmp_path / "mine"))
+    assert (tmp_path / "mine").is_dir()  # empty, as it was: still the user's
+    with pytest.raises(CnnkitError, match="does not exist"):
+        cnnkit.train(data=str(tmp_path / "missing"), out=str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()  # made by the failed run, so removed by it

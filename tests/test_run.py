@@ -233,8 +233,9 @@ def test_auto_named_run_folders_never_collide(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("cnnkit.rundir.time.strftime", lambda fmt: "20260101-120000")  # two runs in one second
-    first, second, third = (new_run_dir(None, "digits-simplecnn") for _ in range(3))
-    assert [p.name for p in (first, second, third)] == [
+    made = [new_run_dir(None, "digits-simplecnn") for _ in range(3)]
+    assert all(created for _, created in made)
+    assert [path.name for path, _ in made] == [
         "digits-simplecnn-20260101-120000",
         "digits-simplecnn-20260101-120000-2",
         "digits-simplecnn-20260101-120000-3",

@@ -19,7 +19,8 @@ from cnnkit.machine import Machine
 from cnnkit.models import CUSTOM, ModelSpec, create_model, model_spec, num_parameters
 from cnnkit.models.whitening import whiten_conv
 from cnnkit.progress import say
-from cnnkit.rundir import WEIGHTS, RunFolder, load_weights
+from cnnkit.rundir import WEIGHTS, RunFolder
+from cnnkit.weights import load_weights
 
 WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
 

@@ -24,7 +24,8 @@ from cnnkit.evaluation import EVAL_BATCH, predict_logits, test_metrics
 from cnnkit.files import read_json
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model
-from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, load_weights
+from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS
+from cnnkit.weights import load_weights
 
 
 @dataclass

@@ -5,19 +5,23 @@ path and writes nothing."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import time
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cnnkit.checkpoint import CHECKPOINT, save_checkpoint
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, write_json
 from cnnkit.machine import Machine
-from cnnkit.models import unwrap
+from cnnkit.weights import save_weights
+
+try:
+    import fcntl  # POSIX: a lock that goes with its process, however the process ends
+except ImportError:  # Windows: runs are then only refused when their folder already holds files
+    fcntl = None  # type: ignore[assignment]
 
 CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY = (
     "config.yaml",
@@ -27,21 +31,48 @@ CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY = (
     "summary.json",
 )
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP; never part of saved names
 
 
 class RunFolder:
-    """A run's folder, and every write to it: the one place that decides who writes."""
+    """A run's folder, and every write to it: the one place that decides who writes. The main process holds
+    an exclusive lock on the folder while the run lives, so a second run on the same folder is refused."""
 
-    def __init__(self, path: Path, writer: bool = True):
-        self.path, self.writer = path, writer
+    def __init__(self, path: Path, writer: bool = True, lock: int | None = None, created: bool = False):
+        self.path, self.writer, self.lock, self.created = path, writer, lock, created
 
     @classmethod
     def create(cls, out: str | None, name: str, machine: Machine) -> RunFolder:
-        """The main process makes the folder (`out`, or runs/NAME-TIME); the others learn its path."""
-        path = new_run_dir(out, name) if machine.is_main else None
-        shared = Path(machine.share(str(path.resolve()) if path else ""))  # absolute: the same from any cwd
-        return cls(path or shared, machine.is_main)
+        """The main process makes and claims the folder (`out`, or runs/NAME-TIME); the others learn its path."""
+        if not machine.is_main:
+            return cls(Path(machine.share("")), writer=False)
+        path, created = new_run_dir(out, name)
+        lock = claim(path)
+        if not created and any(path.iterdir()):  # checked under the lock: no other run can be filling it
+            release(lock)
+            raise CnnkitError(f"--out {path} already holds files; choose a new folder or delete that one")
+        machine.share(str(path.resolve()))  # absolute: the same folder from any working directory
+        return cls(path, True, lock, created)
+
+    @classmethod
+    def reopen(cls, path: Path, machine: Machine) -> RunFolder:
+        """An existing run's folder, claimed again by the main process (to resume it)."""
+        return cls(path, True, claim(path)) if machine.is_main else cls(path, writer=False)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        release(self.lock)
+        self.lock = None
+
+    def abandon(self) -> None:
+        """A run that never started leaves no folder behind, but only removes one it made itself: a folder
+        the user made (or a mount point) stays."""
+        if self.writer and self.created and not any(self.path.iterdir()):
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass  # the error that stopped the run matters more than the leftover folder
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -99,26 +130,23 @@ class RunFolder:
                 "pass --out to another disk"
             )
 
-    def remove_if_empty(self) -> None:
-        """A run that never started leaves no empty folder behind."""
-        if self.writer and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
 
-
-def new_run_dir(out: str | None, name: str) -> Path:
-    """Create the run folder; refuses one that already holds a run, so no finished work is overwritten."""
-    if out:
-        path = Path(out).expanduser()
-        if path.is_dir() and any(path.iterdir()):
-            raise CnnkitError(f"--out {path} already holds files; choose a new folder or delete that one")
-    else:
-        base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
+def new_run_dir(out: str | None, name: str) -> tuple[Path, bool]:
+    """The run folder, and whether this call created it (a folder the user made is never removed)."""
+    base = Path(out).expanduser() if out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                path.mkdir(parents=True)  # made here and now, so two runs never take the same new name
+                created = True
+                break
+            except FileExistsError:
+                if out:
+                    created = False
+                    break
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
         probe = path / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -126,42 +154,25 @@ def new_run_dir(out: str | None, name: str) -> Path:
         raise CnnkitError(
             f"cannot write the run folder {path} ({e.strerror}); pass --out to a writable folder"
         ) from None
-    return path
+    return path, created
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-
-
-def load_weights(model: nn.Module, path: Path, remake_head: str | None = None) -> list[str]:
-    """Load safetensors weights (never a pickle) into a plain model, whatever wrapper they were saved from.
-
-    With `remake_head` (the head module's name), a head sized for another class count keeps its fresh
-    initialisation; the names of such tensors are returned. Any other difference is refused, naming it.
-    """
+def claim(path: Path) -> int | None:
+    """Lock the folder for this run's life: another run on it is refused at once, and the lock is let go
+    when the process ends, even by SIGKILL, so a killed run can always be resumed."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDONLY)
     try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as e:
-        raise CnnkitError(f"{path} is not a readable safetensors weights file ({e})") from None
-    for prefix in WRAPPER_PREFIXES:
-        state = {k.removeprefix(prefix): v for k, v in state.items()}
-    expected = unwrap(model).state_dict()
-    head = f"{remake_head}." if remake_head else None
-    fresh = [k for k in expected if head and k.startswith(head) and k in state and state[k].shape != expected[k].shape]
-    state.update({k: expected[k] for k in fresh})
-    problems = [f"missing {k}" for k in expected if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [
-        f"{k}: saved {tuple(state[k].shape)}, model has {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if problems:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
         raise CnnkitError(
-            f"the weights in {path} do not fit this model: "
-            + "; ".join(problems[:5])
-            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
-        )
-    unwrap(model).load_state_dict(state)
-    return fresh
+            f"{path} is in use by another cnnkit run that is still going; wait for it to end, or choose another --out"
+        ) from None
+    return fd
+
+
+def release(lock: int | None) -> None:
+    if lock is not None:
+        os.close(lock)  # closing the descriptor lets go of the lock

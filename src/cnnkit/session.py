@@ -23,11 +23,12 @@ from cnnkit.models import CUSTOM, num_parameters
 from cnnkit.progress import say
 from cnnkit.reporting import EpochReport, closing_line, opening_line, run_summary
 from cnnkit.run import Run
-from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder, load_weights
+from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.stopping import TrainingInterrupted, stop_on_signals
 from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import compile_warmup
+from cnnkit.weights import load_weights
 
 
 def train(
@@ -48,29 +49,32 @@ def train(
     cfg = TrainConfig.from_dict({**(dataclasses.asdict(config) if config else {}), **settings})
     machine = pick_machine(cfg.device, cfg.precision)
     model_name = type(module).__name__.lower() if module is not None else cfg.model
-    folder = RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine)  # fails fast if unwritable
-    try:
-        ctx = prepare(cfg, module, machine, folder)
-    except BaseException:
-        folder.remove_if_empty()  # a run that never started leaves no empty folder behind
-        raise
-    folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())  # a repeat makes a new folder
-    folder.write_json(MODEL_INFO, ctx.info)
-    return _run(ctx, callbacks)
+    # made and claimed first: an unwritable or busy folder fails before any data is loaded
+    with RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine) as folder:
+        try:
+            ctx = prepare(cfg, module, machine, folder)
+        except BaseException:
+            folder.abandon()
+            raise
+        folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())  # a repeat makes a new folder
+        folder.write_json(MODEL_INFO, ctx.info)
+        return _run(ctx, callbacks)
 
 
 def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Sequence[Callback] = ()) -> Run:
     """Continue a stopped run from its newest whole checkpoint; on the CPU the result is bit-identical
     to a run that was never stopped. Pass `model` for runs that trained a custom nn.Module."""
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    require_module(read_json(run_dir / MODEL_INFO), model)
+    load_checkpoint(run_dir / CHECKPOINT)  # a folder that cannot be resumed is refused before anything else
     cfg = TrainConfig.from_yaml(run_dir / CONFIG)
     machine = pick_machine(cfg.device, cfg.precision)
-    ctx = prepare(cfg, model, machine, RunFolder(run_dir, machine.is_main))
-    position = state["position"]
-    say(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']}")
-    return _run(ctx, callbacks, state)
+    with RunFolder.reopen(run_dir, machine) as folder:  # claimed: no other run is writing it meanwhile
+        state = load_checkpoint(run_dir / CHECKPOINT)
+        require_module(read_json(run_dir / MODEL_INFO), model)
+        ctx = prepare(cfg, model, machine, folder)
+        position = state["position"]
+        say(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']}")
+        return _run(ctx, callbacks, state)
 
 
 def _run(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None = None) -> Run:
