@@ -184,3 +184,29 @@ def test_one_grey_conversion_for_files_and_for_tensors(tmp_path):
     assert torch.equal(to_channels(as_tensor, 1)[0, 0], pil_grey)  # PIL's own luma, bit for bit
     assert torch.equal(decode_image(path, 16, 1), to_channels(decode_image(path, 16, 3)[None], 1)[0])
     assert torch.equal(to_channels(pil_grey[None, None], 3)[0], pil_grey.expand(3, -1, -1))
+
+
+def test_wide_pixel_formats_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from cnnkit.data.images import decode_image
+
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    expected = torch.from_numpy((ramp * 255).round().astype(np.uint8))
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "16bit.png")  # mode I;16
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float.tif")  # mode F, 0..1
+    Image.fromarray((ramp * 255).astype(np.float32)).save(tmp_path / "float255.tif")  # mode F, 0..255
+    Image.fromarray((ramp * 65535).astype(np.int32)).save(tmp_path / "32bit.tif")  # mode I
+    for name in ("16bit.png", "float.tif", "float255.tif", "32bit.tif"):
+        decoded = decode_image(tmp_path / name, 32, 1)[0].int()
+        assert (decoded - expected.int()).abs().max() <= 1, name
+
+
+def test_a_split_of_blank_images_is_flagged(tmp_path, capsys):
+    for label in ("a", "b"):
+        for i in range(10):
+            save_image(tmp_path / "blank" / label / f"{i}.png", np.full((8, 8), 7, np.uint8))
+    load_data(str(tmp_path / "blank"))
+    assert "warning: the train images of" in capsys.readouterr().out
+    load_data("digits")
+    assert "warning" not in capsys.readouterr().out

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from cnnkit.config import parse_split
 from cnnkit.data.folder import load_folder
 from cnnkit.data.images import resize_images
@@ -13,6 +15,7 @@ from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
 from cnnkit.data.splits import channel_stats, make_splits
 from cnnkit.errors import CnnkitError
+from cnnkit.progress import say
 
 DIGIT_DATA = ("digits", "mnist")  # flipping a digit makes another symbol, so these train without flips
 
@@ -79,8 +82,22 @@ def load_data(
     splits = make_splits(raw, val_fraction, parse_split(split) if split else None, seed)
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
         raise CnnkitError(f"{data} has too few images for a train and a test split; add images or change --split")
+    for name, part in splits.items():
+        if nearly_constant(part.images):
+            say(
+                f"warning: the {name} images of {data} are (nearly) all one shade, so nothing can be learned from "
+                "them; check that the files hold the pictures you expect (their bit depth, their exposure)"
+            )
     mean, std = channel_stats(splits["train"].images)
     return Dataset(data_name(data), raw.classes, splits, mean, std, raw.skipped)
+
+
+def nearly_constant(images: torch.Tensor, sample: int = 1000) -> bool:
+    """Whether up to `sample` images spread over a split vary by less than one grey level (std < 1 of 255)."""
+    if len(images) == 0:
+        return False
+    picked = images[:: max(1, len(images) // sample)][:sample]
+    return bool(picked.float().std() < 1.0)
 
 
 def _resized(raw: RawData, size: int) -> RawData:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # more than 8 bits per pixel
+GRAY_MODES = frozenset({"1", "L", "LA"}) | WIDE_GRAY_MODES
 LUMA_WEIGHTS = (19595, 38470, 7471)  # PIL's RGB -> L weights, in 1/65536: 0.299 R + 0.587 G + 0.114 B
 
 
@@ -51,6 +52,8 @@ def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     """Upright by its EXIF rotation, transparency flattened onto white, resized to size x size, and
     converted to `channels` by `to_channels`: a uint8 (channels, size, size) tensor."""
     img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+    if img.mode in WIDE_GRAY_MODES:
+        img = Image.fromarray(to_8_bits(np.asarray(img)))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -60,6 +63,26 @@ def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(img, dtype=np.uint8).reshape(size, size, -1)
     return to_channels(torch.from_numpy(array.copy()).permute(2, 0, 1)[None], channels)[0]
+
+
+def to_8_bits(pixels: np.ndarray) -> np.ndarray:
+    """16-bit, 32-bit and float grey pixels scaled to 0..255 (PIL's own conversion clips them instead, so a
+    16-bit PNG turns all white and a float TIFF all black). Integers are read by their range: 8-bit values
+    stay, 16-bit ones are divided by 257; floats in [0, 1] are multiplied by 255, floats in [0, 255] stay;
+    anything else (a depth map, say) is stretched from its own minimum to its maximum."""
+    values = pixels.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    integer = np.issubdtype(pixels.dtype, np.integer)
+    if low >= 0 and high <= (1 if not integer else 0):
+        scaled = values * 255
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif integer and low >= 0 and high <= 65535:
+        scaled = values / 257
+    else:
+        scaled = (values - low) * (255 / max(high - low, 1e-12))
+    return np.nan_to_num(scaled, nan=0.0).round().clip(0, 255).astype(np.uint8)
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
