@@ -210,3 +210,49 @@ def test_a_split_of_blank_images_is_flagged(tmp_path, capsys):
     assert "warning: the train images of" in capsys.readouterr().out
     load_data("digits")
     assert "warning" not in capsys.readouterr().out
+
+
+def make_layout(root, parts: dict[str, int], classes=("a", "b")):
+    rng = np.random.default_rng(0)
+    for part, n in parts.items():
+        for label in classes:
+            for i in range(n):
+                save_image(root / part / label / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    return root
+
+
+@pytest.mark.parametrize(
+    "parts, sizes",
+    [
+        ({"train": 10, "test": 5}, (18, 2, 10)),  # val carved from train
+        ({"train": 10, "val": 5}, (16, 10, 4)),  # test carved from train, the folder's val kept
+        ({"Training": 10, "Validation": 5, "Testing": 5}, (20, 10, 10)),  # aliases, any case
+        ({"train": 10}, (14, 2, 4)),  # train alone: as a plain class folder
+    ],
+)
+def test_every_split_layout_is_recognised(tmp_path, parts, sizes):
+    data = load_data(str(make_layout(tmp_path / "data", parts)), val_fraction=0.1)
+    assert data.classes == ["a", "b"]  # never "train" and "val" as classes
+    assert tuple(len(data.splits[s]) for s in ("train", "val", "test")) == sizes
+
+
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        ({"train": 3, "cat": 3}, r"mixes split folders \(train\) with other folders \(cat\)"),
+        ({"train": 3, "val": 3, "valid": 3}, "has two folders for the val split"),
+        ({"val": 3, "test": 3}, "no train folder"),
+    ],
+)
+def test_ambiguous_layouts_are_refused(tmp_path, parts, message):
+    with pytest.raises(CnnkitError, match=message):
+        load_data(str(make_layout(tmp_path / "data", parts)))
+
+
+def test_a_split_folder_that_links_outside_is_not_followed(tmp_path, capsys):
+    make_layout(tmp_path / "elsewhere", {"train": 4})
+    root = make_layout(tmp_path / "data", {"test": 2})
+    (root / "train").symlink_to(tmp_path / "elsewhere" / "train", target_is_directory=True)
+    with pytest.raises(CnnkitError, match="no train folder"):
+        load_data(str(root))
+    assert "ignored 1 symbolic link(s) that lead outside" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""A folder of the user's own images: FOLDER/<class>/<image>, or FOLDER/{train,val,test}/<class>/<image>.
+"""A folder of the user's own images, decoded: FOLDER/<class>/<image>, or split folders (see `layout`).
 
 Images are decoded once, in parallel, into uint8 tensors and cached on disk (keyed by a hash of every
 file's content, so any changed file means a fresh decode), and the next run starts at once.
@@ -17,13 +17,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cnnkit.data.images import DECODE_ERRORS, decode_image, is_image_file, peek_image
+from cnnkit.data.images import DECODE_ERRORS, decode_image, peek_image
+from cnnkit.data.layout import scan_folder
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import is_main_process
 from cnnkit.progress import bar, say
 
-SPLIT_PARTS = ("train", "val", "test")
 MAX_AUTO_SIZE = 128  # the default input size is the folder's most common size, but no larger than this
 CACHE_FORMAT = "2"
 THREADED_DECODE_PIXELS = 128 * 128  # above this mean image size, decoding runs on several threads
@@ -46,59 +46,6 @@ def load_folder(root: Path, image_size: int | None, skip_bad_images: bool, cache
     for line in raw.skipped:
         say(f"skipped bad image {line}")
     return raw
-
-
-def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
-    """Image files per part as (path, class name); hidden files and non-image files are ignored."""
-    if not root.exists():
-        raise CnnkitError(
-            f"data folder {root} does not exist; give a folder of class sub-folders, "
-            "or a named data set (digits, mnist, fashion-mnist, cifar10, cifar100)"
-        )
-    if not root.is_dir():
-        raise CnnkitError(f"--data {root} is a file; give a folder that holds one sub-folder of images per class")
-    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
-    parts = {p: root / p for p in SPLIT_PARTS if (root / p).is_dir()} if has_splits else {"all": root}
-    files = {part: _class_images(folder, os.path.realpath(root)) for part, folder in parts.items()}
-    classes = sorted({c for _, c in files["train" if has_splits else "all"]})
-    if len(classes) < 2:
-        where = root / "train" if has_splits else root
-        raise CnnkitError(
-            f"{where} holds images of {len(classes)} class(es), and a classifier needs at least two: "
-            "put each class's images in its own sub-folder, e.g. FOLDER/cat/1.jpg, FOLDER/dog/2.jpg"
-        )
-    for part, items in files.items():
-        unknown = sorted({c for _, c in items} - set(classes))
-        if unknown:
-            raise CnnkitError(f"{root / part} has classes that the training images lack: {', '.join(unknown)}")
-    return files
-
-
-def _class_images(folder: Path, root: str) -> list[tuple[str, str]]:
-    """(path, class) of every image under folder/<class>/, without following links that leave `root`."""
-    items, outside = [], []  # plain strings: building 60,000 Path objects costs more than the whole cached load
-    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        if not _inside(str(class_dir), root):
-            outside.append(str(class_dir))
-            continue
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if not is_image_file(name):
-                    continue
-                if _inside(path, root):
-                    items.append((path, class_dir.name))
-                else:
-                    outside.append(path)
-    if outside:
-        say(f"ignored {len(outside)} symbolic link(s) that lead outside {root}, e.g. {outside[0]}")
-    return items
-
-
-def _inside(path: str, root: str) -> bool:
-    """Whether a path stays inside the data folder; only links can lead out, so only they are resolved."""
-    return not os.path.islink(path) or os.path.realpath(path).startswith(root + os.sep)
 
 
 def _decode_folder(files: dict[str, list[tuple[str, str]]], image_size: int | None) -> RawData:

@@ -18,6 +18,9 @@ def make_splits(
     """
     generator = torch.Generator().manual_seed(seed)
     parts = raw.parts
+    if split is None and "val" in parts and "test" not in parts:  # train/ and val/: the test images come from train
+        train, test = stratified_split(parts["train"], [1 - DEFAULT_TEST_FRACTION, DEFAULT_TEST_FRACTION], generator)
+        return {"train": train, "val": parts["val"], "test": test}
     if split is None and "test" in parts:
         if "val" in parts:
             return {"train": parts["train"], "val": parts["val"], "test": parts["test"]}

@@ -1,0 +1,108 @@
+"""How an image folder is laid out: FOLDER/<class>/<image>, or split folders (train, val, test, and their
+usual aliases) each holding <class>/<image>. A layout that could be read two ways is refused, never guessed,
+and no symbolic link that leads outside the folder is followed, at any level."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cnnkit.data.images import is_image_file
+from cnnkit.errors import CnnkitError
+from cnnkit.progress import say
+
+SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
+    """Image files per part ('train', 'val', 'test', or 'all' without split folders) as (path, class name);
+    hidden files and non-image files are ignored."""
+    if not root.exists():
+        raise CnnkitError(
+            f"data folder {root} does not exist; give a folder of class sub-folders, "
+            "or a named data set (digits, mnist, fashion-mnist, cifar10, cifar100)"
+        )
+    if not root.is_dir():
+        raise CnnkitError(f"--data {root} is a file; give a folder that holds one sub-folder of images per class")
+    real_root, outside = os.path.realpath(root), list[str]()
+    try:
+        parts = split_folders(root, real_root, outside)
+        files = {part: _class_images(folder, real_root, outside) for part, folder in parts.items()}
+    finally:  # said even when the layout is refused: a link left out may be why
+        if outside:
+            say(f"ignored {len(outside)} symbolic link(s) that lead outside {real_root}, e.g. {outside[0]}")
+    training = "train" if "train" in parts else "all"
+    classes = sorted({c for _, c in files[training]})
+    if len(classes) < 2:
+        raise CnnkitError(
+            f"{parts[training]} holds images of {len(classes)} class(es), and a classifier needs at least two: "
+            "put each class's images in its own sub-folder, e.g. FOLDER/cat/1.jpg, FOLDER/dog/2.jpg"
+        )
+    for part, items in files.items():
+        unknown = sorted({c for _, c in items} - set(classes))
+        if unknown:
+            raise CnnkitError(f"{parts[part]} has classes that the training images lack: {', '.join(unknown)}")
+    return files
+
+
+def split_folders(root: Path, real_root: str, outside: list[str]) -> dict[str, Path]:
+    """{'train': ..., 'val': ..., 'test': ...} for the split folders present, or {'all': root} for none."""
+    links_out: list[str] = []
+    folders = _sub_folders(root, real_root, links_out)
+    splits = {folder: split for folder in folders if (split := _split_of(folder.name))}
+    if not splits:
+        return {"all": root}  # the top level is the class level, whose links are counted with the images
+    outside += links_out
+    others = [folder.name for folder in folders if folder not in splits]
+    if others:
+        raise CnnkitError(
+            f"{root} mixes split folders ({', '.join(f.name for f in splits)}) with other folders "
+            f"({', '.join(others)}): put every class inside the split folders (e.g. {root}/train/<class>/), "
+            "or rename a class folder that is named like a split"
+        )
+    found: dict[str, Path] = {}
+    for folder, split in splits.items():
+        if split in found:
+            raise CnnkitError(
+                f"{root} has two folders for the {split} split ({found[split].name}, {folder.name}); keep one"
+            )
+        found[split] = folder
+    if "train" not in found:
+        raise CnnkitError(
+            f"{root} has {', '.join(f.name for f in found.values())} but no train folder: add train/<class>/..., "
+            "or lay the folder out as FOLDER/<class>/<image> and cnnkit holds out the test images itself"
+        )
+    return found if len(found) > 1 else {"all": found["train"]}
+
+
+def _split_of(name: str) -> str | None:
+    return next((split for split, aliases in SPLIT_ALIASES.items() if name.lower() in aliases), None)
+
+
+def _sub_folders(folder: Path, real_root: str, outside: list[str]) -> list[Path]:
+    """The visible sub-folders, without links that lead outside the data folder (those go to `outside`)."""
+    folders = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    outside += [str(d) for d in folders if not _inside(str(d), real_root)]
+    return [d for d in folders if _inside(str(d), real_root)]
+
+
+def _class_images(folder: Path, root: str, outside: list[str]) -> list[tuple[str, str]]:
+    """(path, class) of every image under folder/<class>/, without following links that leave `root`."""
+    items = []  # plain strings: building 60,000 Path objects costs more than the whole cached load
+    for class_dir in _sub_folders(folder, root, outside):
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if not is_image_file(name):
+                    continue
+                if _inside(path, root):
+                    items.append((path, class_dir.name))
+                else:
+                    outside.append(path)
+    return items
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether a path stays inside the data folder; only links can lead out, so only they are resolved."""
+    return not os.path.islink(path) or os.path.realpath(path).startswith(root + os.sep)
