@@ -24,6 +24,14 @@ def cnnkit(*args: str, cwd) -> subprocess.CompletedProcess:
         (["train", "--split", "80/30/10"], "must be three percentages"),
         (["train", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
         (["eval", "not-a-run"], "not a finished cnnkit run folder"),
+        (["train", "--epochs", "inf"], "setting 'epochs' must be int, got 'inf'"),
+        (["train", "--batch-size", "1e400"], "setting 'batch_size' must be int"),
+        (["train", "--lr", "inf"], "setting 'lr' must be a finite number"),
+        (["train", "--lr", "nan"], "setting 'lr' must be a finite number"),
+        (["train", "--seed", "1e30"], "must be a whole number from 0 to 2^63 - 1"),
+        (["train", "--split", "nan/0/100"], "must be three percentages"),
+        (["train", "--translate", "50"], "--translate 50 must be smaller than the 8-pixel images"),
+        (["train", "--resume", ""], "--resume needs the folder of the run to continue"),
     ],
 )
 def test_user_mistakes_end_in_one_line(tmp_path, args, message):

@@ -74,3 +74,19 @@ def test_unknown_keys_and_bad_files_are_named(tmp_path):
 def test_parse_split():
     assert parse_split("80/10/10") == (0.8, 0.1, 0.1)
     assert parse_split("90/0/10") == (0.9, 0.0, 0.1)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochs: null\n", "setting 'epochs' needs a value"),
+        ("model: null\n", "setting 'model' needs a value"),
+        ("data: null\n", "setting 'data' needs a value"),
+        ("preset: [a]\n", "setting 'preset' must be str, got \\['a'\\]"),
+        ("lr: .inf\n", "setting 'lr' must be a finite number"),
+    ],
+)
+def test_config_files_with_empty_or_odd_values_are_named(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(CnnkitError, match=message):
+        TrainConfig.from_yaml(tmp_path / "c.yaml")

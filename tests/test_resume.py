@@ -250,3 +250,30 @@ def test_a_failed_start_keeps_a_folder_the_user_made(tmp_path):
     with pytest.raises(CnnkitError, match="does not exist"):
         cnnkit.train(data=str(tmp_path / "missing"), out=str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()  # made by the failed run, so removed by it
+
+
+def test_weights_gone_non_finite_while_steps_are_skipped_are_never_kept(tmp_path):
+    with pytest.raises(
+        CnnkitError, match=r"(NaN or infinite|non-finite validation loss).* the last good checkpoint is kept"
+    ):
+        cnnkit.train(
+            epochs=2, optimizer="sgd", lr=1e6, schedule="constant", skip_nonfinite=True, out=str(tmp_path / "run")
+        )
+    assert not (tmp_path / "run" / "summary.json").exists()  # no run that says "saved" with NaN weights
+    weights = tmp_path / "run" / "weights.safetensors"
+    assert not weights.exists() or all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
+
+
+def test_written_json_is_strict_and_undefined_figures_are_null(tmp_path):
+    import json
+
+    from cnnkit.evaluation import test_metrics
+    from cnnkit.files import write_json
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    metrics = test_metrics(logits, torch.tensor([0, 1]), ["a", "b", "c"])  # no test image of class c
+    assert metrics["per_class_accuracy"] == {"a": 1.0, "b": 1.0, "c": None}
+    write_json(tmp_path / "m.json", {**metrics, "test_loss": float("nan"), "other": [float("inf")]})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["test_loss"] is None and json.loads(text)["other"] == [None]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
 from cnnkit import __version__
 from cnnkit.config import TrainConfig, coerce, field_type, read_yaml
 from cnnkit.errors import CnnkitError
+from cnnkit.files import to_json
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
 from cnnkit.run import load
@@ -126,7 +126,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     given = {k: coerce(k, v) for k, v in vars(args).items() if k not in ("config", "resume", "command")}
-    if args.resume:
+    if args.resume is not None:
+        if not args.resume:
+            raise CnnkitError("--resume needs the folder of the run to continue, e.g. --resume runs/RUN")
         if given or args.config:
             raise CnnkitError("--resume continues a run with its own settings; give no other flags with it")
         resume(args.resume)
@@ -139,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     metrics = load(args.run, device=args.device).evaluate(args.data, args.data_dir)
     if args.json:
-        print(json.dumps(metrics, indent=2))
+        print(to_json(metrics))
         return 0
     print(
         f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
@@ -147,14 +149,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     width = max(len(c) for c in metrics["classes"])
     for name, accuracy in metrics["per_class_accuracy"].items():
-        print(f"  {name:<{width}}  {accuracy:.4f}")
+        print(f"  {name:<{width}}  {'no test images' if accuracy is None else f'{accuracy:.4f}'}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     results = load(args.run, device=args.device).predict(args.images, args.top_k)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(to_json(results))
         return 0
     for result in results:
         guesses = ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in result["predictions"])

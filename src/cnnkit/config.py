@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ class TrainConfig:
         """Check every value before any work starts; the message names the flag and what to do."""
         _require(self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
+        _require(0 <= self.seed < 2**63, "seed", self.seed, "must be a whole number from 0 to 2^63 - 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
         _require(self.lr > 0, "lr", self.lr, "must be a positive number, e.g. 0.001")
         _require(self.head_lr is None or self.head_lr > 0, "head_lr", self.head_lr, "must be a positive number")
@@ -148,7 +150,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Settings over the named preset's values over the defaults."""
-        values = {**preset_settings(values.get("preset")), **values}
+        values = {**preset_settings(coerce("preset", values.get("preset"))), **values}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -166,18 +168,41 @@ def field_type(key: str) -> type:
 
 
 def coerce(key: str, value):
-    """Turn a value from YAML or the command line into the setting's type, or say which key is wrong."""
+    """Turn a value from YAML, the command line or Python into the setting's type, or say which key is wrong.
+    Numbers must be finite: an infinite rate or a NaN seed is a mistake, never a setting."""
     kind = field_type(key)
-    if value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    try:
-        if kind is bool:
-            return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[str(value).lower()]
-        if kind is int and float(value) != int(float(value)):
+    if value is None:
+        if _optional(key):
+            return None
+        raise CnnkitError(f"setting {key!r} needs a value ({kind.__name__}); leave it out to use the default")
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        converted = value
+    else:
+        try:
+            converted = _convert(kind, value)
+        except (ValueError, KeyError, TypeError, OverflowError):
+            raise CnnkitError(f"setting {key!r} must be {kind.__name__}, got {value!r}") from None
+    if kind in (int, float) and isinstance(converted, (int, float)) and not math.isfinite(converted):
+        raise CnnkitError(f"setting {key!r} must be a finite number, got {value!r}")
+    return converted
+
+
+def _convert(kind: type, value):
+    if isinstance(value, (list, dict, tuple, set)):
+        raise TypeError  # a YAML list or mapping where one value belongs
+    if kind is bool:
+        return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[str(value).lower()]
+    if kind is int:
+        number = float(value)
+        if not number.is_integer():
             raise ValueError
-        return kind(float(value)) if kind is int else kind(value)
-    except (ValueError, KeyError, TypeError):
-        raise CnnkitError(f"setting {key!r} must be {kind.__name__}, got {value!r}") from None
+        return int(number)
+    return kind(value)
+
+
+@functools.cache
+def _optional(key: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[key])
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -199,7 +224,13 @@ def parse_split(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in str(text).split("/")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 100) > 1e-6 or parts[0] == 0 or parts[2] == 0:
+    if (
+        len(parts) != 3
+        or not all(math.isfinite(p) and p >= 0 for p in parts)
+        or abs(sum(parts) - 100) > 1e-6
+        or parts[0] == 0
+        or parts[2] == 0
+    ):
         raise CnnkitError(
             f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, e.g. 80/10/10"
         )

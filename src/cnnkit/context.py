@@ -50,6 +50,11 @@ def prepare(cfg: TrainConfig, module: nn.Module | None, machine: Machine, folder
         skip_bad_images=cfg.skip_bad_images,
     )
     cfg = resolved(cfg, data)
+    if cfg.translate is not None and cfg.translate >= data.image_size:  # a crop cannot shift past the image
+        raise CnnkitError(
+            f"--translate {cfg.translate} must be smaller than the {data.image_size}-pixel images; "
+            f"try {data.image_size // 10}"
+        )
     mean, std = (list(spec.mean), list(spec.std)) if spec.mean and spec.std else (data.mean, data.std)
     torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights, dropout masks and order
     options = {"dropout": cfg.dropout} if cfg.dropout is not None else {}

@@ -58,11 +58,14 @@ def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str])
     n = len(classes)
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n).cpu()  # rows: true, cols: predicted
-    per_class = confusion.diag() / confusion.sum(1).clamp_min(1)
+    counts = confusion.sum(1)
+    per_class = confusion.diag() / counts.clamp_min(1)
     return {
         "test_accuracy": (predicted == labels).float().mean().item(),
         "test_loss": F.cross_entropy(logits, labels).item(),
-        "per_class_accuracy": {c: round(a, 6) for c, a in zip(classes, per_class.tolist(), strict=True)},
+        "per_class_accuracy": {  # None for a class with no test images: its accuracy is undefined, not 0
+            c: round(a, 6) if n else None for c, a, n in zip(classes, per_class.tolist(), counts.tolist(), strict=True)
+        },
         "confusion_matrix": confusion.tolist(),
         "classes": classes,
         "num_test_images": len(labels),

@@ -4,6 +4,7 @@ leaves a half-written file in place of a good one."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,22 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_json(path: Path, value: dict) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(to_json(value) + "\n"))
+
+
+def to_json(value) -> str:
+    """Strict JSON: a NaN or an infinity (a figure that is undefined) is written as null, which JSON has."""
+    return json.dumps(_finite(value), indent=2, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_json(path: Path) -> dict:

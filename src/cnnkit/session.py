@@ -4,6 +4,7 @@ the best weights by validation, the test and the summary."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.context import RunContext, prepare, require_module
 from cnnkit.data import data_name
 from cnnkit.data.loader import DeviceBatches
+from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import EVAL_BATCH, eval_batch_sizes, predict_logits, test_metrics
 from cnnkit.files import read_json
 from cnnkit.machine import pick_machine
@@ -114,6 +116,11 @@ def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state
     started = time.perf_counter()
     test = DeviceBatches(ctx.data.splits["test"], EVAL_BATCH, ctx.preprocess)
     metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
+    if not math.isfinite(metrics["test_loss"]):
+        raise CnnkitError(
+            "the model's outputs on the test images are NaN or infinite, so it was not saved as a "
+            "finished run; lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
+        )
     timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - started}
     summary = run_summary(ctx, metrics, record, timings)
     ctx.folder.write_json(SUMMARY, summary)

@@ -4,6 +4,7 @@ runs the epochs around it, writes checkpoints and tells its callbacks what happe
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -107,6 +108,12 @@ class Trainer:
             self._train_epoch(save, stop)
             self._check_finite()
             result = self._epoch_result(val)
+            if self.pos.seen == 0 or not math.isfinite(result.val_loss if result.val_loss is not None else 0.0):
+                raise CnnkitError(  # finite weights whose every step or validation overflows are no model either
+                    f"epoch {result.epoch} ended with "
+                    f"{'no step whose loss was finite' if self.pos.seen == 0 else 'a non-finite validation loss'}; "
+                    "the last good checkpoint is kept. Lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
+                )
             self.pos = Position(epoch=self.pos.epoch + 1)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, result)
@@ -178,14 +185,22 @@ class Trainer:
         say(f"skipped epoch {self.pos.epoch}, step {self.pos.step}: the loss was {loss.item()}; learning rate halved")
 
     def _check_finite(self) -> None:
+        """Stop on a non-finite loss, or on weights gone non-finite while such steps were skipped: nothing
+        poisoned is ever checkpointed or kept. One device sync, at checkpoints and epoch ends only."""
         bad = int(self.pos.first_bad_step)
-        if self.machine.any_rank(bad >= 0):  # every process stops together, whichever saw it
-            where = f"step {bad + 1}" if bad >= 0 else "a step of another process"
-            raise CnnkitError(
-                f"the training loss became NaN or infinite at epoch {self.pos.epoch}, {where}; "
-                "the last good checkpoint is kept. Lower --lr (e.g. by 10x), add --warmup, "
-                "or try --precision fp32"
-            )
+        weights_bad = not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
+        if not self.machine.any_rank(bad >= 0 or weights_bad):  # every process stops together, whichever saw it
+            return
+        epoch = self.pos.epoch
+        if bad >= 0:
+            what = f"the training loss became NaN or infinite at epoch {epoch}, step {bad + 1}"
+        elif weights_bad:
+            what = f"the weights became NaN or infinite by epoch {epoch}, step {self.pos.step}"
+        else:
+            what = f"training on another process became NaN or infinite at epoch {epoch}"
+        raise CnnkitError(
+            f"{what}; the last good checkpoint is kept. Lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
+        )
 
     def _parts(self) -> dict:
         parts = {"model": unwrap(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler, "ema": self.ema}
