@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,29 @@ def test_a_split_folder_that_links_outside_is_not_followed(tmp_path, capsys):
     with pytest.raises(CnnkitError, match="no train folder"):
         load_data(str(root))
     assert "ignored 1 symbolic link(s) that lead outside" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)  # a FIFO opened for reading would wait here forever
+def test_special_files_are_passed_over_without_opening_them(image_folder, capsys):
+    os.mkfifo(image_folder / "bar" / "pipe.png")
+    (image_folder / "ring" / "dangling.png").symlink_to(image_folder / "nowhere.png")
+    data = load_data(str(image_folder), skip_bad_images=False)
+    assert sum(len(s) for s in data.splits.values()) == 120
+    assert "ignored 2 image name(s) that are not regular files" in capsys.readouterr().out
+
+
+def test_names_that_are_not_utf8_or_hold_escape_codes_are_handled_and_printed_safely(tmp_path, capsys):
+    from cnnkit.progress import say
+
+    root = tmp_path / "odd"
+    rng = np.random.default_rng(0)
+    for name in (b"caf\xe9", b"evil\x1b[31m"):  # Latin-1 bytes, and a terminal colour code
+        folder = os.path.join(os.fsencode(root), name)
+        os.makedirs(folder)
+        for i in range(6):
+            save_image(Path(os.fsdecode(folder)) / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    data = load_data(str(root))
+    assert data.classes == [os.fsdecode(b"caf\xe9"), "evil\x1b[31m"]
+    say(f"classes: {', '.join(data.classes)}")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[31m" in out and "caf\\udce9" in out

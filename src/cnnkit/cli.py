@@ -13,6 +13,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.files import to_json
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
+from cnnkit.progress import printable
 from cnnkit.run import load
 from cnnkit.session import resume, train
 from cnnkit.training.stopping import TrainingInterrupted
@@ -33,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except TrainingInterrupted as e:
-        print(f"cnnkit: {e}", file=sys.stderr)
+        print(f"cnnkit: {printable(str(e))}", file=sys.stderr)
         return 130
     except CnnkitError as e:
-        print(f"cnnkit: error: {e}", file=sys.stderr)
+        print(f"cnnkit: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cnnkit: interrupted", file=sys.stderr)
@@ -149,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     width = max(len(c) for c in metrics["classes"])
     for name, accuracy in metrics["per_class_accuracy"].items():
-        print(f"  {name:<{width}}  {'no test images' if accuracy is None else f'{accuracy:.4f}'}")
+        print(printable(f"  {name:<{width}}  {'no test images' if accuracy is None else f'{accuracy:.4f}'}"))
     return 0
 
 
@@ -160,7 +161,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     for result in results:
         guesses = ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in result["predictions"])
-        print(f"{result['path']}: {guesses}")
+        print(printable(f"{result['path']}: {guesses}"))
     return 0
 
 

@@ -21,6 +21,13 @@ def bar(total: int, desc: str, unit: str = "it") -> tqdm:
 
 
 def say(line: str) -> None:
-    """Print a line above any live bar (on the main process only)."""
+    """Print a line above any live bar (on the main process only), made safe to print."""
     if is_main_process():
-        tqdm.write(line)
+        tqdm.write(printable(line))
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters (a class folder named with escape codes, say) and bytes
+    that are not UTF-8 shown escaped, never sent raw."""
+    shown = "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")

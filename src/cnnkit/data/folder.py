@@ -28,6 +28,7 @@ MAX_AUTO_SIZE = 128  # the default input size is the folder's most common size, 
 CACHE_FORMAT = "2"
 THREADED_DECODE_PIXELS = 128 * 128  # above this mean image size, decoding runs on several threads
 DECODE_CHUNK = 256
+HASH_CHUNK = 1 << 20
 
 
 def load_folder(root: Path, image_size: int | None, skip_bad_images: bool, cache_dir: Path) -> RawData:
@@ -111,9 +112,10 @@ def _cache_key(root: Path, image_size: int | None, files: dict[str, list[tuple[s
     digest = hashlib.blake2b(f"{CACHE_FORMAT}|{image_size}".encode(), digest_size=16)
     for part, items in sorted(files.items()):
         for path, label in items:
-            with open(path, "rb") as f:
-                digest.update(f"|{part}|{label}|{os.path.relpath(path, root)}|".encode())
-                digest.update(f.read())
+            with open(path, "rb") as f:  # names may hold bytes that are not UTF-8: kept as they are
+                digest.update(f"|{part}|{label}|{os.path.relpath(path, root)}|".encode("utf-8", "surrogateescape"))
+                for chunk in iter(lambda: f.read(HASH_CHUNK), b""):  # bounded memory, whatever the file's size
+                    digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -5,6 +5,7 @@ and no symbolic link that leads outside the folder is followed, at any level."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from cnnkit.data.images import is_image_file
@@ -24,13 +25,18 @@ def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
         )
     if not root.is_dir():
         raise CnnkitError(f"--data {root} is a file; give a folder that holds one sub-folder of images per class")
-    real_root, outside = os.path.realpath(root), list[str]()
+    real_root, outside, irregular = os.path.realpath(root), list[str](), list[str]()
     try:
         parts = split_folders(root, real_root, outside)
-        files = {part: _class_images(folder, real_root, outside) for part, folder in parts.items()}
+        files = {part: _class_images(folder, real_root, (outside, irregular)) for part, folder in parts.items()}
     finally:  # said even when the layout is refused: a link left out may be why
         if outside:
             say(f"ignored {len(outside)} symbolic link(s) that lead outside {real_root}, e.g. {outside[0]}")
+        if irregular:
+            say(
+                f"ignored {len(irregular)} image name(s) that are not regular files (a pipe, a device, a broken "
+                f"link), e.g. {irregular[0]}"
+            )
     training = "train" if "train" in parts else "all"
     classes = sorted({c for _, c in files[training]})
     if len(classes) < 2:
@@ -86,8 +92,10 @@ def _sub_folders(folder: Path, real_root: str, outside: list[str]) -> list[Path]
     return [d for d in folders if _inside(str(d), real_root)]
 
 
-def _class_images(folder: Path, root: str, outside: list[str]) -> list[tuple[str, str]]:
-    """(path, class) of every image under folder/<class>/, without following links that leave `root`."""
+def _class_images(folder: Path, root: str, ignored: tuple[list[str], list[str]]) -> list[tuple[str, str]]:
+    """(path, class) of every regular image file under folder/<class>/, without following links that leave
+    `root`; what is left out goes to `ignored` (links out, other special files)."""
+    outside, irregular = ignored
     items = []  # plain strings: building 60,000 Path objects costs more than the whole cached load
     for class_dir in _sub_folders(folder, root, outside):
         for dirpath, dirnames, filenames in os.walk(class_dir):
@@ -96,11 +104,21 @@ def _class_images(folder: Path, root: str, outside: list[str]) -> list[tuple[str
                 path = os.path.join(dirpath, name)
                 if not is_image_file(name):
                     continue
-                if _inside(path, root):
+                if not _inside(path, root):
+                    outside.append(path)
+                elif _regular(path):
                     items.append((path, class_dir.name))
                 else:
-                    outside.append(path)
+                    irregular.append(path)
     return items
+
+
+def _regular(path: str) -> bool:
+    """A regular file, checked before it is ever opened: opening a FIFO would wait forever."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a broken link, or a file that went away
+        return False
 
 
 def _inside(path: str, root: str) -> bool:
