@@ -277,3 +277,48 @@ def test_written_json_is_strict_and_undefined_figures_are_null(tmp_path):
     text = (tmp_path / "m.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)["test_loss"] is None and json.loads(text)["other"] == [None]
+
+
+def test_a_disk_full_at_the_start_leaves_a_folder_ready_for_the_next_run(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "mine").mkdir()
+    monkeypatch.setattr(os, "fsync", disk_full)
+    for out in ("mine", "new"):
+        with pytest.raises(CnnkitError, match=r"cannot write .*config.yaml: No space left on device; the previous"):
+            cnnkit.train(epochs=1, out=str(tmp_path / out))
+    assert list((tmp_path / "mine").iterdir()) == [] and not (tmp_path / "new").exists()
+    monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the same folder takes the run
+    assert cnnkit.train(epochs=1, out=str(tmp_path / "mine")).summary["epochs"] == 1
+
+
+def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    import cnnkit.checkpoint
+
+    writes = []
+
+    def fills_up(tensors, filename, metadata=None):
+        writes.append(filename)
+        if len(writes) > 3:  # the fourth checkpoint finds the disk full
+            raise safetensors.SafetensorError("No space left on device")
+        safetensors.torch.save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(cnnkit.checkpoint, "save_file", fills_up)
+    with pytest.raises(
+        CnnkitError,
+        match=r"checkpoint.safetensors: No space left on device; the previous version "
+        r".* once there is space, resume with: cnnkit train --resume",
+    ):
+        cnnkit.train(epochs=3, checkpoint_every=20, out=str(tmp_path / "run"))
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())  # no half files left
+    monkeypatch.undo()
+    run = cnnkit.resume(tmp_path / "run")
+    assert run.summary["epochs"] == 3 and run.summary["test_accuracy"] > 0.8

@@ -6,10 +6,31 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from cnnkit.errors import CnnkitError
+
+
+class WriteFailed(CnnkitError):
+    """A run's file could not be written (most often, the disk is full); its previous version is whole."""
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Every write of a run's files goes through here: any failure, from the OS or from safetensors, becomes
+    one message that says what is kept and what to do."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise WriteFailed(
+            f"cannot write {path}: {reason}; the previous version of the file is intact. Free some "
+            "disk space or choose another --out"
+        ) from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -17,18 +38,13 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     any moment leaves either the old file or the new one, whole."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CnnkitError(
-                f"cannot write {path}: {e.strerror or e}; the previous version of the file is "
-                "intact. Free some disk space or choose another --out"
-            ) from None
-        raise
+        with writing(path):
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; a failed write leaves no half file behind
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable

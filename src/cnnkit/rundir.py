@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnkit.checkpoint import CHECKPOINT, save_checkpoint
 from cnnkit.errors import CnnkitError
-from cnnkit.files import atomic_write, read_json, write_json
+from cnnkit.files import atomic_write, read_json, write_json, writing
 from cnnkit.machine import Machine
 from cnnkit.weights import save_weights
 
@@ -66,9 +66,13 @@ class RunFolder:
         self.lock = None
 
     def abandon(self) -> None:
-        """A run that never started leaves no folder behind, but only removes one it made itself: a folder
-        the user made (or a mount point) stays."""
-        if self.writer and self.created and not any(self.path.iterdir()):
+        """A run that never started leaves nothing behind: its first files go, and so does the folder if the
+        run made it; a folder the user made (or a mount point) stays, empty and ready for the next run."""
+        if not self.writer:
+            return
+        for name in (CONFIG, MODEL_INFO):
+            (self.path / name).unlink(missing_ok=True)
+        if self.created and not any(self.path.iterdir()):
             try:
                 self.path.rmdir()
             except OSError:
@@ -108,15 +112,19 @@ class RunFolder:
         if keep_before_epoch > 1 and path.is_file():
             with open(path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["epoch"]) < keep_before_epoch]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, METRIC_FIELDS)
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(path, write)  # a resume that fails here keeps every row it had
 
     def append_metrics(self, row: dict) -> None:
         """One epoch's row, flushed as it goes, so a crash keeps every finished epoch."""
         if self.writer:
-            with open(self.path / METRICS, "a", newline="") as f:
+            with writing(self.path / METRICS), open(self.path / METRICS, "a", newline="") as f:
                 csv.writer(f).writerow(["" if row[k] is None else row[k] for k in METRIC_FIELDS])
 
     def ensure_free_space(self, needed: int) -> None:

@@ -19,7 +19,7 @@ from cnnkit.data import data_name
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import EVAL_BATCH, eval_batch_sizes, predict_logits, test_metrics
-from cnnkit.files import read_json
+from cnnkit.files import WriteFailed, read_json
 from cnnkit.machine import pick_machine
 from cnnkit.models import CUSTOM, num_parameters
 from cnnkit.progress import say
@@ -55,11 +55,11 @@ def train(
     with RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine) as folder:
         try:
             ctx = prepare(cfg, module, machine, folder)
+            folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())  # a repeat: a new folder
+            folder.write_json(MODEL_INFO, ctx.info)
         except BaseException:
             folder.abandon()
             raise
-        folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())  # a repeat makes a new folder
-        folder.write_json(MODEL_INFO, ctx.info)
         return _run(ctx, callbacks)
 
 
@@ -87,6 +87,12 @@ def _run(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | No
         summary = _train_and_test(ctx, callbacks, resume_state)
     except TrainingInterrupted as e:
         raise TrainingInterrupted(f"{e}. Resume with: cnnkit train --resume {ctx.folder}") from None
+    except WriteFailed as e:
+        if not (ctx.folder / CHECKPOINT).is_file():
+            raise
+        raise WriteFailed(
+            f"{e}. The last checkpoint is whole: once there is space, resume with: cnnkit train --resume {ctx.folder}"
+        ) from None
     say(closing_line(summary, ctx.folder))
     return Run(ctx.folder.path, ctx.model, ctx.info, ctx.cfg, ctx.machine)
 
