@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -322,3 +324,53 @@ def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monke
     monkeypatch.undo()
     run = cnnkit.resume(tmp_path / "run")
     assert run.summary["epochs"] == 3 and run.summary["test_accuracy"] > 0.8
+
+
+def small_folder(root, per_class: int, start: int = 0):
+    from conftest import save_image, shape_image
+
+    rng = np.random.default_rng(start)
+    for label in ("bar", "ring"):
+        for i in range(start, start + per_class):
+            save_image(root / label / f"{i}.png", shape_image(label, 16, rng))
+    return root
+
+
+def test_a_run_refuses_data_that_changed_since_it_trained(tmp_path):
+    folder = small_folder(tmp_path / "shapes", 30)
+    run = cnnkit.train(data=str(folder), model="small-cnn", epochs=2, out=str(tmp_path / "run"))
+    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+    small_folder(folder, 5, start=100)  # new images: the old test split would now mix with training images
+    with pytest.raises(
+        CnnkitError,
+        match=r"the data changed since this run was trained \(train/val/test images "
+        r"then 44/4/12, now 50/6/14.*its test split no longer matches",
+    ):
+        cnnkit.load(run.dir).evaluate()
+    with pytest.raises(CnnkitError, match="the data changed .* the checkpoint in .* no longer matches"):
+        cnnkit.resume(run.dir)
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+    first = cnnkit.train(epochs=1, out=str(tmp_path / "a"))
+    other = cnnkit.train(epochs=1, model="small-cnn", out=str(tmp_path / "b"))
+    shutil.copy(other.dir / "checkpoint.safetensors", first.dir / "checkpoint.safetensors")
+    with pytest.raises(
+        CnnkitError,
+        match="was written for another model or preprocessing \\(model: 'small-cnn' there, 'simplecnn' here",
+    ):
+        cnnkit.resume(first.dir)
+
+
+def test_a_fine_tuning_run_resumes_after_its_source_is_gone(tmp_path):
+    source = cnnkit.train(epochs=1, out=str(tmp_path / "source"))
+    tuned = cnnkit.train(init_from=str(source.dir), epochs=1, out=str(tmp_path / "tuned"))
+    shutil.rmtree(source.dir)
+    assert cnnkit.resume(tuned.dir).summary["test_accuracy"] == pytest.approx(tuned.summary["test_accuracy"])
+
+
+def test_data_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    small_folder(tmp_path / "photos", 10)
+    run = cnnkit.train(data="~/photos", model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+    assert run.config.data == str((tmp_path / "photos").resolve())

@@ -4,6 +4,7 @@ cnnkit knows of it, the machine, the run folder and the preprocessing, made once
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cnnkit.progress import say
 from cnnkit.rundir import WEIGHTS, RunFolder
 from cnnkit.weights import load_weights
 
+DESCRIPTION = ("model", "model_options", "classes", "in_channels", "image_size", "mean", "std")  # must match
 WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
 
 
@@ -37,8 +39,11 @@ class RunContext:
     info: dict  # model.json: architecture, classes and preprocessing
 
 
-def prepare(cfg: TrainConfig, module: nn.Module | None, machine: Machine, folder: RunFolder) -> RunContext:
-    """Load the data, fill the data-dependent settings, and build and initialise the model."""
+def prepare(
+    cfg: TrainConfig, module: nn.Module | None, machine: Machine, folder: RunFolder, fresh: bool = True
+) -> RunContext:
+    """Load the data, fill the data-dependent settings, and build and initialise the model (a resumed run,
+    not `fresh`, skips --init-from: its checkpoint holds the weights, even after the source is gone)."""
     spec = model_spec(cfg.model, module)
     data = load_data(
         cfg.data,
@@ -66,7 +71,7 @@ def prepare(cfg: TrainConfig, module: nn.Module | None, machine: Machine, folder
     if cfg.whiten:
         sample = Preprocess(mean, std)(data.splits["train"].images[:WHITENING_SAMPLE])
         whiten_conv(spec.first_conv_module(net, "--whiten"), sample)
-    if cfg.init_from:
+    if cfg.init_from and fresh:
         _init_from(net, spec, Path(cfg.init_from))
     info = {
         "cnnkit_version": __version__,
@@ -78,6 +83,7 @@ def prepare(cfg: TrainConfig, module: nn.Module | None, machine: Machine, folder
         "mean": mean,
         "std": std,
         "num_parameters": num_parameters(net),
+        "data": data_fingerprint(data),
     }
     if module is not None:
         info["module"] = type(module).__name__
@@ -89,7 +95,7 @@ def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Fill the data-dependent defaults, so config.yaml repeats the run even if defaults change later."""
     return dataclasses.replace(
         cfg,
-        data=str(Path(cfg.data).resolve()) if is_folder(cfg.data) else cfg.data,
+        data=str(Path(cfg.data).expanduser().resolve()) if is_folder(cfg.data) else cfg.data,
         data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
         init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
         image_size=data.image_size,
@@ -97,6 +103,40 @@ def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
         flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
     )
+
+
+def data_fingerprint(data: Dataset) -> dict:
+    """What pins a run's data down: each split's size, and a hash of its labels and a grid of its pixels
+    (every 4th row and column: any changed, added or moved image shows, at a 16th of the cost)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("train", "val", "test"):
+        part = data.splits[name]
+        digest.update(f"|{name}|".encode())
+        digest.update(part.labels.numpy().tobytes())
+        digest.update(part.images[..., ::4, ::4].contiguous().numpy().tobytes())
+    return {"sizes": {name: len(part) for name, part in data.splits.items()}, "hash": digest.hexdigest()}
+
+
+def check_same_run(recorded: dict, now: dict, what: str) -> None:
+    """Refuse to use `what` (a checkpoint, a run's test split) whose recorded description differs from the run
+    as it is now: another model, other classes or preprocessing, or data that changed since."""
+    if "data" in recorded and recorded["data"] != now["data"]:
+        then, later = ("/".join(str(d["data"]["sizes"][s]) for s in ("train", "val", "test")) for d in (recorded, now))
+        raise CnnkitError(
+            f"the data changed since this run was trained (train/val/test images then {then}, now {later}, or "
+            f"their content), so {what} no longer matches it. To measure the run on new images, use "
+            "`cnnkit eval RUN --data NEW-FOLDER`; to learn from them, train a new run; to go on, put the data back"
+        )
+    differs = [
+        f"{k}: {recorded[k]!r} there, {now.get(k)!r} here"
+        for k in DESCRIPTION
+        if k in recorded and recorded[k] != now.get(k)
+    ]
+    if differs:
+        raise CnnkitError(
+            f"{what} was written for another model or preprocessing ({'; '.join(differs[:3])}); "
+            "use the run folder it came from"
+        )
 
 
 def require_module(info: dict, module: nn.Module | None) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from cnnkit.config import TrainConfig
-from cnnkit.context import require_module
+from cnnkit.context import check_same_run, data_fingerprint, require_module
 from cnnkit.data import load_data
 from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels
 from cnnkit.data.loader import DeviceBatches
@@ -66,6 +66,8 @@ class Run:
             seed=cfg.seed,
             skip_bad_images=cfg.skip_bad_images,
         )
+        if data is None:  # the run's own test split: the same images it was tested on, or a clear refusal
+            check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, "its test split")
         test = self._conform(dataset.splits["test"], dataset.classes, data or cfg.data)
         logits, labels = predict_logits(
             self.model, DeviceBatches(test, EVAL_BATCH, self.preprocess()), self.machine, cfg.tta

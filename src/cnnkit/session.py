@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnkit.checkpoint import CHECKPOINT, load_checkpoint
 from cnnkit.config import TrainConfig
-from cnnkit.context import RunContext, prepare, require_module
+from cnnkit.context import RunContext, check_same_run, prepare, require_module
 from cnnkit.data import data_name
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.errors import CnnkitError
@@ -73,7 +73,8 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
     with RunFolder.reopen(run_dir, machine) as folder:  # claimed: no other run is writing it meanwhile
         state = load_checkpoint(run_dir / CHECKPOINT)
         require_module(read_json(run_dir / MODEL_INFO), model)
-        ctx = prepare(cfg, model, machine, folder)
+        ctx = prepare(cfg, model, machine, folder, fresh=False)
+        check_same_run(state["model_info"], ctx.info, f"the checkpoint in {run_dir}")
         position = state["position"]
         say(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']}")
         return _run(ctx, callbacks, state)
