@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import cnnkit
+import cnnkit.checkpoint
 import cnnkit.rundir
 from cnnkit import CnnkitError
 from cnnkit.checkpoint import load_checkpoint
@@ -374,3 +375,77 @@ def test_data_paths_expand_the_home_folder(tmp_path, monkeypatch):
     small_folder(tmp_path / "photos", 10)
     run = cnnkit.train(data="~/photos", model="small-cnn", epochs=1, out=str(tmp_path / "run"))
     assert run.config.data == str((tmp_path / "photos").resolve())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    return cnnkit.train(epochs=1, out=str(tmp_path_factory.mktemp("finished") / "run")).dir
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda info: info.pop("classes"), "'classes' is missing"),
+        (lambda info: info.update(image_size="8"), "'image_size' is missing or not a int"),
+        (lambda info: info.update(mean=[0.1, 0.2]), "mean must hold 1 finite number"),
+        (lambda info: info.update(std=[0.0]), "std must be positive"),
+        (lambda info: info.update(classes=["a", "a"]), "two or more different names"),
+    ],
+)
+def test_a_tampered_model_json_is_refused_with_what_is_wrong(finished, tmp_path, change, message):
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    info = json.loads((run / "model.json").read_text())
+    change(info)
+    (run / "model.json").write_text(json.dumps(info))
+    for use in (cnnkit.load, cnnkit.resume):
+        with pytest.raises(CnnkitError, match=f"not a valid cnnkit model.json \\(.*{message}"):
+            use(run)
+
+
+def test_weights_of_another_dtype_are_refused(finished, tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    half = {k: v.half() for k, v in load_file(str(run / "weights.safetensors")).items()}
+    save_file(half, str(run / "weights.safetensors"))
+    with pytest.raises(CnnkitError, match="saved as torch.float16, model has torch.float32"):
+        cnnkit.load(run)
+
+
+def test_a_checkpoint_with_a_crafted_layout_is_refused_before_use(finished, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    layouts = {
+        "deep": '{"list": [' * 5000 + '{"value": 1}' + "]}" * 5000,  # nesting far past any training state
+        "deep-enough": '{"list": [' * 40 + '{"value": 1}' + "]}" * 40,
+        "odd": json.dumps({"dict": [[["not", "a", "key"], {"value": 1}]]}),
+        "object": json.dumps({"dict": [["model", {"value": {"x": 1}}]]}),
+        "parts": json.dumps({"dict": [["model", {"dict": []}]]}),  # a valid layout, but not a whole state
+    }
+    for name, layout in layouts.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file({"t0": torch.zeros(1)}, str(path), metadata={"format": "cnnkit-checkpoint/1", "layout": layout})
+        with pytest.raises(CnnkitError, match="not a readable cnnkit checkpoint"):
+            load_checkpoint(path, cnnkit.checkpoint.RUN_PARTS)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b]\n",
+            "uses YAML anchors or aliases",
+        ),
+        ("epochs: 1\n" + "# padding\n" * 10000, "is over 64 KiB"),
+    ],
+)
+def test_config_files_are_read_with_limits(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(CnnkitError, match=message):
+        cnnkit.TrainConfig.from_yaml(tmp_path / "c.yaml")

@@ -18,6 +18,8 @@ from cnnkit.files import atomic_write
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "cnnkit-checkpoint/1"
+RUN_PARTS = ("model", "optimizer", "scheduler", "position", "rng", "run", "model_info")  # a run's checkpoint
+MAX_DEPTH = 16  # nesting a training state never reaches (optimiser state: about 5)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -28,8 +30,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint back; anything else (a pickle, a truncated file, another format) is refused unread."""
+def load_checkpoint(path: Path, parts: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint back, with every one of `parts`; anything else (a pickle, a truncated file, another
+    format, a crafted layout) is refused before anything in it is used."""
     if not path.is_file():
         raise CnnkitError(f"no checkpoint at {path}; a run writes {CHECKPOINT} at the end of every epoch")
     try:
@@ -38,8 +41,12 @@ def load_checkpoint(path: Path) -> dict:
             if meta.get("format") != FORMAT:
                 raise CnnkitError(f"{path} is not a cnnkit checkpoint (it holds no {FORMAT} marker)")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return _unflatten(json.loads(meta["layout"]), tensors)
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        state = _unflatten(json.loads(meta["layout"]), tensors)
+        missing = [part for part in parts if not isinstance(state, dict) or part not in state]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        return state
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise CnnkitError(
             f"{path} is not a readable cnnkit checkpoint: truncated, corrupt or another format "
             f"({type(e).__name__}); nothing in it was run. Resume from a whole checkpoint, or "
@@ -62,11 +69,23 @@ def _flatten(value, tensors: dict):
     raise TypeError(f"cannot checkpoint a {type(value).__name__}")
 
 
-def _unflatten(layout: dict, tensors: dict):
+def _unflatten(layout: dict, tensors: dict, depth: int = 0):
+    """The value a layout describes; a layout deeper than any state, or of another shape, is refused."""
+    if depth > MAX_DEPTH or not isinstance(layout, dict) or len(layout) != 1:
+        raise ValueError("a layout of another shape")
     if "tensor" in layout:
         return tensors[layout["tensor"]]
     if "dict" in layout:
-        return {k: _unflatten(v, tensors) for k, v in layout["dict"]}
+        return {_key(k): _unflatten(v, tensors, depth + 1) for k, v in layout["dict"]}
     if "list" in layout:
-        return [_unflatten(v, tensors) for v in layout["list"]]
-    return layout["value"]
+        return [_unflatten(v, tensors, depth + 1) for v in layout["list"]]
+    value = layout["value"]
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError("a value of another type")
+    return value
+
+
+def _key(key):
+    if not isinstance(key, (int, str)):
+        raise ValueError("a key of another type")
+    return key

@@ -8,9 +8,9 @@ import os
 import sys
 
 from cnnkit import __version__
-from cnnkit.config import TrainConfig, coerce, field_type, read_yaml
+from cnnkit.config import TrainConfig, coerce, field_type
 from cnnkit.errors import CnnkitError
-from cnnkit.files import to_json
+from cnnkit.files import read_yaml, to_json
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
 from cnnkit.progress import printable

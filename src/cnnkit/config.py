@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from cnnkit.errors import CnnkitError
+from cnnkit.files import read_yaml
 from cnnkit.models import check_model_name
 from cnnkit.optimizers import OPTIMIZERS
 from cnnkit.presets import preset_settings
@@ -203,19 +204,6 @@ def _convert(kind: type, value):
 @functools.cache
 def _optional(key: str) -> bool:
     return type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[key])
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CnnkitError(f"config file {path} does not exist; pass the config.yaml of a run folder")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CnnkitError(f"config file {path} is not valid YAML: {e}") from None
-    if not isinstance(values, dict):
-        raise CnnkitError(f"config file {path} must hold a mapping of setting: value")
-    return values
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

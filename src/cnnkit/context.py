@@ -21,6 +21,7 @@ from cnnkit.models import CUSTOM, ModelSpec, create_model, model_spec, num_param
 from cnnkit.models.whitening import whiten_conv
 from cnnkit.progress import say
 from cnnkit.rundir import WEIGHTS, RunFolder
+from cnnkit.schema import model_info_problem
 from cnnkit.weights import load_weights
 
 DESCRIPTION = ("model", "model_options", "classes", "in_channels", "image_size", "mean", "std")  # must match
@@ -120,8 +121,11 @@ def data_fingerprint(data: Dataset) -> dict:
 def check_same_run(recorded: dict, now: dict, what: str) -> None:
     """Refuse to use `what` (a checkpoint, a run's test split) whose recorded description differs from the run
     as it is now: another model, other classes or preprocessing, or data that changed since."""
+    problem = model_info_problem(recorded)
+    if problem:
+        raise CnnkitError(f"{what} describes its model wrongly ({problem}): it was edited or damaged")
     if "data" in recorded and recorded["data"] != now["data"]:
-        then, later = ("/".join(str(d["data"]["sizes"][s]) for s in ("train", "val", "test")) for d in (recorded, now))
+        then, later = _sizes(recorded), _sizes(now)
         raise CnnkitError(
             f"the data changed since this run was trained (train/val/test images then {then}, now {later}, or "
             f"their content), so {what} no longer matches it. To measure the run on new images, use "
@@ -137,6 +141,13 @@ def check_same_run(recorded: dict, now: dict, what: str) -> None:
             f"{what} was written for another model or preprocessing ({'; '.join(differs[:3])}); "
             "use the run folder it came from"
         )
+
+
+def _sizes(info: dict) -> str:
+    try:
+        return "/".join(str(info["data"]["sizes"][s]) for s in ("train", "val", "test"))
+    except (KeyError, TypeError):
+        return "unknown"
 
 
 def require_module(info: dict, module: nn.Module | None) -> None:

@@ -1,5 +1,5 @@
 """Files written whole or not at all (temporary file, flush, rename), so a crash or a full disk never
-leaves a half-written file in place of a good one."""
+leaves a half-written file in place of a good one; strict JSON; config files read with limits."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from safetensors import SafetensorError
 
 from cnnkit.errors import CnnkitError
+
+MAX_CONFIG_BYTES = 64 * 1024  # a config is a few dozen lines; more is a mistake or an attack
 
 
 class WriteFailed(CnnkitError):
@@ -76,3 +79,24 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CnnkitError(f"cannot read {path} ({e}); is this a cnnkit run folder?") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CnnkitError(f"config file {path} does not exist; pass the config.yaml of a run folder")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CnnkitError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB; a config is a few dozen lines")
+    try:
+        text = path.read_text()
+        if any(isinstance(t, (yaml.AnchorToken, yaml.AliasToken)) for t in yaml.scan(text)):  # no alias bombs
+            raise CnnkitError(
+                f"config file {path} uses YAML anchors or aliases (& and *), which a config never "
+                "needs; write each value out"
+            )
+        values = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CnnkitError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise CnnkitError(f"config file {path} must hold a mapping of setting: value")
+    return values

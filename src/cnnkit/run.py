@@ -25,6 +25,7 @@ from cnnkit.files import read_json
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model
 from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS
+from cnnkit.schema import read_model_info
 from cnnkit.weights import load_weights
 
 
@@ -149,7 +150,7 @@ def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "aut
             f"{run_dir} is not a finished cnnkit run folder (it needs {MODEL_INFO} and {WEIGHTS}); "
             "pass the folder that `cnnkit train` printed at the end"
         )
-    info = read_json(run_dir / MODEL_INFO)
+    info = read_model_info(run_dir / MODEL_INFO)
     require_module(info, model)
     config = TrainConfig.from_yaml(run_dir / CONFIG)
     machine = pick_machine(device, config.precision)

@@ -12,20 +12,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.checkpoint import CHECKPOINT, load_checkpoint
+from cnnkit.checkpoint import CHECKPOINT, RUN_PARTS, load_checkpoint
 from cnnkit.config import TrainConfig
 from cnnkit.context import RunContext, check_same_run, prepare, require_module
 from cnnkit.data import data_name
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import EVAL_BATCH, eval_batch_sizes, predict_logits, test_metrics
-from cnnkit.files import WriteFailed, read_json
+from cnnkit.files import WriteFailed
 from cnnkit.machine import pick_machine
 from cnnkit.models import CUSTOM, num_parameters
 from cnnkit.progress import say
 from cnnkit.reporting import EpochReport, closing_line, opening_line, run_summary
 from cnnkit.run import Run
 from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
+from cnnkit.schema import read_model_info
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.stopping import TrainingInterrupted, stop_on_signals
 from cnnkit.training.trainer import Trainer
@@ -67,12 +68,12 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
     """Continue a stopped run from its newest whole checkpoint; on the CPU the result is bit-identical
     to a run that was never stopped. Pass `model` for runs that trained a custom nn.Module."""
     run_dir = Path(run_dir)
-    load_checkpoint(run_dir / CHECKPOINT)  # a folder that cannot be resumed is refused before anything else
+    load_checkpoint(run_dir / CHECKPOINT, RUN_PARTS)  # a folder that cannot be resumed is refused first
     cfg = TrainConfig.from_yaml(run_dir / CONFIG)
     machine = pick_machine(cfg.device, cfg.precision)
     with RunFolder.reopen(run_dir, machine) as folder:  # claimed: no other run is writing it meanwhile
-        state = load_checkpoint(run_dir / CHECKPOINT)
-        require_module(read_json(run_dir / MODEL_INFO), model)
+        state = load_checkpoint(run_dir / CHECKPOINT, RUN_PARTS)
+        require_module(read_model_info(run_dir / MODEL_INFO), model)
         ctx = prepare(cfg, model, machine, folder, fresh=False)
         check_same_run(state["model_info"], ctx.info, f"the checkpoint in {run_dir}")
         position = state["position"]
@@ -153,7 +154,13 @@ def _train(
     val = DeviceBatches(data.splits["val"], EVAL_BATCH, ctx.preprocess) if len(data.splits["val"]) else None
     trainer = Trainer(step_model, ctx.spec, train, cfg, ctx.machine)
     if resume_state:
-        trainer.load_state_dict(resume_state)
+        try:
+            trainer.load_state_dict(resume_state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+            raise CnnkitError(
+                f"the checkpoint in {ctx.folder} does not fit this run ({type(e).__name__}: it was "
+                "edited or damaged); resume from a whole checkpoint, or start the run again"
+            ) from None
     compile_seconds = 0.0
     if cfg.compile:  # compiled before the clock starts, and reported on its own
         compile_seconds = compile_warmup(trainer, eval_batch_sizes(data.splits), cfg.tta)

@@ -39,6 +39,11 @@ def load_weights(model: nn.Module, path: Path, remake_head: str | None = None) -
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     problems += [
+        f"{k}: saved as {state[k].dtype}, model has {v.dtype}"
+        for k, v in expected.items()
+        if k in state and state[k].dtype != v.dtype
+    ]
+    problems += [
         f"{k}: saved {tuple(state[k].shape)}, model has {tuple(v.shape)}"
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
