@@ -387,7 +387,7 @@ def finished(tmp_path_factory) -> Path:
     [
         (lambda info: info.pop("classes"), "'classes' is missing"),
         (lambda info: info.update(image_size="8"), "'image_size' is missing or not a int"),
-        (lambda info: info.update(mean=[0.1, 0.2]), "mean must hold 1 finite number"),
+        (lambda info: info.update(mean=[0.1, 0.2]), "mean must hold 1 number"),
         (lambda info: info.update(std=[0.0]), "std must be positive"),
         (lambda info: info.update(classes=["a", "a"]), "two or more different names"),
     ],

@@ -96,7 +96,10 @@ def read_yaml(path: str | Path) -> dict:
             )
         values = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CnnkitError(f"config file {path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
+        raise CnnkitError(f"config file {path} is not valid YAML: {problem}{where}") from None
     if not isinstance(values, dict):
         raise CnnkitError(f"config file {path} must hold a mapping of setting: value")
     return values

@@ -46,12 +46,12 @@ def model_info_problem(info: object) -> str | None:
         return "classes must be two or more different names"
     for key in ("mean", "std"):
         values = info[key]
-        if len(values) != channels or not all(_finite_number(v) for v in values):
-            return f"{key} must hold {channels} finite number(s), one per channel"
-    if min(info["std"]) <= 0:
+        if len(values) != channels or not all(_plausible(v) for v in values):
+            return f"{key} must hold {channels} number(s) from -10 to 10, one per channel (pixels are on a 0..1 scale)"
+    if min(info["std"]) < 1e-6:
         return "std must be positive: a zero std divides every pixel by zero"
     return None
 
 
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _plausible(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) <= 10
