@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import save_image
 
@@ -110,3 +111,17 @@ def test_output_cut_short_by_its_reader_is_no_error(tmp_path):
     process.stdout.close()  # as `cnnkit models | head -0` would, before cnnkit writes a line
     assert process.wait(timeout=120) == 141
     assert "Traceback" not in process.stderr.read()
+
+
+def test_repeating_a_run_on_changed_data_says_so(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        for i in range(12):
+            save_image(tmp_path / "data" / label / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    args = ["--data", "data", "--model", "small-cnn", "--epochs", "1"]
+    assert cnnkit("train", *args, "--out", "first", cwd=tmp_path).returncode == 0
+    same = cnnkit("train", "--config", "first/config.yaml", "--out", "same", cwd=tmp_path)
+    assert same.returncode == 0 and "data changed" not in same.stderr
+    save_image(tmp_path / "data" / "a" / "new.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    changed = cnnkit("train", "--config", "first/config.yaml", "--out", "changed", cwd=tmp_path)
+    assert changed.returncode == 0 and "note: the data changed since the run this config came from" in changed.stderr

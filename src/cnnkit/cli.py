@@ -6,15 +6,18 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 from cnnkit import __version__
 from cnnkit.config import TrainConfig, coerce, field_type
 from cnnkit.errors import CnnkitError
-from cnnkit.files import read_yaml, to_json
+from cnnkit.files import read_json, read_yaml, to_json
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
 from cnnkit.progress import printable
 from cnnkit.run import load
+from cnnkit.rundir import MODEL_INFO
+from cnnkit.schema import model_info_problem
 from cnnkit.session import resume, train
 from cnnkit.training.stopping import TrainingInterrupted
 
@@ -135,8 +138,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume(args.resume)
         return 0
     settings = read_yaml(args.config) if args.config else {}
-    train(TrainConfig.from_dict({**settings, **given}))
+    run = train(TrainConfig.from_dict({**settings, **given}))
+    if args.config:
+        _note_if_data_changed(Path(args.config).parent / MODEL_INFO, run.info)
     return 0
+
+
+def _note_if_data_changed(source: Path, info: dict) -> None:
+    """A repeat from a run's config.yaml on data that has changed since is a new run: say so."""
+    recorded = read_json(source) if source.is_file() else None
+    if (
+        recorded is not None
+        and model_info_problem(recorded) is None
+        and recorded.get("data", info["data"]) != info["data"]
+    ):
+        print(
+            "cnnkit: note: the data changed since the run this config came from was trained, so this run learned "
+            "from other images and its figures are not a repeat of that run's",
+            file=sys.stderr,
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
