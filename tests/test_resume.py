@@ -449,3 +449,15 @@ def test_config_files_are_read_with_limits(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(CnnkitError, match=message):
         cnnkit.TrainConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_weights_holding_nan_are_refused_not_used_to_predict(finished, tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    weights = load_file(str(run / "weights.safetensors"))
+    weights["head.bias"][0] = float("nan")
+    save_file(weights, str(run / "weights.safetensors"))
+    with pytest.raises(CnnkitError, match="head.bias holds NaN or infinite values"):
+        cnnkit.load(run)

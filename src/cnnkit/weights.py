@@ -37,6 +37,11 @@ def load_weights(model: nn.Module, path: Path, remake_head: str | None = None) -
     fresh = [k for k in expected if head and k.startswith(head) and k in state and state[k].shape != expected[k].shape]
     state.update({k: expected[k] for k in fresh})
     problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [
+        f"{k} holds NaN or infinite values"
+        for k, v in state.items()
+        if v.is_floating_point() and not bool(v.isfinite().all())
+    ]  # such weights predict nothing but NaN
     problems += [f"unexpected {k}" for k in state if k not in expected]
     problems += [
         f"{k}: saved as {state[k].dtype}, model has {v.dtype}"
