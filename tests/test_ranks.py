@@ -23,7 +23,8 @@ PROCESS = textwrap.dedent("""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     run = cnnkit.train(epochs=2, checkpoint_every=10)
-    print(run.dir, file=sys.stderr) if rank else None  # where rank 1 found the folder (only read by the test)
+    if rank:
+        print(run.dir, file=sys.stderr)  # where rank 1 found the folder (only read by the test)
     dist.destroy_process_group()
 """)
 

@@ -30,11 +30,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
+def require_checkpoint(path: Path) -> None:
+    if not path.is_file():
+        raise CnnkitError(f"no checkpoint at {path}; a run writes {CHECKPOINT} at the end of every epoch")
+
+
 def load_checkpoint(path: Path, parts: tuple[str, ...] = ()) -> dict:
     """Read a checkpoint back, with every one of `parts`; anything else (a pickle, a truncated file, another
     format, a crafted layout) is refused before anything in it is used."""
-    if not path.is_file():
-        raise CnnkitError(f"no checkpoint at {path}; a run writes {CHECKPOINT} at the end of every epoch")
+    require_checkpoint(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.checkpoint import CHECKPOINT, RUN_PARTS, load_checkpoint
+from cnnkit.checkpoint import CHECKPOINT, RUN_PARTS, load_checkpoint, require_checkpoint
 from cnnkit.config import TrainConfig
 from cnnkit.context import RunContext, check_same_run, prepare, require_module
 from cnnkit.data import data_name
@@ -28,7 +28,7 @@ from cnnkit.run import Run
 from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.schema import read_model_info
 from cnnkit.training.events import Callback, EpochResult
-from cnnkit.training.stopping import TrainingInterrupted, stop_on_signals
+from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted, stop_on_signals
 from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import compile_warmup
 from cnnkit.weights import load_weights
@@ -68,7 +68,7 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
     """Continue a stopped run from its newest whole checkpoint; on the CPU the result is bit-identical
     to a run that was never stopped. Pass `model` for runs that trained a custom nn.Module."""
     run_dir = Path(run_dir)
-    load_checkpoint(run_dir / CHECKPOINT, RUN_PARTS)  # a folder that cannot be resumed is refused first
+    require_checkpoint(run_dir / CHECKPOINT)  # a folder that cannot be resumed is refused first
     cfg = TrainConfig.from_yaml(run_dir / CONFIG)
     machine = pick_machine(cfg.device, cfg.precision)
     with RunFolder.reopen(run_dir, machine) as folder:  # claimed: no other run is writing it meanwhile
@@ -125,10 +125,7 @@ def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state
     test = DeviceBatches(ctx.data.splits["test"], EVAL_BATCH, ctx.preprocess)
     metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
     if not math.isfinite(metrics["test_loss"]):
-        raise CnnkitError(
-            "the model's outputs on the test images are NaN or infinite, so it was not saved as a "
-            "finished run; lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
-        )
+        raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
     timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - started}
     summary = run_summary(ctx, metrics, record, timings)
     ctx.folder.write_json(SUMMARY, summary)

@@ -14,6 +14,16 @@ class TrainingInterrupted(CnnkitError):
     """Ctrl-C or SIGTERM: a checkpoint was written and the run can be resumed."""
 
 
+class TrainingDiverged(CnnkitError):
+    """The loss, the weights or the model's outputs went NaN or infinite: the run stops, keeping its last good
+    checkpoint, with the same advice wherever it was noticed."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"{what}; the last good checkpoint is kept. Lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
+        )
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
     """Ctrl-C and SIGTERM ask the loop to checkpoint and stop after the current step, instead of

@@ -17,7 +17,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnnkit.config import TrainConfig
 from cnnkit.data.loader import DeviceBatches
-from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import predict_logits
 from cnnkit.machine import Machine
 from cnnkit.models import ModelSpec, unwrap
@@ -25,7 +24,7 @@ from cnnkit.optimizers import build_optimizer
 from cnnkit.progress import bar, say
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.schedule import default_warmup, lr_factor
-from cnnkit.training.stopping import TrainingInterrupted
+from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
 
 
 @dataclass
@@ -106,18 +105,16 @@ class Trainer:
             if self.pos.step == 0:
                 self.pos.order, self.pos.lr = self.train_batches.new_order(), self.optimizer.param_groups[0]["lr"]
             self._train_epoch(save, stop)
-            self._check_finite()
+            self._check_finite()  # before anything of this epoch is validated, kept or checkpointed
             result = self._epoch_result(val)
             if self.pos.seen == 0 or not math.isfinite(result.val_loss if result.val_loss is not None else 0.0):
-                raise CnnkitError(  # finite weights whose every step or validation overflows are no model either
-                    f"epoch {result.epoch} ended with "
-                    f"{'no step whose loss was finite' if self.pos.seen == 0 else 'a non-finite validation loss'}; "
-                    "the last good checkpoint is kept. Lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
-                )
+                # finite weights whose every step or validation overflows are no model either
+                nothing = "no step whose loss was finite" if self.pos.seen == 0 else "a non-finite validation loss"
+                raise TrainingDiverged(f"epoch {result.epoch} ended with {nothing}")
             self.pos = Position(epoch=self.pos.epoch + 1)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, result)
-            self._checkpoint(save)
+            self._save(save)
         for callback in self.callbacks:
             callback.on_train_end(self)
 
@@ -161,6 +158,9 @@ class Trainer:
 
     def _checkpoint(self, save: Callable[[dict], None] | None) -> None:
         self._check_finite()  # never a checkpoint of poisoned weights
+        self._save(save)
+
+    def _save(self, save: Callable[[dict], None] | None) -> None:
         if save is not None:
             save(self.state_dict())
         self._clock = time.perf_counter()
@@ -198,9 +198,7 @@ class Trainer:
             what = f"the weights became NaN or infinite by epoch {epoch}, step {self.pos.step}"
         else:
             what = f"training on another process became NaN or infinite at epoch {epoch}"
-        raise CnnkitError(
-            f"{what}; the last good checkpoint is kept. Lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
-        )
+        raise TrainingDiverged(what)
 
     def _parts(self) -> dict:
         parts = {"model": unwrap(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler, "ema": self.ema}
