@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,9 +156,8 @@ def new_run_dir(out: str | None, name: str) -> tuple[Path, bool]:
                     break
                 n += 1
                 path = base.with_name(f"{base.name}-{n}")
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # writable? (a unique name: two runs may probe at once)
+            pass
     except OSError as e:
         raise CnnkitError(
             f"cannot write the run folder {path} ({e.strerror}); pass --out to a writable folder"
