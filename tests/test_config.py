@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cnnkit import CnnkitError, TrainConfig
-from cnnkit.config import parse_split
+from cnnkit.data.splits import parse_split
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_parse_split():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("epochs: null\n", "setting 'epochs' needs a value"),
+        ("batch_size: null\n", "setting 'batch_size' needs a value"),
         ("model: null\n", "setting 'model' needs a value"),
         ("data: null\n", "setting 'data' needs a value"),
         ("preset: [a]\n", "setting 'preset' must be str, got \\['a'\\]"),

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from cnnkit.data.splits import parse_split
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_yaml
-from cnnkit.models import check_model_name
+from cnnkit.models import AUTO, check_model_name
 from cnnkit.optimizers import OPTIMIZERS
 from cnnkit.presets import preset_settings
 from cnnkit.training.schedule import SCHEDULES
+from cnnkit.values import to_type
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+RESIZE_MODES = ("squash", "crop", "pad")
+_RESIZE_HELP = " (squash: stretch; crop: the centre square; pad: the whole image on a border of its mean colour)"
 
 
 def _knob(default, help, **extra):
@@ -46,19 +49,38 @@ class TrainConfig:
         None, "random-crop padding in pixels, 0 for none (default: a tenth of the image size)"
     )
     flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
+    resize: str = _knob("crop", "how non-square images become square: " + ", ".join(RESIZE_MODES) + _RESIZE_HELP)
+    rotate: float | None = _knob(None, "random rotation of each training image by up to this many degrees")
+    scale: float | None = _knob(None, "random zoom of each training image in or out by up to this fraction, e.g. 0.1")
+    jitter: float | None = _knob(
+        None, "random brightness, contrast and saturation change of each training image by up to this fraction"
+    )
+    erase: float | None = _knob(None, "chance that a random rectangle of each training image is blanked out")
     # model
-    model: str = _knob("simplecnn", "model name (see `cnnkit models`)")
+    model: str = _knob("simplecnn", "model name (see `cnnkit models`); auto: a whole recipe chosen from the data")
     dropout: float | None = _knob(None, "dropout probability, for models that have dropout")
     init_from: str | None = _knob(
         None,
         "start from the weights of a finished RUN folder (fine-tuning); a classifier "
         "head for another class count is made anew",
     )
+    pretrained: bool = _knob(False, "start a torchvision backbone from its ImageNet weights (downloaded once)")
+    pretrained_weights: str | None = _knob(
+        None,
+        "start from the weights in this FILE (safetensors, or a PyTorch state dict); a head for "
+        "other classes is made anew",
+    )
+    freeze_epochs: int = _knob(0, "train the classifier head alone for the first N epochs, then the whole network")
     whiten: bool = _knob(
         False, "start the first conv as a fixed whitening of the training images' patches (model fastcnn)"
     )
     # optimisation
-    epochs: int = _knob(15, "passes over the training split")
+    epochs: int | None = _knob(None, "passes over the training split (default: 15 for a named model)")
+    steps: int | None = _knob(None, "optimiser steps in all, instead of --epochs (the last pass may be partial)")
+    budget: float | None = _knob(
+        None,
+        "seconds for the whole run: the steps are planned from a measured warm-up to end training and testing in time",
+    )
     batch_size: int = _knob(32, "images per training step")
     optimizer: str = _knob(
         "adamw",
@@ -110,7 +132,15 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every value before any work starts; the message names the flag and what to do."""
-        _require(self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
+        _require(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
+        _require(self.steps is None or self.steps >= 1, "steps", self.steps, "must be at least 1")
+        _require(self.budget is None or self.budget > 0, "budget", self.budget, "must be a positive number of seconds")
+        _require(self.freeze_epochs >= 0, "freeze_epochs", self.freeze_epochs, "must be 0 or more")
+        _require(self.rotate is None or 0 <= self.rotate <= 180, "rotate", self.rotate, "must be 0 to 180 degrees")
+        _require(self.scale is None or 0 <= self.scale < 1, "scale", self.scale, "must be in [0, 1), e.g. 0.1")
+        _require(self.jitter is None or 0 <= self.jitter < 1, "jitter", self.jitter, "must be in [0, 1), e.g. 0.2")
+        _require(self.erase is None or 0 <= self.erase <= 1, "erase", self.erase, "must be in [0, 1], e.g. 0.25")
+        _require(self.resize in RESIZE_MODES, "resize", self.resize, "must be one of " + ", ".join(RESIZE_MODES))
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
         _require(0 <= self.seed < 2**63, "seed", self.seed, "must be a whole number from 0 to 2^63 - 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
@@ -169,60 +199,13 @@ def field_type(key: str) -> type:
 
 
 def coerce(key: str, value):
-    """Turn a value from YAML, the command line or Python into the setting's type, or say which key is wrong.
-    Numbers must be finite: an infinite rate or a NaN seed is a mistake, never a setting."""
-    kind = field_type(key)
-    if value is None:
-        if _optional(key):
-            return None
-        raise CnnkitError(f"setting {key!r} needs a value ({kind.__name__}); leave it out to use the default")
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        converted = value
-    else:
-        try:
-            converted = _convert(kind, value)
-        except (ValueError, KeyError, TypeError, OverflowError):
-            raise CnnkitError(f"setting {key!r} must be {kind.__name__}, got {value!r}") from None
-    if kind in (int, float) and isinstance(converted, (int, float)) and not math.isfinite(converted):
-        raise CnnkitError(f"setting {key!r} must be a finite number, got {value!r}")
-    return converted
-
-
-def _convert(kind: type, value):
-    if isinstance(value, (list, dict, tuple, set)):
-        raise TypeError  # a YAML list or mapping where one value belongs
-    if kind is bool:
-        return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[str(value).lower()]
-    if kind is int:
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError
-        return int(number)
-    return kind(value)
+    """Turn a value from YAML, the command line or Python into the setting's type, or say which key is wrong."""
+    return to_type(key, value, field_type(key), _optional(key))
 
 
 @functools.cache
 def _optional(key: str) -> bool:
     return type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[key])
-
-
-def parse_split(text: str) -> tuple[float, float, float]:
-    """'80/10/10' -> (0.8, 0.1, 0.1); the three parts must add up to 100 and train and test be non-empty."""
-    try:
-        parts = [float(p) for p in str(text).split("/")]
-    except ValueError:
-        parts = []
-    if (
-        len(parts) != 3
-        or not all(math.isfinite(p) and p >= 0 for p in parts)
-        or abs(sum(parts) - 100) > 1e-6
-        or parts[0] == 0
-        or parts[2] == 0
-    ):
-        raise CnnkitError(
-            f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, e.g. 80/10/10"
-        )
-    return parts[0] / 100, parts[1] / 100, parts[2] / 100
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:

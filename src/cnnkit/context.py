@@ -103,6 +103,11 @@ def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
         translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
         flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
+        epochs=cfg.epochs if cfg.epochs is not None or cfg.steps is not None else 15,
+        rotate=cfg.rotate or 0.0,
+        scale=cfg.scale or 0.0,
+        jitter=cfg.jitter or 0.0,
+        erase=cfg.erase or 0.0,
     )
 
 

@@ -163,7 +163,7 @@ def _train(
         compile_seconds = compile_warmup(trainer, eval_batch_sizes(data.splits), cfg.tta)
         say(f"compiled the model in {compile_seconds:.1f}s")
     ctx.folder.start_metrics(keep_before_epoch=trainer.pos.epoch)
-    trainer.callbacks = [EpochReport(ctx.folder, cfg.epochs), KeepBest(ctx.folder, record), *callbacks]
+    trainer.callbacks = [EpochReport(ctx.folder, trainer.epochs), KeepBest(ctx.folder, record), *callbacks]
 
     def save(state: dict) -> None:  # the checkpoint describes itself: version, model, classes, preprocessing
         ctx.folder.save_checkpoint({**state, "run": record, "model_info": ctx.info})

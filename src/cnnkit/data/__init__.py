@@ -8,12 +8,11 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.config import parse_split
 from cnnkit.data.folder import load_folder
 from cnnkit.data.images import resize_images
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
-from cnnkit.data.splits import channel_stats, make_splits
+from cnnkit.data.splits import channel_stats, make_splits, parse_split
 from cnnkit.errors import CnnkitError
 from cnnkit.progress import say
 

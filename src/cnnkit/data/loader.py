@@ -71,11 +71,12 @@ class DeviceBatches:
         return torch.randperm(n, device=self.labels.device, generator=self.generator) if self.shuffle else None
 
     def iterate(
-        self, order: torch.Tensor | None, start_step: int = 0, epoch: int = 1
+        self, order: torch.Tensor | None, start_step: int = 0, epoch: int = 1, stop_step: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Epoch `epoch`'s batches in `order` from batch `start_step` on: a resumed epoch picks up exactly
-        where it stopped."""
-        for start in range(start_step * self.batch_size, self._stop(), self.batch_size):
+        """Epoch `epoch`'s batches in `order` from batch `start_step` on (a resumed epoch picks up exactly
+        where it stopped), up to batch `stop_step` (a run planned in steps may end inside a pass)."""
+        stop = self._stop() if stop_step is None else min(self._stop(), stop_step * self.batch_size)
+        for start in range(start_step * self.batch_size, stop, self.batch_size):
             index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             images, labels = self.images[index], self.labels[index]
             images = random_translate(images, self.translate, self.generator) if self.translate else images

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from cnnkit.data.sets import ImageSet, RawData
+from cnnkit.errors import CnnkitError
 
 DEFAULT_TEST_FRACTION = 0.2  # held out as test when a source has no test split of its own
 
@@ -58,3 +61,22 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel must not divide by 0
     return mean.tolist(), std.tolist()
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'80/10/10' -> (0.8, 0.1, 0.1); the three parts must add up to 100 and train and test be non-empty."""
+    try:
+        parts = [float(p) for p in str(text).split("/")]
+    except ValueError:
+        parts = []
+    if (
+        len(parts) != 3
+        or not all(math.isfinite(p) and p >= 0 for p in parts)
+        or abs(sum(parts) - 100) > 1e-6
+        or parts[0] == 0
+        or parts[2] == 0
+    ):
+        raise CnnkitError(
+            f"--split {text!r} must be three percentages TRAIN/VAL/TEST that add up to 100, e.g. 80/10/10"
+        )
+    return parts[0] / 100, parts[1] / 100, parts[2] / 100

@@ -18,6 +18,7 @@ from torch import nn
 from cnnkit.errors import CnnkitError
 
 CUSTOM = "custom"  # the model name a run records when it trained an nn.Module passed in from Python
+AUTO = "auto"  # the model name that asks for a whole recipe chosen from the data (see `cnnkit.recipes`)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def model_names() -> list[str]:
 
 
 def check_model_name(name: str) -> None:
-    if name not in _SPECS and name != CUSTOM:
+    if name not in _SPECS and name not in (CUSTOM, AUTO):
         raise CnnkitError(f"unknown model {name!r}; choose one of: {', '.join(_SPECS)} (`cnnkit models` lists them)")
 
 

@@ -27,6 +27,14 @@ from cnnkit.training.schedule import default_warmup, lr_factor
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
 
 
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps in all: --steps, else --epochs whole passes."""
+    if cfg.steps is not None:
+        return cfg.steps
+    assert cfg.epochs is not None  # one of the two is set once the run's settings are resolved
+    return cfg.epochs * steps_per_epoch
+
+
 @dataclass
 class Position:
     """Where training stands inside an epoch: with weights, optimiser and RNG states, all a resume needs."""
@@ -63,14 +71,20 @@ class Trainer:
             else None
         )
         warmup = default_warmup(cfg.schedule, cfg.warmup)
+        self.total_steps = planned_steps(cfg, len(train))
+        self.epochs = -(-self.total_steps // len(train))  # the last one may be partial
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, partial(lr_factor, cfg.schedule, warmup, cfg.epochs * len(train))
+            self.optimizer, partial(lr_factor, cfg.schedule, warmup, self.total_steps)
         )
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.pos = Position()
         self.callbacks: list[Callback] = []
         self.stop_training = False
         self._clock = 0.0
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        per_epoch = len(self.train_batches)
+        return min(per_epoch, self.total_steps - (epoch - 1) * per_epoch)
 
     @property
     def kept_model(self) -> nn.Module:
@@ -101,7 +115,7 @@ class Trainer:
         """Train from the current position to the last epoch. `save(state)` gets the whole training state at
         every epoch's end, every cfg.checkpoint_every steps, and when `stop` is set (then TrainingInterrupted
         is raised); `load_state_dict(state)` continues from it exactly."""
-        while self.pos.epoch <= self.cfg.epochs and not self.stop_training:
+        while self.pos.epoch <= self.epochs and not self.stop_training:
             if self.pos.step == 0:
                 self.pos.order, self.pos.lr = self.train_batches.new_order(), self.optimizer.param_groups[0]["lr"]
             self._train_epoch(save, stop)
@@ -122,16 +136,17 @@ class Trainer:
         pos, batches = self.pos, self.train_batches
         self.model.train()
         self._clock = time.perf_counter()
-        with bar(len(batches), f"epoch {pos.epoch}/{self.cfg.epochs}", unit="batch") as progress:
+        steps = self.steps_in_epoch(pos.epoch)
+        with bar(steps, f"epoch {pos.epoch}/{self.epochs}", unit="batch") as progress:
             progress.update(pos.step)
-            for images, labels in batches.iterate(pos.order, pos.step, pos.epoch):
+            for images, labels in batches.iterate(pos.order, pos.step, pos.epoch, stop_step=steps):
                 loss = self.train_step(images, labels)
                 progress.update()
                 if not progress.disable and progress.n % 20 == 0:
                     progress.set_postfix(loss=f"{float(pos.loss_sum) / max(1, pos.seen):.4f}")
                 for callback in self.callbacks:
                     callback.on_step_end(self, loss)
-                self._checkpoint_if_due(save, stop, last=pos.step == len(batches))
+                self._checkpoint_if_due(save, stop, last=pos.step == steps)
                 if self.stop_training:
                     break
         self._lap()
