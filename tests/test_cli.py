@@ -31,7 +31,7 @@ def cnnkit(*args: str, cwd) -> subprocess.CompletedProcess:
         (["train", "--lr", "nan"], "setting 'lr' must be a finite number"),
         (["train", "--seed", "1e30"], "must be a whole number from 0 to 2^63 - 1"),
         (["train", "--split", "nan/0/100"], "must be three percentages"),
-        (["train", "--translate", "50"], "--translate 50 must be smaller than the 8-pixel images"),
+        (["train", "--translate", "50"], "--translate 50 must be smaller than the 16-pixel images"),
         (["train", "--resume", ""], "--resume needs the folder of the run to continue"),
     ],
 )

@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume(args.resume)
         return 0
     settings = read_yaml(args.config) if args.config else {}
-    run = train(TrainConfig.from_dict({**settings, **given}))
+    run = train(**{**settings, **given})
     if args.config:
         _note_if_data_changed(Path(args.config).parent / MODEL_INFO, run.info)
     return 0

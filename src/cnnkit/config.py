@@ -57,7 +57,7 @@ class TrainConfig:
     )
     erase: float | None = _knob(None, "chance that a random rectangle of each training image is blanked out")
     # model
-    model: str = _knob("simplecnn", "model name (see `cnnkit models`); auto: a whole recipe chosen from the data")
+    model: str = _knob(AUTO, "model name (see `cnnkit models`); auto: a whole recipe chosen from the data")
     dropout: float | None = _knob(None, "dropout probability, for models that have dropout")
     init_from: str | None = _knob(
         None,
@@ -134,6 +134,13 @@ class TrainConfig:
         """Check every value before any work starts; the message names the flag and what to do."""
         _require(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
         _require(self.steps is None or self.steps >= 1, "steps", self.steps, "must be at least 1")
+        _require(self.epochs is None or self.steps is None, "epochs", self.epochs, "and --steps: give one of the two")
+        _require(
+            self.budget is None or (self.epochs is None and self.steps is None),
+            "budget",
+            self.budget,
+            "plans the steps itself: leave out --epochs and --steps",
+        )
         _require(self.budget is None or self.budget > 0, "budget", self.budget, "must be a positive number of seconds")
         _require(self.freeze_epochs >= 0, "freeze_epochs", self.freeze_epochs, "must be 0 or more")
         _require(self.rotate is None or 0 <= self.rotate <= 180, "rotate", self.rotate, "must be 0 to 180 degrees")
@@ -181,7 +188,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Settings over the named preset's values over the defaults."""
-        values = {**preset_settings(coerce("preset", values.get("preset"))), **values}
+        preset = preset_settings(coerce("preset", values.get("preset")))
+        if {"epochs", "budget"} & set(values):  # the user's own length wins over the preset's steps
+            preset.pop("steps", None)
+        values = {**preset, **values}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -13,13 +13,14 @@ from torch import nn
 
 from cnnkit import __version__
 from cnnkit.config import TrainConfig
-from cnnkit.data import DIGIT_DATA, Dataset, is_folder, load_data
+from cnnkit.data import DIGIT_DATA, MAX_AUTO_SIZE, Dataset, is_folder, load_data
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
-from cnnkit.models import CUSTOM, ModelSpec, create_model, model_spec, num_parameters
+from cnnkit.models import AUTO, CUSTOM, ModelSpec, create_model, model_spec, num_parameters
 from cnnkit.models.whitening import whiten_conv
 from cnnkit.progress import say
+from cnnkit.recipes import auto_size, fit_to_data
 from cnnkit.rundir import WEIGHTS, RunFolder
 from cnnkit.schema import model_info_problem
 from cnnkit.weights import load_weights
@@ -41,20 +42,29 @@ class RunContext:
 
 
 def prepare(
-    cfg: TrainConfig, module: nn.Module | None, machine: Machine, folder: RunFolder, fresh: bool = True
+    cfg: TrainConfig,
+    module: nn.Module | None,
+    machine: Machine,
+    folder: RunFolder,
+    fresh: bool = True,
+    given: frozenset[str] | None = None,
 ) -> RunContext:
-    """Load the data, fill the data-dependent settings, and build and initialise the model (a resumed run,
-    not `fresh`, skips --init-from: its checkpoint holds the weights, even after the source is gone)."""
-    spec = model_spec(cfg.model, module)
-    data = load_data(
-        cfg.data,
-        data_dir=cfg.data_dir,
-        image_size=cfg.image_size or spec.input_size,
-        val_fraction=cfg.val_fraction,
-        split=cfg.split,
-        seed=cfg.seed,
-        skip_bad_images=cfg.skip_bad_images,
+    """Load the data, fit the recipe to it, fill the data-dependent settings, and build and initialise the
+    model. The automatic recipe or a preset chooses what the user did not set (`given`; None: everything was
+    set, as in a resumed run). A resumed run, not `fresh`, skips --init-from: its checkpoint holds the
+    weights, even after the source is gone."""
+    auto = cfg.model == AUTO
+    data = _load(
+        cfg,
+        cfg.image_size or (None if auto else model_spec(cfg.model, module).input_size),
+        auto_size(machine) if auto else MAX_AUTO_SIZE,
     )
+    cfg, chosen = fit_to_data(cfg, data, machine, given) if given is not None else (cfg, "")
+    if chosen:
+        say(chosen)
+    if cfg.image_size is not None and cfg.image_size != data.image_size:  # the recipe chose another size
+        data = _load(cfg, cfg.image_size)
+    spec = model_spec(cfg.model, module)
     cfg = resolved(cfg, data)
     if cfg.translate is not None and cfg.translate >= data.image_size:  # a crop cannot shift past the image
         raise CnnkitError(
@@ -92,6 +102,19 @@ def prepare(
     return RunContext(cfg, data, net, spec, machine, folder, preprocess, info)
 
 
+def _load(cfg: TrainConfig, image_size: int | None, max_size: int = MAX_AUTO_SIZE) -> Dataset:
+    return load_data(
+        cfg.data,
+        data_dir=cfg.data_dir,
+        image_size=image_size,
+        val_fraction=cfg.val_fraction,
+        split=cfg.split,
+        seed=cfg.seed,
+        skip_bad_images=cfg.skip_bad_images,
+        max_size=max_size,
+    )
+
+
 def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Fill the data-dependent defaults, so config.yaml repeats the run even if defaults change later."""
     return dataclasses.replace(
@@ -103,7 +126,7 @@ def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
         translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
         flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
-        epochs=cfg.epochs if cfg.epochs is not None or cfg.steps is not None else 15,
+        epochs=15 if cfg.epochs is None and cfg.steps is None and cfg.budget is None else cfg.epochs,
         rotate=cfg.rotate or 0.0,
         scale=cfg.scale or 0.0,
         jitter=cfg.jitter or 0.0,

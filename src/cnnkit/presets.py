@@ -1,7 +1,10 @@
 """Presets: complete, tuned recipes. Each is a set of TrainConfig values; any flag given still wins.
 
 A preset names a default data set, but works on any data of its kind: `mnist-fast` on any small
-grayscale digits, the `cifar10-*` ones on any folder of small colour images.
+grayscale digits, the `cifar10-*` ones on any folder of colour images, at the image size it was tuned
+for. Its length is in optimiser steps (one pass over its data set's training split, or several), so it
+does not shrink to a dozen updates on a small folder; there, `recipes.fitted_preset` also cuts the
+batch (rescaling the rates) so that a pass is at least a few steps.
 """
 
 from __future__ import annotations
@@ -13,21 +16,21 @@ from cnnkit.errors import CnnkitError
 PRESETS: dict[str, dict] = {
     "mnist-fast": {
         "about": "MNIST-like 28x28 grayscale data to 99% test accuracy in seconds, even on a laptop CPU",
-        "data": "mnist", "model": "fastcnn-small", "whiten": False, "epochs": 1, "batch_size": 128,
+        "data": "mnist", "image_size": 28, "model": "fastcnn-small", "whiten": False, "steps": 421, "batch_size": 128,
         "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
         "schedule": "onecycle", "warmup": 0.2, "label_smoothing": 0.1, "translate": 2, "flip": False,
         "ema": 0.0, "tta": False, "precision": "auto",
     },
     "cifar10-cpu": {
         "about": "CIFAR-like 32x32 colour data past the PyTorch tutorial's 53% in seconds on a laptop CPU",
-        "data": "cifar10", "model": "small-cnn", "whiten": False, "epochs": 1, "batch_size": 128,
+        "data": "cifar10", "image_size": 32, "model": "small-cnn", "whiten": False, "steps": 351, "batch_size": 128,
         "optimizer": "adamw", "lr": 6e-3, "weight_decay": 0.01, "schedule": "onecycle", "warmup": 0.25,
         "label_smoothing": 0.0, "translate": 0, "flip": False,  # one pass: augmentation would only slow learning
         "ema": 0.0, "tta": False, "precision": "auto",
     },
     "cifar10-cpu-best": {
         "about": "CIFAR-like 32x32 colour data to about 81% in about 90 seconds on a 2-core CPU",
-        "data": "cifar10", "model": "fastcnn-small", "whiten": True, "epochs": 6, "batch_size": 256,
+        "data": "cifar10", "image_size": 32, "model": "fastcnn-small", "whiten": True, "steps": 1050, "batch_size": 256,
         "optimizer": "sgd", "lr": 0.2, "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4,
         "schedule": "onecycle", "warmup": 0.25, "label_smoothing": 0.2, "translate": 2, "flip": True,
         "ema": 0.0, "tta": True, "precision": "auto",
@@ -38,7 +41,7 @@ PRESETS: dict[str, dict] = {
         # 256^2, since its head divides the output by its width); weight_decay is its 2e-6 x 2000
         "about": "CIFAR-like 32x32 colour data, airbench94_muon's recipe: 90.5% on the CIFAR-10 JPEG copy in 8 "
                  "epochs; for GPUs, with --compile",
-        "data": "cifar10", "model": "fastcnn", "whiten": True, "epochs": 8, "batch_size": 2000,
+        "data": "cifar10", "image_size": 32, "model": "fastcnn", "whiten": True, "steps": 200, "batch_size": 2000,
         "optimizer": "muon", "muon_lr": 0.24, "muon_momentum": 0.6,  # conv filters
         "lr": 106.0, "head_lr": 0.0204, "momentum": 0.85, "nesterov": True, "weight_decay": 0.004,  # the rest
         "schedule": "onecycle", "warmup": 0.0, "label_smoothing": 0.2, "translate": 2, "flip": True,
@@ -46,7 +49,7 @@ PRESETS: dict[str, dict] = {
     },
     "cifar10-best": {
         "about": "CIFAR-like 32x32 colour data: the best accuracy in minutes on a GPU rather than seconds",
-        "data": "cifar10", "model": "resnet9", "whiten": False, "epochs": 40, "batch_size": 512,
+        "data": "cifar10", "image_size": 32, "model": "resnet9", "whiten": False, "steps": 3480, "batch_size": 512,
         "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
         "schedule": "onecycle", "warmup": 0.15, "label_smoothing": 0.1, "translate": 4, "flip": True,
         "ema": 0.999, "tta": True, "precision": "auto",

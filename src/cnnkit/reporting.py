@@ -56,6 +56,10 @@ def model_label(info: dict) -> str:
     return info.get("module") or info["model"]
 
 
+NEAR_CHANCE = 0.01  # an accuracy this close to always answering the most common class means nothing was learned
+MEMORISED_GAP = 0.3  # training accuracy this far above validation: memorised, not learned
+
+
 def closing_line(summary: dict, folder: RunFolder) -> str:
     return f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}; run saved in {folder}"
 
@@ -66,6 +70,9 @@ def run_summary(ctx: RunContext, metrics: dict, record: dict, timings: dict[str,
     return {
         **metrics,
         "epochs": ctx.cfg.epochs,
+        "steps": ctx.cfg.steps,
+        "budget_seconds": record.get("budget_seconds"),
+        "warnings": run_warnings(ctx, metrics, record),
         "best_epoch": record["best_epoch"],
         "val_accuracy": record["best_score"] if len(data.splits["val"]) else None,
         "train_seconds": round(record["train_seconds"], 3),
@@ -79,6 +86,33 @@ def run_summary(ctx: RunContext, metrics: dict, record: dict, timings: dict[str,
         "skipped_images": data.skipped,
         **provenance(ctx.machine),
     }
+
+
+def run_warnings(ctx: RunContext, metrics: dict, record: dict) -> list[str]:
+    """What went badly, in plain words with what to try: a model no better than always answering the most
+    common class, or one that learned its training images by heart."""
+    warnings = []
+    splits = ctx.data.splits
+    checks = [("test", metrics["test_accuracy"], splits["test"].labels)]
+    if len(splits["val"]):
+        checks.insert(0, ("validation", record["best_score"], splits["val"].labels))
+    for name, accuracy, labels in checks:
+        common = torch.bincount(labels).max().item() / len(labels)
+        if accuracy <= common + NEAR_CHANCE:
+            warnings.append(
+                f"{name} accuracy {accuracy:.3f} is no better than always answering the most common class "
+                f"({common:.3f}): the model learned nothing useful. Try the automatic recipe (no --model or "
+                "--preset), a lower --lr or more --steps, and check that each class folder holds its own pictures"
+            )
+            break
+    seen = record.get("train_accuracy", 0.0)
+    if len(splits["val"]) and not warnings and seen - record["best_score"] > MEMORISED_GAP:
+        warnings.append(
+            f"training accuracy {seen:.3f} but validation {record['best_score']:.3f}: the model learned its "
+            "training images by heart. Try stronger augmentation (--rotate, --scale, --jitter, --erase), fewer "
+            "steps, more images, or a pretrained backbone"
+        )
+    return warnings
 
 
 def provenance(machine: Machine) -> dict:

@@ -27,6 +27,7 @@ from cnnkit.reporting import EpochReport, closing_line, opening_line, run_summar
 from cnnkit.run import Run
 from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.schema import read_model_info
+from cnnkit.training.budget import plan_steps
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted, stop_on_signals
 from cnnkit.training.trainer import Trainer
@@ -46,22 +47,29 @@ def train(
 
     Example: `cnnkit.train(data="mnist", model="simplecnn", epochs=1)`.
     """
+    started = time.perf_counter()  # a --budget counts from here: loading the data is part of the run
     module = model if isinstance(model, nn.Module) else None
     if model is not None:
         settings["model"] = CUSTOM if module is not None else model
-    cfg = TrainConfig.from_dict({**(dataclasses.asdict(config) if config else {}), **settings})
+    values = {**(_set_fields(config) if config else {}), **settings}
+    cfg = TrainConfig.from_dict(values)
     machine = pick_machine(cfg.device, cfg.precision)
     model_name = type(module).__name__.lower() if module is not None else cfg.model
     # made and claimed first: an unwritable or busy folder fails before any data is loaded
     with RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine) as folder:
         try:
-            ctx = prepare(cfg, module, machine, folder)
+            ctx = prepare(cfg, module, machine, folder, given=frozenset(values))
             folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())  # a repeat: a new folder
             folder.write_json(MODEL_INFO, ctx.info)
         except BaseException:
             folder.abandon()
             raise
-        return _run(ctx, callbacks)
+        return _run(ctx, callbacks, started=started)
+
+
+def _set_fields(config: TrainConfig) -> dict:
+    """The settings of a TrainConfig that differ from the defaults: the ones a recipe must leave alone."""
+    return {f.name: v for f in dataclasses.fields(config) if (v := getattr(config, f.name)) != f.default}
 
 
 def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Sequence[Callback] = ()) -> Run:
@@ -81,12 +89,14 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
         return _run(ctx, callbacks, state)
 
 
-def _run(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None = None) -> Run:
+def _run(
+    ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None = None, started: float | None = None
+) -> Run:
     # weights, plus a checkpoint with optimiser moments and a weight average, each written beside the last
     ctx.folder.ensure_free_space(8 * 4 * num_parameters(ctx.model) + 8 * len(ctx.data.splits["train"]))
     ctx.model.to(ctx.machine.device, memory_format=ctx.machine.memory_format)  # type: ignore[call-overload]
     try:
-        summary = _train_and_test(ctx, callbacks, resume_state)
+        summary = _train_and_test(ctx, callbacks, resume_state, started or time.perf_counter())
     except TrainingInterrupted as e:
         raise TrainingInterrupted(f"{e}. Resume with: cnnkit train --resume {ctx.folder}") from None
     except WriteFailed as e:
@@ -108,32 +118,41 @@ class KeepBest(Callback):
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         self.record["train_seconds"] += result.seconds
+        self.record["train_accuracy"] = result.train_accuracy
         score = result.val_accuracy if result.val_accuracy is not None else result.epoch
         if score > self.record["best_score"]:
             self.record["best_score"], self.record["best_epoch"] = score, result.epoch
             self.folder.save_weights(trainer.kept_model)
 
 
-def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None) -> dict:
+def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None, started: float) -> dict:
     say(opening_line(ctx))
     step_model: nn.Module = torch.compile(ctx.model) if ctx.cfg.compile else ctx.model  # type: ignore[assignment]
     record = resume_state["run"] if resume_state else {"best_score": -1.0, "best_epoch": 0, "train_seconds": 0.0}
-    compile_seconds = _train(ctx, step_model, callbacks, record, resume_state)
+    compile_seconds = _train(ctx, step_model, callbacks, record, resume_state, started)
     ctx.machine.barrier()  # the best weights are on disk before any process reads them
     load_weights(ctx.model, ctx.folder / WEIGHTS)
-    started = time.perf_counter()
+    tested = time.perf_counter()
     test = DeviceBatches(ctx.data.splits["test"], EVAL_BATCH, ctx.preprocess)
     metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
     if not math.isfinite(metrics["test_loss"]):
         raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
-    timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - started}
+    timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - tested}
     summary = run_summary(ctx, metrics, record, timings)
+    for warning in summary["warnings"]:
+        say(f"warning: {warning}")
+    summary["seconds_used"] = round(time.perf_counter() - started, 3)  # of this call: a resumed one counts anew
     ctx.folder.write_json(SUMMARY, summary)
     return summary
 
 
 def _train(
-    ctx: RunContext, step_model: nn.Module, callbacks: Sequence[Callback], record: dict, resume_state: dict | None
+    ctx: RunContext,
+    step_model: nn.Module,
+    callbacks: Sequence[Callback],
+    record: dict,
+    resume_state: dict | None,
+    started: float,
 ) -> float:
     """Train to the last epoch, from the start or from `resume_state`, keeping the run's `record` (best epoch
     and score, seconds); returns the seconds spent compiling."""
@@ -162,6 +181,8 @@ def _train(
     if cfg.compile:  # compiled before the clock starts, and reported on its own
         compile_seconds = compile_warmup(trainer, eval_batch_sizes(data.splits), cfg.tta)
         say(f"compiled the model in {compile_seconds:.1f}s")
+    if cfg.budget is not None and cfg.steps is None:
+        _plan_budget(ctx, trainer, record, time.perf_counter() - started)
     ctx.folder.start_metrics(keep_before_epoch=trainer.pos.epoch)
     trainer.callbacks = [EpochReport(ctx.folder, trainer.epochs), KeepBest(ctx.folder, record), *callbacks]
 
@@ -171,3 +192,18 @@ def _train(
     with stop_on_signals() as stop:
         trainer.fit(val, save, stop)
     return compile_seconds
+
+
+def _plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float) -> None:
+    """Plan the steps that fit the --budget from a measured warm-up, and write them to config.yaml: a
+    resumed or repeated run takes exactly these steps, on any machine."""
+    cfg, splits = ctx.cfg, ctx.data.splits
+    assert cfg.budget is not None
+    eval_images = (len(splits["val"]), len(splits["test"]))
+    steps = plan_steps(trainer, eval_images, cfg.budget, cfg.budget - elapsed, cfg.tta)
+    trainer.plan(steps)
+    ctx.cfg = dataclasses.replace(cfg, steps=steps, budget=None)
+    ctx.folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())
+    record["budget_seconds"] = cfg.budget
+    passes = steps / len(trainer.train_batches)
+    say(f"budget {cfg.budget:g}s: {steps} steps ({passes:.3g} passes), planned from a warm-up measured here")

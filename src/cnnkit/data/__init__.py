@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.data.folder import load_folder
+from cnnkit.data.folder import MAX_AUTO_SIZE, load_folder
 from cnnkit.data.images import resize_images
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
@@ -52,8 +52,11 @@ def is_folder(data: str) -> bool:
     return data not in NAMED_SOURCES
 
 
-def load_raw(data: str, data_dir: str | None, image_size: int | None, skip_bad_images: bool) -> RawData:
-    """The source's parts as uint8 tensors, resized to `image_size` when one is given."""
+def load_raw(
+    data: str, data_dir: str | None, image_size: int | None, skip_bad_images: bool, max_size: int = MAX_AUTO_SIZE
+) -> RawData:
+    """The source's parts as uint8 tensors, resized to `image_size` when one is given (else a folder's
+    images come at their most common size, but no larger than `max_size`)."""
     if data in NAMED_SOURCES:
         raw = NAMED_SOURCES[data](Path(data_dir).expanduser() if data_dir else cache_root() / "data")
         return _resized(raw, image_size) if image_size else raw
@@ -62,7 +65,7 @@ def load_raw(data: str, data_dir: str | None, image_size: int | None, skip_bad_i
             f"unknown data set {data!r}; use one of {', '.join(NAMED_SOURCES)}, or a path to a folder "
             "of images with one sub-folder per class"
         )
-    return load_folder(Path(data).expanduser(), image_size, skip_bad_images, cache_root())
+    return load_folder(Path(data).expanduser(), image_size, skip_bad_images, cache_root(), max_size)
 
 
 def load_data(
@@ -74,10 +77,11 @@ def load_data(
     split: str | None = None,
     seed: int = 0,
     skip_bad_images: bool = False,
+    max_size: int = MAX_AUTO_SIZE,
 ) -> Dataset:
     """A named data set or an image folder, split into train/val/test, with the training split's statistics.
     Every setting is a keyword, so two of them can never be swapped by position."""
-    raw = load_raw(data, data_dir, image_size, skip_bad_images)
+    raw = load_raw(data, data_dir, image_size, skip_bad_images, max_size)
     splits = make_splits(raw, val_fraction, parse_split(split) if split else None, seed)
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
         raise CnnkitError(f"{data} has too few images for a train and a test split; add images or change --split")

@@ -31,12 +31,16 @@ DECODE_CHUNK = 256
 HASH_CHUNK = 1 << 20
 
 
-def load_folder(root: Path, image_size: int | None, skip_bad_images: bool, cache_dir: Path) -> RawData:
+def load_folder(
+    root: Path, image_size: int | None, skip_bad_images: bool, cache_dir: Path, max_size: int = MAX_AUTO_SIZE
+) -> RawData:
+    """The folder's images at `image_size`, or (None) at their most common size, but no larger than `max_size`."""
     files = scan_folder(root)
-    cache_file = cache_dir / "folders" / f"{_cache_key(root, image_size, files)}.safetensors"
+    size_rule = str(image_size) if image_size else f"max{max_size}"
+    cache_file = cache_dir / "folders" / f"{_cache_key(root, size_rule, files)}.safetensors"
     raw = _read_cache(cache_file)
     if raw is None:
-        raw = _decode_folder(files, image_size)
+        raw = _decode_folder(files, image_size, max_size)
         _write_cache(cache_file, raw)
     if raw.skipped and not skip_bad_images:
         listing = "\n".join(f"  {line}" for line in raw.skipped)
@@ -49,7 +53,7 @@ def load_folder(root: Path, image_size: int | None, skip_bad_images: bool, cache
     return raw
 
 
-def _decode_folder(files: dict[str, list[tuple[str, str]]], image_size: int | None) -> RawData:
+def _decode_folder(files: dict[str, list[tuple[str, str]]], image_size: int | None, max_size: int) -> RawData:
     """Decode every image; the ones that fail are left out and listed in `skipped`."""
     every = [path for items in files.values() for path, _ in items]
     headers, bad = _parallel(peek_image, every, "reading image headers", threads=1)
@@ -58,7 +62,7 @@ def _decode_folder(files: dict[str, list[tuple[str, str]]], image_size: int | No
     channels = 1 if all(gray for _, gray in headers.values()) else 3
     if image_size is None:
         (w, h), _ = Counter(size for size, _ in headers.values()).most_common(1)[0]
-        image_size = min(max(w, h), MAX_AUTO_SIZE)
+        image_size = min(max(w, h), max_size)
     good = [path for path in every if path in headers]
     mean_pixels = sum(w * h for (w, h), _ in headers.values()) / len(headers)
     # PIL lets go of the GIL while it decodes and resizes, which pays for photos; tiny images are bound by
@@ -106,10 +110,10 @@ def _parallel(fn, paths: list[str], desc: str, threads: int) -> tuple[dict, dict
     return results, errors
 
 
-def _cache_key(root: Path, image_size: int | None, files: dict[str, list[tuple[str, str]]]) -> str:
+def _cache_key(root: Path, size_rule: str, files: dict[str, list[tuple[str, str]]]) -> str:
     """A hash of every file's bytes, place and class: any change to any image means a new cache.
     (Reading 60,000 small JPEGs for it takes well under a second; decoding them takes half a minute.)"""
-    digest = hashlib.blake2b(f"{CACHE_FORMAT}|{image_size}".encode(), digest_size=16)
+    digest = hashlib.blake2b(f"{CACHE_FORMAT}|{size_rule}".encode(), digest_size=16)
     for part, items in sorted(files.items()):
         for path, label in items:
             with open(path, "rb") as f:  # names may hold bytes that are not UTF-8: kept as they are

@@ -28,11 +28,10 @@ from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
 
 
 def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Optimiser steps in all: --steps, else --epochs whole passes."""
+    """Optimiser steps in all: --steps, else --epochs whole passes (else one pass, until --budget plans)."""
     if cfg.steps is not None:
         return cfg.steps
-    assert cfg.epochs is not None  # one of the two is set once the run's settings are resolved
-    return cfg.epochs * steps_per_epoch
+    return (cfg.epochs or 1) * steps_per_epoch
 
 
 @dataclass
@@ -70,17 +69,22 @@ class Trainer:
             if cfg.ema
             else None
         )
-        warmup = default_warmup(cfg.schedule, cfg.warmup)
-        self.total_steps = planned_steps(cfg, len(train))
-        self.epochs = -(-self.total_steps // len(train))  # the last one may be partial
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, partial(lr_factor, cfg.schedule, warmup, self.total_steps)
-        )
+        self.plan(planned_steps(cfg, len(train)))
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.pos = Position()
         self.callbacks: list[Callback] = []
         self.stop_training = False
         self._clock = 0.0
+
+    def plan(self, total_steps: int) -> None:
+        """Set the run's length, and the schedule over it, before the first step (a --budget run plans it from
+        a measured warm-up)."""
+        self.total_steps = total_steps
+        self.epochs = -(-total_steps // len(self.train_batches))  # the last one may be partial
+        warmup = default_warmup(self.cfg.schedule, self.cfg.warmup)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, self.cfg.schedule, warmup, total_steps)
+        )
 
     def steps_in_epoch(self, epoch: int) -> int:
         per_epoch = len(self.train_batches)

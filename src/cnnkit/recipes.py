@@ -1,0 +1,135 @@
+"""Recipes that fit the data: the automatic recipe (the default), and presets rescaled to small data.
+
+Both are decided from what the data is (training images, classes, image size, grey or colour) and what it
+runs on, never from its name, so a folder of a user's own images gets the same care as CIFAR-10. Every
+value chosen is written to config.yaml, so a run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from cnnkit.config import TrainConfig
+from cnnkit.data import Dataset
+from cnnkit.errors import CnnkitError
+from cnnkit.machine import Machine
+from cnnkit.models import AUTO
+
+# the automatic recipe, in one place (airbench's fastcnn on the CPU, the widths for a GPU)
+# fmt: off
+AUTO_RECIPE = {
+    "whiten": True, "optimizer": "sgd", "momentum": 0.85, "nesterov": True, "weight_decay": 5e-4,
+    "schedule": "onecycle", "warmup": 0.25, "ema": 0.0,
+}
+# fmt: on
+AUTO_MODEL = {"cpu": "fastcnn-small", "gpu": "fastcnn"}  # the fastest good CNN for each kind of machine
+AUTO_MAX_SIZE = {"cpu": 64, "gpu": 128}  # default image size cap: a 2-core CPU pays 4x per doubling of the side
+SGD_LR_PER_IMAGE = 0.2 / 256  # peak SGD rate per image in the batch (cifar10-cpu-best's 0.2 at 256): linear rule
+PASSES = 16  # passes over the training images ...
+IMAGES_SEEN = (20_000, 270_000)  # ... within these bounds: small folders need many passes, big ones few
+FEW_PER_CLASS = 500  # below this many training images per class, stronger augmentation pays
+MIN_SIZE = 16  # smaller images are enlarged to this: fastcnn's stem and three poolings need at least 9 pixels
+MIN_BATCH = 16  # smaller batches make batch norm's statistics noise
+MIN_STEPS_PER_PASS = 8  # a batch is at most an eighth of the training images: one pass is more than a few steps
+PRESET_MIN_IMAGES = 2 * MIN_BATCH  # fewer training images than this and no preset's recipe can fit
+
+
+def fit_to_data(cfg: TrainConfig, data: Dataset, machine: Machine, given: frozenset[str]) -> tuple[TrainConfig, str]:
+    """The settings with the automatic recipe (model `auto`) or the preset fitted to this data; what the
+    user set themselves (`given`) always wins. Returns them with a line that says what was chosen."""
+    if cfg.model == AUTO:
+        chosen, line = auto_settings(data, machine), "automatic recipe"
+        given = given - {"model"}  # `--model auto` asks for the recipe's model
+    elif cfg.preset is not None and "batch_size" not in given:
+        chosen, line = fitted_preset(cfg, len(data.splits["train"])), f"preset {cfg.preset}"
+    else:
+        return cfg, ""
+    chosen = {k: v for k, v in chosen.items() if k not in given}
+    if given & {"epochs", "budget"}:  # the user's own length wins over the recipe's
+        chosen.pop("steps", None)
+    cfg = dataclasses.replace(cfg, **chosen)
+    return cfg, f"{line}: {describe(cfg, len(data.splits['train']))}"
+
+
+def auto_settings(data: Dataset, machine: Machine) -> dict:
+    """A whole recipe from the data: model, batch, rate, number of steps, augmentation and TTA."""
+    n, grey = len(data.splits["train"]), data.channels == 1
+    few = n / len(data.classes) < FEW_PER_CLASS
+    batch = fit_batch(128 if grey else 256, n)
+    images_seen = min(max(PASSES * n, IMAGES_SEEN[0]), IMAGES_SEEN[1])
+    return {
+        **AUTO_RECIPE,
+        "model": AUTO_MODEL[_kind(machine)],
+        "image_size": max(data.image_size, MIN_SIZE),
+        "batch_size": batch,
+        "lr": round(SGD_LR_PER_IMAGE * batch, 6),
+        "steps": max(1, round(images_seen / batch)),
+        "label_smoothing": 0.1 if grey else 0.2,
+        "flip": not grey,  # grey images are mostly glyphs and scans, where a mirror image is another symbol
+        "tta": not grey,  # its views include the mirror image
+        "rotate": 10.0 if few else 0.0,  # few images: show each from more angles, sizes and lights
+        "scale": 0.1 if few else 0.0,
+        "jitter": 0.2 if few and not grey else 0.0,
+        "erase": 0.25 if few else 0.0,
+    }
+
+
+def auto_size(machine: Machine) -> int:
+    """The automatic recipe's largest image side on this machine."""
+    return AUTO_MAX_SIZE[_kind(machine)]
+
+
+def _kind(machine: Machine) -> str:
+    return "cpu" if machine.device.type == "cpu" else "gpu"
+
+
+def fitted_preset(cfg: TrainConfig, n_train: int) -> dict:
+    """A preset's batch size, with its rates rescaled, cut down to fit `n_train` images; its steps stay (the
+    recipe's length in updates). Too few images for any batch: refused before training, with what to do."""
+    if n_train < PRESET_MIN_IMAGES:
+        raise CnnkitError(
+            f"preset {cfg.preset} needs at least {PRESET_MIN_IMAGES} training images to fit its recipe, and this "
+            f"data has {n_train}; leave out --preset for the automatic recipe, or add images"
+        )
+    batch = fit_batch(cfg.batch_size, n_train)
+    ratio = batch / cfg.batch_size
+    rates = {"lr": cfg.lr * (math.sqrt(ratio) if cfg.optimizer in ("adam", "adamw") else ratio)}  # Adam: sqrt rule
+    if cfg.head_lr is not None:
+        rates["head_lr"] = cfg.head_lr * ratio
+    return {"batch_size": batch, **{k: round(v, 8) for k, v in rates.items()}} if ratio < 1 else {}
+
+
+def fit_batch(batch: int, n_train: int) -> int:
+    """Halve `batch` until a pass over `n_train` images takes at least MIN_STEPS_PER_PASS steps."""
+    while batch > MIN_BATCH and n_train < MIN_STEPS_PER_PASS * batch:
+        batch //= 2
+    return max(1, min(batch, n_train))
+
+
+def describe(cfg: TrainConfig, n_train: int) -> str:
+    """One line: what will train, on what batches, for how long, with what augmentation."""
+    per_pass = max(1, n_train // cfg.batch_size)
+    length = (
+        f"{cfg.steps} steps ({cfg.steps / per_pass:.3g} passes)"
+        if cfg.steps
+        else f"{cfg.epochs} epochs"
+        if cfg.epochs
+        else f"steps planned for {cfg.budget:g}s"
+    )
+    augment = [
+        name
+        for name, on in (
+            ("flips", cfg.flip),
+            (f"rotate {cfg.rotate}", cfg.rotate),
+            (f"scale {cfg.scale}", cfg.scale),
+            (f"jitter {cfg.jitter}", cfg.jitter),
+            (f"erase {cfg.erase}", cfg.erase),
+            ("TTA", cfg.tta),
+        )
+        if on
+    ]
+    whiten = " (whitened)" if cfg.whiten else ""
+    return f"{cfg.model}{whiten}, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, {length}" + (
+        f", {', '.join(augment)}" if augment else ""
+    )
