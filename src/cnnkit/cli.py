@@ -23,8 +23,9 @@ from cnnkit.training.stopping import TrainingInterrupted
 
 EXAMPLES = """examples:
   cnnkit train                                   # 8x8 digits from scikit-learn, no download
+  cnnkit train --data path/to/images             # a recipe chosen from your folder (one class per sub-folder)
+  cnnkit train --data path/to/images --budget 60 # the best model it can train and test in 60 seconds
   cnnkit train --data mnist --model simplecnn --epochs 1
-  cnnkit train --data path/to/images --model resnet9-small --epochs 20
   cnnkit train --preset mnist-fast --data-dir ../shared/data   # a tuned recipe (`cnnkit presets`)
   cnnkit train --config runs/RUN/config.yaml     # repeat a run
   cnnkit eval runs/RUN
