@@ -132,3 +132,10 @@ def test_a_budget_is_planned_into_steps_that_config_yaml_keeps(tmp_path, capsys)
     cfg, result = config(run.dir), summary(run.dir)
     assert cfg["budget"] is None and cfg["steps"] == result["steps"] > 0  # a repeat takes exactly these steps
     assert result["budget_seconds"] == 6 and result["seconds_used"] > 0
+
+
+def test_fine_tuning_keeps_the_source_runs_model_and_image_size(tmp_path):
+    source = cnnkit.train(model="small-cnn", image_size=12, epochs=1, out=str(tmp_path / "source"))
+    run = cnnkit.train(init_from=str(source.dir), steps=5, out=str(tmp_path / "tuned"))
+    cfg = config(run.dir)
+    assert (cfg["model"], cfg["image_size"], cfg["whiten"]) == ("small-cnn", 12, False)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 from cnnkit.config import TrainConfig
 from cnnkit.data import Dataset
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
-from cnnkit.models import AUTO
+from cnnkit.models import AUTO, CUSTOM
+from cnnkit.rundir import MODEL_INFO
+from cnnkit.schema import read_model_info
 
 # the automatic recipe, in one place (airbench's fastcnn on the CPU, the widths for a GPU)
 # fmt: off
@@ -39,7 +42,7 @@ def fit_to_data(cfg: TrainConfig, data: Dataset, machine: Machine, given: frozen
     """The settings with the automatic recipe (model `auto`) or the preset fitted to this data; what the
     user set themselves (`given`) always wins. Returns them with a line that says what was chosen."""
     if cfg.model == AUTO:
-        chosen, line = auto_settings(data, machine), "automatic recipe"
+        chosen, line = {**auto_settings(data, machine), **_source_run(cfg)}, "automatic recipe"
         given = given - {"model"}  # `--model auto` asks for the recipe's model
     elif cfg.preset is not None and "batch_size" not in given:
         chosen, line = fitted_preset(cfg, len(data.splits["train"])), f"preset {cfg.preset}"
@@ -73,6 +76,18 @@ def auto_settings(data: Dataset, machine: Machine) -> dict:
         "jitter": 0.2 if few and not grey else 0.0,
         "erase": 0.25 if few else 0.0,
     }
+
+
+def _source_run(cfg: TrainConfig) -> dict:
+    """Fine-tuning (--init-from RUN) keeps the source run's model and image size: its filters were learned
+    at that scale."""
+    info = Path(cfg.init_from or "") / MODEL_INFO
+    if not cfg.init_from or not info.is_file():
+        return {}
+    source = read_model_info(info)
+    if source["model"] == CUSTOM:  # only its own Python code can rebuild it: the recipe's model stays
+        return {}
+    return {"model": source["model"], "image_size": source["image_size"], "whiten": False}
 
 
 def auto_size(machine: Machine) -> int:
