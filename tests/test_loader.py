@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cnnkit.data.augment import Augment
 from cnnkit.data.loader import DeviceBatches, random_translate
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
@@ -30,7 +31,7 @@ def test_translate_moves_each_image_by_at_most_the_padding():
 def test_flip_alternates_each_image_between_epochs():
     images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(1000, 1, 1, 1)
     data = ImageSet(images, torch.arange(1000))
-    train = DeviceBatches(data, 100, Preprocess([0.0], [1 / 255]), shuffle=True, flip=True)
+    train = DeviceBatches(data, 100, Preprocess([0.0], [1 / 255]), shuffle=True, augment=Augment(flip=True))
     mirrored = []
     for epoch in (1, 2, 3):
         batches = list(train.iterate(train.new_order(), epoch=epoch))

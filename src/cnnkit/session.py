@@ -16,6 +16,7 @@ from cnnkit.checkpoint import CHECKPOINT, RUN_PARTS, load_checkpoint, require_ch
 from cnnkit.config import TrainConfig
 from cnnkit.context import RunContext, check_same_run, prepare, require_module
 from cnnkit.data import data_name
+from cnnkit.data.augment import Augment
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import EVAL_BATCH, eval_batch_sizes, predict_logits, test_metrics
@@ -163,8 +164,9 @@ def _train(
         cfg.batch_size,
         ctx.preprocess,
         shuffle=True,
-        translate=cfg.translate,
-        flip=cfg.flip,
+        augment=Augment(
+            cfg.translate, cfg.flip, cfg.rotate or 0.0, cfg.scale or 0.0, cfg.jitter or 0.0, cfg.erase or 0.0
+        ),
         seed=cfg.seed,
     )
     val = DeviceBatches(data.splits["val"], EVAL_BATCH, ctx.preprocess) if len(data.splits["val"]) else None

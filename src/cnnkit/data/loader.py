@@ -1,7 +1,8 @@
 """Batches cut from whole tensors that live on the training device, augmented there as whole batches.
 
 No DataLoader, no worker processes, no PIL, no per-sample Python: one gather, one normalise and one
-vectorised crop/flip per batch. That is most of the speed-up over the tutorials' input pipeline.
+vectorised crop/flip per batch (and, when asked, rotation, zoom, jitter and erasing: augment.py). That is
+most of the speed-up over the tutorials' input pipeline.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from collections.abc import Iterator
 
 import torch
 
+from cnnkit.data.augment import Augment
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
+
+NO_AUGMENT = Augment()  # evaluation batches, and training without augmentation
 
 
 def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -41,21 +45,20 @@ class DeviceBatches:
         preprocess: Preprocess,
         *,
         shuffle: bool = False,
-        translate: int = 0,
-        flip: bool = False,
+        augment: Augment = NO_AUGMENT,
         seed: int = 0,
     ):
-        """Batches on the device that `preprocess` lives on; `shuffle`, `translate` and `flip` for training."""
+        """Batches on the device that `preprocess` lives on; `shuffle` and `augment` for training."""
         device = preprocess.scale.device
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.preprocess, self.shuffle = batch_size, preprocess, shuffle
-        self.translate = translate
+        self.augment = augment
         self.generator = torch.Generator(device=device).manual_seed(seed)
         # alternating flip (airbench): each image is mirrored in every other epoch, a random half first, so
         # two epochs show every image both ways instead of each way by chance; it trains faster than coin flips
         n = len(self.labels)
-        self.mirror_first = torch.rand(n, device=device, generator=self.generator) < 0.5 if flip else None
+        self.mirror_first = torch.rand(n, device=device, generator=self.generator) < 0.5 if augment.flip else None
 
     def _stop(self) -> int:
         """Training drops the last partial batch: a batch of one breaks batch norm and a tiny one is noise."""
@@ -76,13 +79,15 @@ class DeviceBatches:
         """Epoch `epoch`'s batches in `order` from batch `start_step` on (a resumed epoch picks up exactly
         where it stopped), up to batch `stop_step` (a run planned in steps may end inside a pass)."""
         stop = self._stop() if stop_step is None else min(self._stop(), stop_step * self.batch_size)
+        augment = self.augment
         for start in range(start_step * self.batch_size, stop, self.batch_size):
             index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             images, labels = self.images[index], self.labels[index]
-            images = random_translate(images, self.translate, self.generator) if self.translate else images
+            images = random_translate(images, augment.translate, self.generator) if augment.translate else images
             if self.mirror_first is not None:
                 images = mirror_where(images, self.mirror_first[index] ^ (epoch % 2 == 0))
-            yield self.preprocess(images), labels
+            images = augment.pixels(images, self.generator)  # rotation, zoom, jitter: off leaves it as it was
+            yield augment.normalised(self.preprocess(images), self.generator), labels
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iterate(self.new_order())

@@ -1,0 +1,117 @@
+"""Per-image augmentation of whole training batches on the device: rotation and zoom, colour jitter, erasing.
+
+Each image gets its own random parameters, drawn as one tensor per batch from the batches' generator (so a
+checkpoint that stores that generator resumes bit for bit); no per-image Python. The draws are separated
+from the transforms, which are plain functions of their parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ERASE_AREA = (0.02, 0.33)  # RandomErasing's defaults: a share of the image ...
+ERASE_ASPECT = (0.3, 1 / 0.3)  # ... in a box neither too thin nor too flat
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey, as torchvision's rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The training batches' augmentation: crop padding, alternating flips, rotation (max degrees), zoom (max
+    fraction in or out), colour jitter (max fraction) and the chance per image of an erased rectangle."""
+
+    translate: int = 0
+    flip: bool = False
+    rotate: float = 0.0
+    scale: float = 0.0
+    jitter: float = 0.0
+    erase: float = 0.0
+
+    def pixels(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Rotation, zoom and jitter, in pixel space (0 to 255, before normalising); untouched when all are off."""
+        if not (self.rotate or self.scale or self.jitter):
+            return images
+        # resampling and blending need floats, kept unrounded (preprocess takes floats too) and contiguous
+        x = images.to(torch.float32, memory_format=torch.contiguous_format)
+        n = len(x)
+        if self.rotate or self.scale:
+            u = uniform_signed((2, n), x.device, generator)
+            x = rotate_and_zoom(x, self.rotate * u[0], 1 + self.scale * u[1])
+        if self.jitter:
+            x = jitter_colours(x, *(1 + self.jitter * uniform_signed((3, n), x.device, generator)))
+        return x
+
+    def normalised(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random erasing, after normalising: the erased box holds 0, the data's mean, in place."""
+        if not self.erase:
+            return x
+        return erase_boxes(x, *draw_boxes(x.shape, self.erase, generator))
+
+
+def uniform_signed(shape: tuple[int, ...], device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """Uniform in [-1, 1), one value per image and parameter."""
+    return torch.rand(shape, device=device, generator=generator) * 2 - 1
+
+
+def rotate_and_zoom(images: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
+    """Rotate each image by its `degrees` (counter-clockwise, as torch.rot90) and magnify it by its `zoom`
+    (above 1: in) about its centre, as one bilinear resampling of the batch; mirrored borders, so no black
+    corners are learned."""
+    n, _, h, w = images.shape
+    radians = degrees * (math.pi / 180)
+    cos, sin = torch.cos(radians) / zoom, torch.sin(radians) / zoom
+    zero = torch.zeros_like(cos)
+    # the output-to-input map in affine_grid's [-1, 1] coordinates; h/w and w/h keep non-square images unsheared
+    theta = torch.stack([cos, -sin * (h / w), zero, sin * (w / h), cos, zero], 1).view(n, 2, 3)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def jitter_colours(
+    images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor
+) -> torch.Tensor:
+    """ColorJitter's brightness, contrast and saturation (colour images only) by per-image factors, in that
+    order, on 0-255 floats. All three are linear in the pixels, so together they are one colour
+    matrix and offset per image: a single pass over the batch, clamped once at the end."""
+    n, channels = images.shape[:2]
+    grey = torch.tensor(LUMA if channels == 3 else [1 / channels] * channels, device=images.device)
+    mean_grey = images.mean((2, 3)) @ grey  # what contrast pulls towards or pushes away from
+    mix = torch.eye(channels, device=images.device).expand(n, channels, channels)
+    if channels == 3:  # saturation: towards or away from each pixel's grey (grey has weights summing to 1)
+        s = saturation.view(n, 1, 1)
+        mix = s * mix + (1 - s) * grey.view(1, 1, 3)
+    matrix = (brightness * contrast).view(n, 1, 1) * mix
+    offset = ((1 - contrast) * brightness * mean_grey).view(n, 1, 1)
+    return torch.baddbmm(offset, matrix, images.reshape(n, channels, -1)).view(images.shape).clamp_(0, 255)
+
+
+def draw_boxes(shape: torch.Size, chance: float, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """RandomErasing's rectangles, one per image (height 0 where the image is left whole): area a share of
+    ERASE_AREA and aspect in ERASE_ASPECT, log-uniform, narrowed so that the box always fits (no retries)."""
+    n, _, h, w = shape
+    device = generator.device
+    erased, area, aspect, top, left = torch.rand(5, n, device=device, generator=generator)
+    area = ERASE_AREA[0] + area * (ERASE_AREA[1] - ERASE_AREA[0])
+    low = torch.clamp(area.log(), min=math.log(ERASE_ASPECT[0]))  # a box taller than the image cannot fit ...
+    high = torch.clamp(-area.log(), max=math.log(ERASE_ASPECT[1]))  # ... nor one wider
+    aspect = torch.exp(low + aspect * (high - low))
+    height = (h * (area * aspect).sqrt()).round().clamp(1, h).long() * (erased < chance)
+    width = (w * (area / aspect).sqrt()).round().clamp(1, w).long()
+    top = (top * (h - height + 1)).long()
+    left = (left * (w - width + 1)).long()
+    return top, left, height, width
+
+
+def erase_boxes(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor, width: torch.Tensor
+) -> torch.Tensor:
+    """Zero the box [top, top + height) x [left, left + width) of each image, in place, with one mask."""
+    _, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device) - top.view(-1, 1)
+    cols = torch.arange(w, device=x.device) - left.view(-1, 1)
+    inside_rows = (rows >= 0) & (rows < height.view(-1, 1))
+    inside_cols = (cols >= 0) & (cols < width.view(-1, 1))
+    return x.masked_fill_((inside_rows[:, :, None] & inside_cols[:, None, :]).unsqueeze(1), 0)
