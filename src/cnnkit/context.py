@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnkit import __version__
 from cnnkit.config import TrainConfig
-from cnnkit.data import DIGIT_DATA, MAX_AUTO_SIZE, Dataset, is_folder, load_data
+from cnnkit.data import DIGIT_DATA, AtMost, Dataset, is_folder, load_data
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
@@ -56,8 +56,7 @@ def prepare(
     auto = cfg.model == AUTO
     data = _load(
         cfg,
-        cfg.image_size or (None if auto else model_spec(cfg.model, module).input_size),
-        auto_size(machine) if auto else MAX_AUTO_SIZE,
+        cfg.image_size or (AtMost(auto_size(machine)) if auto else model_spec(cfg.model, module).input_size),
     )
     cfg, chosen = fit_to_data(cfg, data, machine, given) if given is not None else (cfg, "")
     if chosen:
@@ -102,7 +101,7 @@ def prepare(
     return RunContext(cfg, data, net, spec, machine, folder, preprocess, info)
 
 
-def _load(cfg: TrainConfig, image_size: int | None, max_size: int = MAX_AUTO_SIZE) -> Dataset:
+def _load(cfg: TrainConfig, image_size: int | None) -> Dataset:
     return load_data(
         cfg.data,
         data_dir=cfg.data_dir,
@@ -111,7 +110,6 @@ def _load(cfg: TrainConfig, image_size: int | None, max_size: int = MAX_AUTO_SIZ
         split=cfg.split,
         seed=cfg.seed,
         skip_bad_images=cfg.skip_bad_images,
-        max_size=max_size,
     )
 
 

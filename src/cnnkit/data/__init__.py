@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.data.folder import MAX_AUTO_SIZE, load_folder
+from cnnkit.data.folder import MAX_AUTO_SIZE, AtMost, load_folder
 from cnnkit.data.images import resize_images
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
@@ -72,16 +72,18 @@ def load_data(
     data: str,
     *,
     data_dir: str | None = None,
-    image_size: int | None = None,
+    image_size: int | AtMost | None = None,
     val_fraction: float = 0.1,
     split: str | None = None,
     seed: int = 0,
     skip_bad_images: bool = False,
-    max_size: int = MAX_AUTO_SIZE,
 ) -> Dataset:
     """A named data set or an image folder, split into train/val/test, with the training split's statistics.
+    `image_size`: every image resized to it; `AtMost(n)`: a folder's most common size, but no larger than n;
+    None: the same, with MAX_AUTO_SIZE.
     Every setting is a keyword, so two of them can never be swapped by position."""
-    raw = load_raw(data, data_dir, image_size, skip_bad_images, max_size)
+    exact, cap = (None, int(image_size)) if isinstance(image_size, AtMost) else (image_size, MAX_AUTO_SIZE)
+    raw = load_raw(data, data_dir, exact, skip_bad_images, cap)
     splits = make_splits(raw, val_fraction, parse_split(split) if split else None, seed)
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
         raise CnnkitError(f"{data} has too few images for a train and a test split; add images or change --split")
