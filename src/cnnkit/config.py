@@ -25,8 +25,6 @@ from cnnkit.values import to_type
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-RESIZE_MODES = ("squash", "crop", "pad")
-_RESIZE_HELP = " (squash: stretch; crop: the centre square; pad: the whole image on a border of its mean colour)"
 
 
 def _knob(default, help, **extra):
@@ -40,7 +38,9 @@ class TrainConfig:
     data: str = _knob("digits", "digits | mnist | fashion-mnist | cifar10 | cifar100 | PATH to an image folder")
     data_dir: str | None = _knob(None, "where named data sets are found or downloaded (default: per-user cache)")
     image_size: int | None = _knob(
-        None, "resize images to this square size (default: the data's own size, capped at 128)"
+        None,
+        "resize images to this square size (default: the data's own size, capped at 128, or at 64 by the "
+        "automatic recipe on a CPU)",
     )
     val_fraction: float = _knob(0.1, "share of the training split held out, stratified, for validation")
     split: str | None = _knob(None, "merge all splits and re-split as TRAIN/VAL/TEST percentages, e.g. 80/10/10")
@@ -49,7 +49,6 @@ class TrainConfig:
         None, "random-crop padding in pixels, 0 for none (default: a tenth of the image size)"
     )
     flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
-    resize: str = _knob("crop", "how non-square images become square: " + ", ".join(RESIZE_MODES) + _RESIZE_HELP)
     rotate: float | None = _knob(None, "random rotation of each training image by up to this many degrees")
     scale: float | None = _knob(None, "random zoom of each training image in or out by up to this fraction, e.g. 0.1")
     jitter: float | None = _knob(
@@ -64,13 +63,6 @@ class TrainConfig:
         "start from the weights of a finished RUN folder (fine-tuning); a classifier "
         "head for another class count is made anew",
     )
-    pretrained: bool = _knob(False, "start a torchvision backbone from its ImageNet weights (downloaded once)")
-    pretrained_weights: str | None = _knob(
-        None,
-        "start from the weights in this FILE (safetensors, or a PyTorch state dict); a head for "
-        "other classes is made anew",
-    )
-    freeze_epochs: int = _knob(0, "train the classifier head alone for the first N epochs, then the whole network")
     whiten: bool = _knob(
         False, "start the first conv as a fixed whitening of the training images' patches (model fastcnn)"
     )
@@ -142,12 +134,10 @@ class TrainConfig:
             "plans the steps itself: leave out --epochs and --steps",
         )
         _require(self.budget is None or self.budget > 0, "budget", self.budget, "must be a positive number of seconds")
-        _require(self.freeze_epochs >= 0, "freeze_epochs", self.freeze_epochs, "must be 0 or more")
         _require(self.rotate is None or 0 <= self.rotate <= 180, "rotate", self.rotate, "must be 0 to 180 degrees")
         _require(self.scale is None or 0 <= self.scale < 1, "scale", self.scale, "must be in [0, 1), e.g. 0.1")
         _require(self.jitter is None or 0 <= self.jitter < 1, "jitter", self.jitter, "must be in [0, 1), e.g. 0.2")
         _require(self.erase is None or 0 <= self.erase <= 1, "erase", self.erase, "must be in [0, 1], e.g. 0.25")
-        _require(self.resize in RESIZE_MODES, "resize", self.resize, "must be one of " + ", ".join(RESIZE_MODES))
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
         _require(0 <= self.seed < 2**63, "seed", self.seed, "must be a whole number from 0 to 2^63 - 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")

@@ -110,7 +110,7 @@ def run_warnings(ctx: RunContext, metrics: dict, record: dict) -> list[str]:
         warnings.append(
             f"training accuracy {seen:.3f} but validation {record['best_score']:.3f}: the model learned its "
             "training images by heart. Try stronger augmentation (--rotate, --scale, --jitter, --erase), fewer "
-            "steps, more images, or a pretrained backbone"
+            "steps, more images, or --init-from a run trained on similar images"
         )
     return warnings
 
