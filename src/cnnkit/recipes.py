@@ -118,7 +118,7 @@ def fitted_preset(cfg: TrainConfig, n_train: int) -> dict:
 def fit_batch(batch: int, n_train: int) -> int:
     """Halve `batch` until a pass over `n_train` images takes at least MIN_STEPS_PER_PASS steps."""
     while batch > MIN_BATCH and n_train < MIN_STEPS_PER_PASS * batch:
-        batch //= 2
+        batch = max(MIN_BATCH, batch // 2)
     return max(1, min(batch, n_train))
 
 
