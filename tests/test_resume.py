@@ -331,7 +331,7 @@ def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monke
         match=r"checkpoint.safetensors: No space left on device; the previous version "
         r".* once there is space, resume with: cnnkit train --resume",
     ):
-        cnnkit.train(epochs=3, checkpoint_every=20, out=str(tmp_path / "run"))
+        cnnkit.train(model="simplecnn", epochs=3, checkpoint_every=20, out=str(tmp_path / "run"))
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())  # no half files left
     monkeypatch.undo()
     run = cnnkit.resume(tmp_path / "run")
@@ -365,11 +365,11 @@ def test_a_run_refuses_data_that_changed_since_it_trained(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     first = cnnkit.train(epochs=1, out=str(tmp_path / "a"))
-    other = cnnkit.train(epochs=1, model="small-cnn", out=str(tmp_path / "b"))
+    other = cnnkit.train(epochs=1, model="small-cnn", image_size=16, out=str(tmp_path / "b"))  # same data
     shutil.copy(other.dir / "checkpoint.safetensors", first.dir / "checkpoint.safetensors")
     with pytest.raises(
         CnnkitError,
-        match="was written for another model or preprocessing \\(model: 'small-cnn' there, 'simplecnn' here",
+        match="was written for another model or preprocessing \\(model: 'small-cnn' there, 'fastcnn-small' here",
     ):
         cnnkit.resume(first.dir)
 
@@ -468,7 +468,7 @@ def test_weights_holding_nan_are_refused_not_used_to_predict(finished, tmp_path)
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     weights = load_file(str(run / "weights.safetensors"))
-    weights["head.bias"][0] = float("nan")
+    weights["head.weight"][0, 0] = float("nan")
     save_file(weights, str(run / "weights.safetensors"))
-    with pytest.raises(CnnkitError, match="head.bias holds NaN or infinite values"):
+    with pytest.raises(CnnkitError, match="head.weight holds NaN or infinite values"):
         cnnkit.load(run)
