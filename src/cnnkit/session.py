@@ -158,16 +158,12 @@ def _train(
     """Train to the last epoch, from the start or from `resume_state`, keeping the run's `record` (best epoch
     and score, seconds); returns the seconds spent compiling."""
     cfg, data = ctx.cfg, ctx.data
-    assert cfg.translate is not None and cfg.flip is not None  # filled in by `prepare`
+    # every augmentation setting is filled in by `prepare`
+    assert cfg.translate is not None and cfg.flip is not None and cfg.rotate is not None and cfg.scale is not None
+    assert cfg.jitter is not None and cfg.erase is not None
+    augment = Augment(cfg.translate, cfg.flip, cfg.rotate, cfg.scale, cfg.jitter, cfg.erase)
     train = DeviceBatches(
-        data.splits["train"],
-        cfg.batch_size,
-        ctx.preprocess,
-        shuffle=True,
-        augment=Augment(
-            cfg.translate, cfg.flip, cfg.rotate or 0.0, cfg.scale or 0.0, cfg.jitter or 0.0, cfg.erase or 0.0
-        ),
-        seed=cfg.seed,
+        data.splits["train"], cfg.batch_size, ctx.preprocess, shuffle=True, augment=augment, seed=cfg.seed
     )
     val = DeviceBatches(data.splits["val"], EVAL_BATCH, ctx.preprocess) if len(data.splits["val"]) else None
     trainer = Trainer(step_model, ctx.spec, train, cfg, ctx.machine)

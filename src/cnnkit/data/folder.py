@@ -25,16 +25,14 @@ from cnnkit.machine import is_main_process
 from cnnkit.progress import bar, say
 
 MAX_AUTO_SIZE = 128  # the default input size is the folder's most common size, but no larger than this
-
-
-class AtMost(int):
-    """An image size given as a cap, not a size: the folder's most common size, but no larger than this."""
-
-
 CACHE_FORMAT = "2"
 THREADED_DECODE_PIXELS = 128 * 128  # above this mean image size, decoding runs on several threads
 DECODE_CHUNK = 256
 HASH_CHUNK = 1 << 20
+
+
+class AtMost(int):
+    """An image size given as a cap, not a size: the folder's most common size, but no larger than this."""
 
 
 def load_folder(

@@ -6,15 +6,16 @@ exactly, anywhere, and the learning-rate schedule knows its length from the star
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Iterator
 
 import torch
 
+from cnnkit.checkpoint import state_bytes
 from cnnkit.evaluation import EVAL_BATCH, predict_logits
 from cnnkit.training.trainer import Trainer
+from cnnkit.training.warmup import sample_batch, undone
 
 RESERVE = 0.04  # share of the budget kept back for what the plan cannot see: the closing writes, a busy machine
 UNTIMED_STEPS = 2  # the first steps set up kernels and memory: slower than the rest, so not timed
@@ -26,12 +27,11 @@ DISK_BYTES_PER_SECOND = 200e6  # a modest disk: each epoch writes the checkpoint
 def plan_steps(trainer: Trainer, eval_images: tuple[int, int], budget: float, seconds_left: float, tta: bool) -> int:
     """The steps that end training and testing within `seconds_left` of a `budget` in seconds. `eval_images`:
     the validation images evaluated after every pass, and the test images at the end."""
-    before = copy.deepcopy(trainer.state_dict())
-    step = _seconds_per_step(trainer, min(2.0, TIMED_SHARE * budget))
-    per_image = _seconds_per_eval_image(trainer, tta)
-    trainer.load_state_dict(before)  # the run trains as if nothing had been measured
+    with undone(trainer):  # the run trains as if nothing had been measured
+        step = _seconds_per_step(trainer, min(2.0, TIMED_SHARE * budget))
+        per_image = _seconds_per_eval_image(trainer, tta)
     n_val, n_test = eval_images
-    saved = sum(t.numel() * t.element_size() for t in _tensors(before))
+    saved = state_bytes(trainer.state_dict())
     per_pass = n_val * per_image + 2 * saved / DISK_BYTES_PER_SECOND  # validation, checkpoint and weights
     left = seconds_left - RESERVE * budget - n_test * per_image
     return max(1, math.floor(left / (step + per_pass / len(trainer.train_batches))))
@@ -55,9 +55,8 @@ def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
 
 def _seconds_per_eval_image(trainer: Trainer, tta: bool) -> float:
     """Seconds per image of an evaluation pass (with its TTA views), at the evaluation batch size."""
-    source = trainer.train_batches
-    n = min(EVAL_BATCH, len(source.labels))
-    batch = [(source.preprocess(source.images[:n]), source.labels[:n])]
+    n = min(EVAL_BATCH, len(trainer.train_batches.labels))
+    batch = [sample_batch(trainer.train_batches, n)]
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)  # untimed: sets up the evaluation kernels
     started = time.perf_counter()
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)
@@ -68,14 +67,3 @@ def _seconds_per_eval_image(trainer: Trainer, tta: bool) -> float:
 def _endless(trainer: Trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from trainer.train_batches.iterate(trainer.train_batches.new_order())
-
-
-def _tensors(state) -> Iterator[torch.Tensor]:
-    if isinstance(state, torch.Tensor):
-        yield state
-    elif isinstance(state, dict):
-        for value in state.values():
-            yield from _tensors(value)
-    elif isinstance(state, (list, tuple)):
-        for value in state:
-            yield from _tensors(value)

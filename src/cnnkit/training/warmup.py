@@ -1,31 +1,49 @@
-"""Compile before the clock starts: torch.compile compiles on first use, and a timed run must not pay for it."""
+"""Steps taken before the run that leave no trace: the compile warm-up, and the timing that plans a --budget.
+
+torch.compile compiles on first use, and a timed run must not pay for it; a budget is planned from steps
+timed on this machine. Either way the run then trains as if those steps never happened.
+"""
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
+from cnnkit.data.loader import DeviceBatches
 from cnnkit.evaluation import predict_logits
 from cnnkit.training.trainer import Trainer
 
 
+@contextmanager
+def undone(trainer: Trainer) -> Iterator[None]:
+    """Whatever the block does to the trainer (weights, optimiser, schedule, position, RNGs) is put back."""
+    before = copy.deepcopy(trainer.state_dict())
+    try:
+        yield
+    finally:
+        trainer.load_state_dict(before)
+
+
+def sample_batch(batches: DeviceBatches, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`size` of the batches' own images (repeated if there are fewer), preprocessed, unaugmented."""
+    index = torch.arange(size, device=batches.labels.device) % len(batches.labels)
+    return batches.preprocess(batches.images[index]), batches.labels[index]
+
+
 def compile_warmup(trainer: Trainer, eval_sizes: set[int], tta: bool) -> float:
     """Run one real training step at the training batch size and the evaluation pass at every evaluation
-    batch size, then put back the state from before (weights, optimiser, schedule, position, RNGs), so the
-    run trains as if the warm-up never happened. Returns the seconds spent."""
+    batch size, undone afterwards. Returns the seconds spent."""
     started = time.perf_counter()
-    before = copy.deepcopy(trainer.state_dict())
     batches = trainer.train_batches
-
-    def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.arange(size, device=batches.labels.device) % len(batches.labels)
-        return batches.preprocess(batches.images[index]), batches.labels[index]
-
-    trainer.model.train()
-    trainer.train_step(*batch(min(batches.batch_size, len(batches.labels))))
-    predict_logits(trainer.model, [batch(size) for size in sorted(eval_sizes)], trainer.machine, tta)
-    trainer.load_state_dict(before)
+    with undone(trainer):
+        trainer.model.train()
+        trainer.train_step(*sample_batch(batches, min(batches.batch_size, len(batches.labels))))
+        predict_logits(
+            trainer.model, [sample_batch(batches, size) for size in sorted(eval_sizes)], trainer.machine, tta
+        )
     trainer.machine.sync()
     return time.perf_counter() - started
