@@ -126,7 +126,7 @@ def describe(cfg: TrainConfig, n_train: int) -> str:
     """One line: what will train, on what batches, for how long, with what augmentation."""
     per_pass = max(1, n_train // cfg.batch_size)
     length = (
-        f"{cfg.steps} steps ({cfg.steps / per_pass:.3g} passes)"
+        f"{cfg.steps} steps ({cfg.steps / per_pass:,.1f} passes)"
         if cfg.steps
         else f"{cfg.epochs} epochs"
         if cfg.epochs

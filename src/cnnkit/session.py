@@ -204,4 +204,4 @@ def _plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float
     ctx.folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())
     record["budget_seconds"] = cfg.budget
     passes = steps / len(trainer.train_batches)
-    say(f"budget {cfg.budget:g}s: {steps} steps ({passes:.3g} passes), planned from a warm-up measured here")
+    say(f"budget {cfg.budget:g}s: {steps} steps ({passes:,.1f} passes), planned from a warm-up measured here")
