@@ -8,6 +8,7 @@ from torch import nn
 
 from cnnkit import CnnkitError, create_model, model_names, register
 from cnnkit.models import describe_models, model_spec, num_parameters
+from cnnkit.models.backbones import BACKBONES, STRIDE
 from cnnkit.weights import load_weights, save_weights
 
 SHAPES = [(1, 28, 10), (3, 32, 10), (3, 64, 100), (1, 20, 2)]  # (channels, size, classes)
@@ -16,6 +17,7 @@ SHAPES = [(1, 28, 10), (3, 32, 10), (3, 64, 100), (1, 20, 2)]  # (channels, size
 @pytest.mark.parametrize("name", model_names())
 @pytest.mark.parametrize("channels, size, classes", SHAPES)
 def test_every_model_adapts_to_channels_size_and_classes(name, channels, size, classes):
+    size = max(size, STRIDE) if name in BACKBONES else size  # a backbone shrinks images 32-fold
     model = create_model(name, channels, classes, size)
     assert isinstance(model, nn.Module)
     out = model(torch.randn(2, channels, size, size))
@@ -35,6 +37,12 @@ PARAMETERS = {
     ("resnet9-small", 3, 32): 412_954,
     ("fastcnn", 3, 32): 1_972_792,
     ("fastcnn-small", 3, 32): 76_280,
+    # torchvision's ImageNet counts with the 1000-class head swapped for a 10-class one
+    ("resnet18", 3, 32): 11_689_512 - 513_000 + 5_130,
+    ("resnet50", 3, 32): 25_557_032 - 2_049_000 + 20_490,
+    ("mobilenet_v3_small", 3, 32): 2_542_856 - 1_025_000 + 10_250,
+    ("efficientnet_b0", 3, 32): 5_288_548 - 1_281_000 + 12_810,
+    ("convnext_tiny", 3, 32): 28_589_128 - 769_000 + 7_690,
 }
 
 

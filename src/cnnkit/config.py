@@ -63,6 +63,15 @@ class TrainConfig:
         "start from the weights of a finished RUN folder (fine-tuning); a classifier "
         "head for another class count is made anew",
     )
+    pretrained: bool = _knob(
+        False, "start the backbone from torchvision's ImageNet weights, downloaded once (models resnet18 and up)"
+    )
+    pretrained_weights: str | None = _knob(
+        None, "start the backbone from this weights FILE (safetensors or a PyTorch state_dict), read offline"
+    )
+    freeze_epochs: int = _knob(
+        0, "train the classifier head alone for this many epochs first (with pretrained weights)"
+    )
     whiten: bool = _knob(
         False, "start the first conv as a fixed whitening of the training images' patches (model fastcnn)"
     )
@@ -80,7 +89,11 @@ class TrainConfig:
         "weights, sgd for biases, norms and the classifier head)",
     )
     lr: float = _knob(3e-3, "peak learning rate")
-    head_lr: float | None = _knob(None, "peak learning rate of the classifier head (default: --lr)")
+    head_lr: float | None = _knob(
+        None,
+        "peak learning rate of the classifier head (default: --lr; over pretrained weights, --lr is the head's rate "
+        "and the backbone's is a tenth of it)",
+    )
     momentum: float = _knob(0.9, "momentum for sgd, rmsprop and muon's sgd part")
     nesterov: bool = _knob(False, "Nesterov momentum for sgd and muon")
     muon_lr: float = _knob(0.24, "with --optimizer muon: peak learning rate of the Muon-trained weights")
@@ -138,6 +151,26 @@ class TrainConfig:
         _require(self.scale is None or 0 <= self.scale < 1, "scale", self.scale, "must be in [0, 1), e.g. 0.1")
         _require(self.jitter is None or 0 <= self.jitter < 1, "jitter", self.jitter, "must be in [0, 1), e.g. 0.2")
         _require(self.erase is None or 0 <= self.erase <= 1, "erase", self.erase, "must be in [0, 1], e.g. 0.25")
+        _require(self.freeze_epochs >= 0, "freeze_epochs", self.freeze_epochs, "must be 0 or more")
+        _require(
+            self.freeze_epochs == 0 or self.starts_pretrained or self.init_from is not None,
+            "freeze_epochs",
+            self.freeze_epochs,
+            "keeps pretrained weights as they are while the head learns: add --pretrained, "
+            "--pretrained-weights FILE or --init-from RUN",
+        )
+        _require(
+            not (self.pretrained and self.pretrained_weights),
+            "pretrained-weights",
+            self.pretrained_weights,
+            "and --pretrained: give one of the two",
+        )
+        _require(
+            not (self.starts_pretrained and self.init_from),
+            "init-from",
+            self.init_from,
+            "starts from a run's weights: leave out --pretrained and --pretrained-weights",
+        )
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
         _require(0 <= self.seed < 2**63, "seed", self.seed, "must be a whole number from 0 to 2^63 - 1")
         _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
@@ -167,6 +200,10 @@ class TrainConfig:
         preset_settings(self.preset)  # an unknown preset is named with the valid ones
         if self.split is not None:
             parse_split(self.split)
+
+    @property
+    def starts_pretrained(self) -> bool:
+        return self.pretrained or self.pretrained_weights is not None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -18,6 +18,7 @@ from cnnkit.data.preprocess import Preprocess
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
 from cnnkit.models import AUTO, CUSTOM, ModelSpec, create_model, model_spec, num_parameters
+from cnnkit.models.pretrained import download, load_pretrained
 from cnnkit.models.whitening import whiten_conv
 from cnnkit.progress import say
 from cnnkit.recipes import auto_size, fit_to_data
@@ -26,6 +27,7 @@ from cnnkit.schema import model_info_problem
 from cnnkit.weights import load_weights
 
 DESCRIPTION = ("model", "model_options", "classes", "in_channels", "image_size", "mean", "std")  # must match
+PRETRAINED_HEAD_RATE = 10  # over pretrained weights --lr is the head's rate, and the backbone's is this much less
 WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
 
 
@@ -70,7 +72,7 @@ def prepare(
             f"--translate {cfg.translate} must be smaller than the {data.image_size}-pixel images; "
             f"try {data.image_size // 10}"
         )
-    mean, std = (list(spec.mean), list(spec.std)) if spec.mean and spec.std else (data.mean, data.std)
+    mean, std = _normalisation(spec, data)
     torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights, dropout masks and order
     options = {"dropout": cfg.dropout} if cfg.dropout is not None else {}
     net = (
@@ -81,8 +83,8 @@ def prepare(
     if cfg.whiten:
         sample = Preprocess(mean, std)(data.splits["train"].images[:WHITENING_SAMPLE])
         whiten_conv(spec.first_conv_module(net, "--whiten"), sample)
-    if cfg.init_from and fresh:
-        _init_from(net, spec, Path(cfg.init_from))
+    if (cfg.init_from or cfg.starts_pretrained) and fresh:
+        _start_from(net, spec, cfg)
     info = {
         "cnnkit_version": __version__,
         "model": cfg.model,
@@ -115,11 +117,14 @@ def _load(cfg: TrainConfig, image_size: int | None) -> Dataset:
 
 def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Fill the data-dependent defaults, so config.yaml repeats the run even if defaults change later."""
+    if cfg.starts_pretrained and cfg.head_lr is None:  # pretrained filters need small steps, a new head big ones
+        cfg = dataclasses.replace(cfg, head_lr=cfg.lr, lr=cfg.lr / PRETRAINED_HEAD_RATE)
     return dataclasses.replace(
         cfg,
         data=str(Path(cfg.data).expanduser().resolve()) if is_folder(cfg.data) else cfg.data,
         data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
         init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
+        pretrained_weights=str(Path(cfg.pretrained_weights).expanduser().resolve()) if cfg.pretrained_weights else None,
         image_size=data.image_size,
         # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
         translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
@@ -130,6 +135,16 @@ def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
         jitter=cfg.jitter or 0.0,
         erase=cfg.erase or 0.0,
     )
+
+
+def _normalisation(spec: ModelSpec, data: Dataset) -> tuple[list[float], list[float]]:
+    """The model's own normalisation (a pretrained backbone's, averaged over colours for grey images), else
+    the training images' own."""
+    if not (spec.mean and spec.std):
+        return data.mean, data.std
+    if data.channels == 1:
+        return [sum(spec.mean) / len(spec.mean)], [sum(spec.std) / len(spec.std)]
+    return list(spec.mean), list(spec.std)
 
 
 def data_fingerprint(data: Dataset) -> dict:
@@ -187,9 +202,15 @@ def require_module(info: dict, module: nn.Module | None) -> None:
         )
 
 
-def _init_from(net: nn.Module, spec: ModelSpec, run_dir: Path) -> None:
-    if not (run_dir / WEIGHTS).is_file():
-        raise CnnkitError(f"--init-from {run_dir} is not a finished cnnkit run folder (it has no {WEIGHTS})")
-    fresh = load_weights(net, run_dir / WEIGHTS, remake_head=spec.head)
+def _start_from(net: nn.Module, spec: ModelSpec, cfg: TrainConfig) -> None:
+    """Fine-tuning: the weights of a finished run (--init-from) or pretrained ones, with a new head if needed."""
+    if cfg.init_from:
+        path = Path(cfg.init_from) / WEIGHTS
+        if not path.is_file():
+            raise CnnkitError(f"--init-from {cfg.init_from} is not a finished cnnkit run folder (it has no {WEIGHTS})")
+        fresh = load_weights(net, path, remake_head=spec.head)
+    else:
+        path = Path(cfg.pretrained_weights) if cfg.pretrained_weights else download(spec)
+        fresh = load_pretrained(net, spec, path)
     remade = f"; made anew for the new classes: {', '.join(fresh)}" if fresh else ""
-    say(f"starting from the weights of {run_dir}{remade}")
+    say(f"starting from the weights in {path}{remade}")

@@ -15,7 +15,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.data import Dataset
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
-from cnnkit.models import AUTO, CUSTOM
+from cnnkit.models import AUTO, CUSTOM, pretrained
 from cnnkit.rundir import MODEL_INFO
 from cnnkit.schema import read_model_info
 
@@ -36,13 +36,28 @@ MIN_SIZE = 16  # smaller images are enlarged to this: fastcnn's stem and three p
 MIN_BATCH = 16  # smaller batches make batch norm's statistics noise
 MIN_STEPS_PER_PASS = 8  # a batch is at most an eighth of the training images: one pass is more than a few steps
 PRESET_MIN_IMAGES = 2 * MIN_BATCH  # fewer training images than this and no preset's recipe can fit
+# fine-tuning a pretrained backbone, the automatic recipe's choice for small or large-image folders when
+# torchvision's weights are on this machine: fastai's fine_tune in spirit (head first, then all, Adam)
+# fmt: off
+FINE_TUNE = {
+    "pretrained": True, "whiten": False, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
+    "schedule": "onecycle", "warmup": 0.1, "ema": 0.0, "freeze_epochs": 1,
+}
+# fmt: on
+BACKBONE_ORDER = {  # the first whose weights are at hand: the fastest good one on a CPU, the best on a GPU
+    "cpu": ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "convnext_tiny"),
+    "gpu": ("convnext_tiny", "resnet50", "efficientnet_b0", "resnet18", "mobilenet_v3_small"),
+}
+FINE_TUNE_SIZE = {"cpu": 112, "gpu": 224}  # half ImageNet's scale on a CPU, where each doubling costs 4x
+FINE_TUNE_PASSES = 10  # pretrained features need few passes ...
+FINE_TUNE_IMAGES_SEEN = (1_000, 60_000)  # ... within these bounds
 
 
 def fit_to_data(cfg: TrainConfig, data: Dataset, machine: Machine, given: frozenset[str]) -> tuple[TrainConfig, str]:
     """The settings with the automatic recipe (model `auto`) or the preset fitted to this data; what the
     user set themselves (`given`) always wins. Returns them with a line that says what was chosen."""
     if cfg.model == AUTO:
-        chosen, line = {**auto_settings(data, machine), **_source_run(cfg)}, "automatic recipe"
+        chosen, line = {**auto_settings(data, machine, given), **_source_run(cfg)}, "automatic recipe"
         given = given - {"model"}  # `--model auto` asks for the recipe's model
     elif cfg.preset is not None and "batch_size" not in given:
         chosen, line = fitted_preset(cfg, len(data.splits["train"])), f"preset {cfg.preset}"
@@ -55,19 +70,26 @@ def fit_to_data(cfg: TrainConfig, data: Dataset, machine: Machine, given: frozen
     return cfg, f"{line}: {describe(cfg, len(data.splits['train']))}"
 
 
-def auto_settings(data: Dataset, machine: Machine) -> dict:
+def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = frozenset()) -> dict:
     """A whole recipe from the data: model, batch, rate, number of steps, augmentation and TTA."""
     n, grey = len(data.splits["train"]), data.channels == 1
     few = n / len(data.classes) < FEW_PER_CLASS
-    batch = fit_batch(128 if grey else 256, n)
-    images_seen = min(max(PASSES * n, IMAGES_SEEN[0]), IMAGES_SEEN[1])
+    backbone = _backbone_at_hand(machine, few or data.image_size >= auto_size(machine), given)
+    if backbone:
+        batch, passes, seen = fit_batch(64, n), FINE_TUNE_PASSES, FINE_TUNE_IMAGES_SEEN
+        recipe = {**FINE_TUNE, "model": backbone, "image_size": FINE_TUNE_SIZE[_kind(machine)]}
+    else:
+        batch, passes, seen = fit_batch(128 if grey else 256, n), PASSES, IMAGES_SEEN
+        recipe = {
+            **AUTO_RECIPE,
+            "model": AUTO_MODEL[_kind(machine)],
+            "image_size": max(data.image_size, MIN_SIZE),
+            "lr": round(SGD_LR_PER_IMAGE * batch, 6),
+        }
     return {
-        **AUTO_RECIPE,
-        "model": AUTO_MODEL[_kind(machine)],
-        "image_size": max(data.image_size, MIN_SIZE),
+        **recipe,
         "batch_size": batch,
-        "lr": round(SGD_LR_PER_IMAGE * batch, 6),
-        "steps": max(1, round(images_seen / batch)),
+        "steps": max(1, round(min(max(passes * n, seen[0]), seen[1]) / batch)),
         "label_smoothing": 0.1 if grey else 0.2,
         "flip": not grey,  # grey images are mostly glyphs and scans, where a mirror image is another symbol
         "tta": not grey,  # its views include the mirror image
@@ -76,6 +98,14 @@ def auto_settings(data: Dataset, machine: Machine) -> dict:
         "jitter": 0.2 if few and not grey else 0.0,
         "erase": 0.25 if few else 0.0,
     }
+
+
+def _backbone_at_hand(machine: Machine, worth_it: bool, given: frozenset[str]) -> str | None:
+    """The pretrained backbone to fine-tune, if it pays here (a small folder or large images) and its weights
+    are on this machine; never when the user chose how to start (--init-from, --pretrained-weights, --whiten)."""
+    if not worth_it or given & {"init_from", "pretrained", "pretrained_weights", "whiten"}:
+        return None
+    return next((name for name in BACKBONE_ORDER[_kind(machine)] if pretrained.at_hand(name)), None)
 
 
 def _source_run(cfg: TrainConfig) -> dict:
@@ -144,7 +174,7 @@ def describe(cfg: TrainConfig, n_train: int) -> str:
         )
         if on
     ]
-    whiten = " (whitened)" if cfg.whiten else ""
-    return f"{cfg.model}{whiten}, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, {length}" + (
+    start = " (whitened)" if cfg.whiten else " (pretrained)" if cfg.starts_pretrained else ""
+    return f"{cfg.model}{start}, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, {length}" + (
         f", {', '.join(augment)}" if augment else ""
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write
@@ -30,6 +30,11 @@ def load_weights(model: nn.Module, path: Path, remake_head: str | None = None) -
         state = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise CnnkitError(f"{path} is not a readable safetensors weights file ({e})") from None
+    return fit_state(model, state, path, remake_head)
+
+
+def fit_state(model: nn.Module, state: dict[str, Tensor], path: Path, remake_head: str | None = None) -> list[str]:
+    """Load `state` (read from `path`) into the model, as `load_weights` says."""
     for prefix in WRAPPER_PREFIXES:
         state = {k.removeprefix(prefix): v for k, v in state.items()}
     expected = unwrap(model).state_dict()

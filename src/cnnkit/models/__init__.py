@@ -34,6 +34,7 @@ class ModelSpec:
     mean: tuple[float, ...] | None = None  # the model's own normalisation (a pretrained backbone's)
     std: tuple[float, ...] | None = None
     init_options: tuple[str, ...] = ()  # options that only initialise (e.g. pretrained=True): never stored
+    weights: str | None = None  # torchvision's name of its pretrained weights, which --pretrained downloads
 
     @property
     def options(self) -> list[str]:
@@ -45,6 +46,11 @@ class ModelSpec:
 
     def head_module(self, model: nn.Module, needed_for: str) -> nn.Linear:
         return self._part(model, self.head, "classifier head", needed_for)
+
+    def backbone_parameters(self, model: nn.Module, needed_for: str) -> list[nn.Parameter]:
+        """Every parameter outside the classifier head."""
+        head = {id(p) for p in self.head_module(model, needed_for).parameters()}
+        return [p for p in unwrap(model).parameters() if id(p) not in head]
 
     def first_conv_module(self, model: nn.Module, needed_for: str) -> nn.Conv2d:
         return self._part(model, self.first_conv, "first convolution", needed_for)
@@ -160,3 +166,4 @@ def _smallest_size(spec: ModelSpec, in_channels: int, num_classes: int) -> int:
 from cnnkit.models import tutorial  # noqa: E402,F401,I001
 from cnnkit.models import resnet  # noqa: E402,F401
 from cnnkit.models import fast  # noqa: E402,F401
+from cnnkit.models import backbones  # noqa: E402,F401

@@ -29,9 +29,7 @@ from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
 
 def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Optimiser steps in all: --steps, else --epochs whole passes (else one pass, until --budget plans)."""
-    if cfg.steps is not None:
-        return cfg.steps
-    return (cfg.epochs or 1) * steps_per_epoch
+    return cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
 
 
 @dataclass
@@ -70,6 +68,7 @@ class Trainer:
             else None
         )
         self.plan(planned_steps(cfg, len(train)))
+        self.backbone = spec.backbone_parameters(model, "--freeze-epochs") if cfg.freeze_epochs else []
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.pos = Position()
         self.callbacks: list[Callback] = []
@@ -77,8 +76,7 @@ class Trainer:
         self._clock = 0.0
 
     def plan(self, total_steps: int) -> None:
-        """Set the run's length, and the schedule over it, before the first step (a --budget run plans it from
-        a measured warm-up)."""
+        """Set the run's length and its schedule before the first step (--budget plans it from a warm-up)."""
         self.total_steps = total_steps
         self.epochs = -(-total_steps // len(self.train_batches))  # the last one may be partial
         warmup = default_warmup(self.cfg.schedule, self.cfg.warmup)
@@ -87,8 +85,7 @@ class Trainer:
         )
 
     def steps_in_epoch(self, epoch: int) -> int:
-        per_epoch = len(self.train_batches)
-        return min(per_epoch, self.total_steps - (epoch - 1) * per_epoch)
+        return min(len(self.train_batches), self.total_steps - (epoch - 1) * len(self.train_batches))
 
     @property
     def kept_model(self) -> nn.Module:
@@ -139,6 +136,8 @@ class Trainer:
     def _train_epoch(self, save: Callable[[dict], None] | None, stop: threading.Event | None) -> None:
         pos, batches = self.pos, self.train_batches
         self.model.train()
+        for p in self.backbone:  # --freeze-epochs: the head learns alone first, on the pretrained features
+            p.requires_grad_(pos.epoch > self.cfg.freeze_epochs)
         self._clock = time.perf_counter()
         steps = self.steps_in_epoch(pos.epoch)
         with bar(steps, f"epoch {pos.epoch}/{self.epochs}", unit="batch") as progress:
