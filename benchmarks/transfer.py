@@ -48,7 +48,7 @@ def main() -> None:
     source = pretraining_folder(args.work / "pretrain-data")
     pre = args.work / "pretrained"
     if not (pre / "summary.json").is_file():
-        result = train(["--data", str(source), "--model", "fastcnn-small", "--budget", str(args.pretrain_budget)], pre)
+        result = train(["--data", str(source), "--budget", str(args.pretrain_budget)], pre)  # the automatic recipe
         print(f"pretrained on {', '.join(PRETRAIN_CLASSES)}: test accuracy {result['test_accuracy']:.4f}")
     rows = []
     for name, extra in (("from scratch", []), ("fine-tuned from the pretrained run", ["--init-from", str(pre)])):
