@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_image
+from conftest import save_image, shape_image
 
+import cnnkit
 from cnnkit import CnnkitError
-from cnnkit.data import load_data
+from cnnkit.data import Reading, load_data
+from cnnkit.data.images import decode_image
 
 
 def test_digits_are_embedded_and_split_stratified():
@@ -87,7 +89,7 @@ def test_broken_images_stop_the_run_with_a_listing(image_folder):
     message = str(e.value)
     assert "2 image file(s) cannot be decoded" in message
     assert "empty.png" in message and "cut.png" in message and "--skip-bad-images" in message
-    data = load_data(str(image_folder), skip_bad_images=True)
+    data = load_data(str(image_folder), reading=Reading(skip_bad_images=True))
     assert len(data.skipped) == 2
     assert sum(len(s) for s in data.splits.values()) == 120
 
@@ -148,7 +150,9 @@ def test_a_decompression_bomb_is_refused_by_name(image_folder):
     Image.new("L", (10000, 10000)).save(image_folder / "ring" / "huge.png")  # 100 megapixels
     with pytest.raises(CnnkitError, match=r"huge.png: 10000x10000 pixels is over the .*decompression bombs"):
         load_data(str(image_folder))
-    assert sum(len(s) for s in load_data(str(image_folder), skip_bad_images=True).splits.values()) == 120
+    assert (
+        sum(len(s) for s in load_data(str(image_folder), reading=Reading(skip_bad_images=True)).splits.values()) == 120
+    )
 
 
 def test_a_corrupt_data_cache_is_rebuilt_not_trusted(image_folder, tmp_path, monkeypatch):
@@ -263,7 +267,7 @@ def test_a_split_folder_that_links_outside_is_not_followed(tmp_path, capsys):
 def test_special_files_are_passed_over_without_opening_them(image_folder, capsys):
     os.mkfifo(image_folder / "bar" / "pipe.png")
     (image_folder / "ring" / "dangling.png").symlink_to(image_folder / "nowhere.png")
-    data = load_data(str(image_folder), skip_bad_images=False)
+    data = load_data(str(image_folder), reading=Reading(skip_bad_images=False))
     assert sum(len(s) for s in data.splits.values()) == 120
     assert "ignored 2 image name(s) that are not regular files" in capsys.readouterr().out
 
@@ -283,3 +287,26 @@ def test_names_that_are_not_utf8_or_hold_escape_codes_are_handled_and_printed_sa
     say(f"classes: {', '.join(data.classes)}")
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\\x1b[31m" in out and "caf\\udce9" in out
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])  # PIL's path and libjpeg-turbo's
+def test_resize_rules_make_a_wide_image_square_each_its_own_way(tmp_path, ext):
+    wide = np.full((20, 40, 3), 128, np.uint8)
+    wide[:, :8] = 255  # a white band along the left edge
+    path = save_image(tmp_path / f"wide.{ext}", wide)
+    squash, crop, pad = (decode_image(path, 20, 3, rule) for rule in ("squash", "crop", "pad"))
+    assert squash[:, :, 0].float().mean() > 230  # stretched: the band is still there, narrower
+    assert crop.float().max() < 170  # the centre square: the band is cut off
+    assert pad[:, :4].float().mean() < 15 and pad[:, :, 0].float().mean() > 120  # black above, band kept
+    assert 110 < pad[:, 10, 10].float().mean() < 145
+
+
+def test_a_runs_resize_rule_is_kept_for_eval_and_predict(image_folder, tmp_path):
+    run = cnnkit.train(data=str(image_folder), model="small-cnn", epochs=1, resize="pad", out=str(tmp_path / "r"))
+    loaded = cnnkit.load(run.dir)
+    assert (run.info["resize"], loaded.resize, loaded.config.resize) == ("pad", "pad", "pad")
+    wide = save_image(tmp_path / "wide.png", shape_image("bar", 32, np.random.default_rng(0))[:16])
+    pixels = loaded._read_image(wide)
+    assert pixels.shape[1:] == (32, 32) and int(pixels[:, :6].max()) == 0  # padded, not stretched
+    with pytest.raises(CnnkitError, match="--resize fit must be one of squash, crop, pad"):
+        cnnkit.train(data=str(image_folder), resize="fit")

@@ -145,8 +145,11 @@ def test_weight_files_that_are_not_plain_weights_are_refused_unread(colour_folde
     ("settings", "message"),
     [
         ({"model": "simplecnn", "pretrained": True}, "has no pretrained weights; models that have: resnet18"),
-        ({"model": "resnet18", "freeze_epochs": 1}, "--freeze-epochs 1 keeps pretrained weights"),
-        ({"model": "resnet18", "pretrained": True, "pretrained_weights": "x.pth"}, "give one of the two"),
+        ({"model": "resnet18", "freeze_epochs": 1}, "--freeze-epochs 1 keeps pretrained weights fixed"),
+        (
+            {"model": "resnet18", "pretrained": True, "pretrained_weights": "x.pth"},
+            "--pretrained and --pretrained-weights are ways to start: give one",
+        ),
     ],
 )
 def test_transfer_settings_that_cannot_work_are_refused_before_training(colour_folder, tmp_path, settings, message):

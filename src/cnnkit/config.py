@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from cnnkit.data.images import RESIZE_RULES
 from cnnkit.data.splits import parse_split
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_yaml
@@ -41,6 +42,11 @@ class TrainConfig:
         None,
         "resize images to this square size (default: the data's own size, capped at 128, or at 64 by the "
         "automatic recipe on a CPU)",
+    )
+    resize: str = _knob(
+        "squash",
+        "how a non-square image is made square: squash (stretched: every pixel stays in view), crop (its centre "
+        "square) or pad (centred on black)",
     )
     val_fraction: float = _knob(0.1, "share of the training split held out, stratified, for validation")
     split: str | None = _knob(None, "merge all splits and re-split as TRAIN/VAL/TEST percentages, e.g. 80/10/10")
@@ -152,24 +158,15 @@ class TrainConfig:
         _require(self.jitter is None or 0 <= self.jitter < 1, "jitter", self.jitter, "must be in [0, 1), e.g. 0.2")
         _require(self.erase is None or 0 <= self.erase <= 1, "erase", self.erase, "must be in [0, 1], e.g. 0.25")
         _require(self.freeze_epochs >= 0, "freeze_epochs", self.freeze_epochs, "must be 0 or more")
+        starts = [k.replace("_", "-") for k in ("pretrained", "pretrained_weights", "init_from") if getattr(self, k)]
+        if len(starts) > 1:
+            raise CnnkitError(f"--{' and --'.join(starts)} are ways to start: give one of them")
         _require(
-            self.freeze_epochs == 0 or self.starts_pretrained or self.init_from is not None,
+            self.freeze_epochs == 0 or bool(starts),
             "freeze_epochs",
             self.freeze_epochs,
-            "keeps pretrained weights as they are while the head learns: add --pretrained, "
-            "--pretrained-weights FILE or --init-from RUN",
-        )
-        _require(
-            not (self.pretrained and self.pretrained_weights),
-            "pretrained-weights",
-            self.pretrained_weights,
-            "and --pretrained: give one of the two",
-        )
-        _require(
-            not (self.starts_pretrained and self.init_from),
-            "init-from",
-            self.init_from,
-            "starts from a run's weights: leave out --pretrained and --pretrained-weights",
+            "keeps pretrained weights fixed while the head learns: add --pretrained, --pretrained-weights "
+            "or --init-from",
         )
         _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
         _require(0 <= self.seed < 2**63, "seed", self.seed, "must be a whole number from 0 to 2^63 - 1")
@@ -194,6 +191,7 @@ class TrainConfig:
         _require(self.translate is None or self.translate >= 0, "translate", self.translate, "must be 0 or more")
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "must be one of " + ", ".join(OPTIMIZERS))
         _require(self.schedule in SCHEDULES, "schedule", self.schedule, "must be one of " + ", ".join(SCHEDULES))
+        _require(self.resize in RESIZE_RULES, "resize", self.resize, "must be one of " + ", ".join(RESIZE_RULES))
         _require(self.device in DEVICES, "device", self.device, "must be one of " + ", ".join(DEVICES))
         _require(self.precision in PRECISIONS, "precision", self.precision, "must be one of " + ", ".join(PRECISIONS))
         check_model_name(self.model)

@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnkit import __version__
 from cnnkit.config import TrainConfig
-from cnnkit.data import DIGIT_DATA, AtMost, Dataset, is_folder, load_data
+from cnnkit.data import DIGIT_DATA, AtMost, Dataset, Reading, is_folder, load_data
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
@@ -26,7 +26,7 @@ from cnnkit.rundir import WEIGHTS, RunFolder
 from cnnkit.schema import model_info_problem
 from cnnkit.weights import load_weights
 
-DESCRIPTION = ("model", "model_options", "classes", "in_channels", "image_size", "mean", "std")  # must match
+DESCRIPTION = ("model", "model_options", "classes", "in_channels", "image_size", "mean", "std", "resize")  # must match
 PRETRAINED_HEAD_RATE = 10  # over pretrained weights --lr is the head's rate, and the backbone's is this much less
 WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
 
@@ -94,6 +94,7 @@ def prepare(
         "classes": data.classes,
         "mean": mean,
         "std": std,
+        "resize": cfg.resize,
         "num_parameters": num_parameters(net),
         "data": data_fingerprint(data),
     }
@@ -111,7 +112,7 @@ def _load(cfg: TrainConfig, image_size: int | None) -> Dataset:
         val_fraction=cfg.val_fraction,
         split=cfg.split,
         seed=cfg.seed,
-        skip_bad_images=cfg.skip_bad_images,
+        reading=Reading(cfg.skip_bad_images, cfg.resize),
     )
 
 

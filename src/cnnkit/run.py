@@ -14,8 +14,8 @@ from torch import nn
 
 from cnnkit.config import TrainConfig
 from cnnkit.context import check_same_run, data_fingerprint, require_module
-from cnnkit.data import load_data
-from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels
+from cnnkit.data import Reading, load_data
+from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels, to_square
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
@@ -44,6 +44,11 @@ class Run:
         return self.info["classes"]
 
     @property
+    def resize(self) -> str:
+        """How the run made non-square images square (runs from before --resize squashed them)."""
+        return self.info.get("resize", "squash")
+
+    @property
     def summary(self) -> dict:
         return read_json(self.dir / SUMMARY)
 
@@ -65,7 +70,7 @@ class Run:
             val_fraction=cfg.val_fraction,
             split=cfg.split,
             seed=cfg.seed,
-            skip_bad_images=cfg.skip_bad_images,
+            reading=Reading(cfg.skip_bad_images, self.resize),
         )
         if data is None:  # the run's own test split: the same images it was tested on, or a clear refusal
             check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, "its test split")
@@ -109,7 +114,7 @@ class Run:
     def _as_input(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         size, channels = self.info["image_size"], self.info["in_channels"]
         if isinstance(image, Image.Image):
-            return image_to_tensor(image, size, channels)
+            return image_to_tensor(image, size, channels, self.resize)
         if (
             not isinstance(image, torch.Tensor)
             or image.dtype != torch.uint8
@@ -120,13 +125,13 @@ class Run:
                 "predict_images takes PIL images or uint8 tensors of shape (channels, height, width) "
                 f"with 1 or 3 channels; got {_describe(image)}"
             )
-        return resize_images(to_channels(image[None], channels), size)[0]
+        return resize_images(to_square(to_channels(image[None], channels), self.resize), size)[0]
 
     def _read_image(self, path: Path) -> torch.Tensor:
         if not path.is_file():
             raise CnnkitError(f"image {path} does not exist")
         try:
-            return decode_image(path, self.info["image_size"], self.info["in_channels"])
+            return decode_image(path, self.info["image_size"], self.info["in_channels"], self.resize)
         except DECODE_ERRORS as e:
             raise CnnkitError(f"cannot decode image {path} ({e})") from None
 

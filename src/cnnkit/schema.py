@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from cnnkit.data.images import RESIZE_RULES
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_json
 
@@ -48,6 +49,8 @@ def model_info_problem(info: object) -> str | None:
         values = info[key]
         if len(values) != channels or not all(_plausible(v) for v in values):
             return f"{key} must hold {channels} number(s) from -10 to 10, one per channel (pixels are on a 0..1 scale)"
+    if info.get("resize", "squash") not in RESIZE_RULES:
+        return f"resize is {info['resize']!r}, not one of {', '.join(RESIZE_RULES)}"
     if min(info["std"]) < 1e-6:
         return "std must be positive: a zero std divides every pixel by zero"
     return None

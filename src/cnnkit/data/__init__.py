@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.data.folder import MAX_AUTO_SIZE, AtMost, load_folder
+from cnnkit.data.folder import MAX_AUTO_SIZE, PLAIN_READING, AtMost, Reading, load_folder
 from cnnkit.data.images import resize_images
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
@@ -53,7 +53,7 @@ def is_folder(data: str) -> bool:
 
 
 def load_raw(
-    data: str, data_dir: str | None, image_size: int | None, skip_bad_images: bool, max_size: int = MAX_AUTO_SIZE
+    data: str, data_dir: str | None, image_size: int | None, reading: Reading, max_size: int = MAX_AUTO_SIZE
 ) -> RawData:
     """The source's parts as uint8 tensors, resized to `image_size` when one is given (else a folder's
     images come at their most common size, but no larger than `max_size`)."""
@@ -65,7 +65,7 @@ def load_raw(
             f"unknown data set {data!r}; use one of {', '.join(NAMED_SOURCES)}, or a path to a folder "
             "of images with one sub-folder per class"
         )
-    return load_folder(Path(data).expanduser(), image_size, skip_bad_images, cache_root(), max_size)
+    return load_folder(Path(data).expanduser(), image_size, reading, cache_root(), max_size)
 
 
 def load_data(
@@ -76,14 +76,14 @@ def load_data(
     val_fraction: float = 0.1,
     split: str | None = None,
     seed: int = 0,
-    skip_bad_images: bool = False,
+    reading: Reading = PLAIN_READING,
 ) -> Dataset:
     """A named data set or an image folder, split into train/val/test, with the training split's statistics.
     `image_size`: every image resized to it; `AtMost(n)`: a folder's most common size, but no larger than n;
-    None: the same, with MAX_AUTO_SIZE.
+    None: the same, with MAX_AUTO_SIZE. `reading`: a folder's bad files and resize rule.
     Every setting is a keyword, so two of them can never be swapped by position."""
     exact, cap = (None, int(image_size)) if isinstance(image_size, AtMost) else (image_size, MAX_AUTO_SIZE)
-    raw = load_raw(data, data_dir, exact, skip_bad_images, cap)
+    raw = load_raw(data, data_dir, exact, reading, cap)
     splits = make_splits(raw, val_fraction, parse_split(split) if split else None, seed)
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
         raise CnnkitError(f"{data} has too few images for a train and a test split; add images or change --split")

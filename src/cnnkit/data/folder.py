@@ -11,6 +11,7 @@ import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,19 +39,29 @@ class AtMost(int):
     """An image size given as a cap, not a size: the folder's most common size, but no larger than this."""
 
 
-def load_folder(
-    root: Path, image_size: int | None, skip_bad_images: bool, cache_dir: Path, max_size: int = MAX_AUTO_SIZE
-) -> RawData:
+@dataclass(frozen=True)
+class Reading:
+    """How a folder's files are read: bad ones refused or skipped (and listed), and the rule that makes a
+    non-square image square (one of RESIZE_RULES)."""
+
+    skip_bad_images: bool = False
+    resize: str = "squash"
+
+
+PLAIN_READING = Reading()
+
+
+def load_folder(root: Path, image_size: int | None, reading: Reading, cache_dir: Path, max_size: int) -> RawData:
     """The folder's images at `image_size`, or (None) at their most common size, but no larger than `max_size`."""
     files = scan_folder(root)
-    size_rule = str(image_size) if image_size else f"max{max_size}"
+    size_rule = f"{image_size or f'max{max_size}'}|{reading.resize}"
     key, jpeg_headers = _cache_key(root, size_rule, files)
     cache_file = cache_dir / "folders" / f"{key}.safetensors"
     raw = _read_cache(cache_file)
     if raw is None:
-        raw = _decode_folder(files, image_size, max_size, jpeg_headers)
+        raw = _decode_folder(files, (image_size, max_size), reading.resize, jpeg_headers)
         _write_cache(cache_file, raw)
-    if raw.skipped and not skip_bad_images:
+    if raw.skipped and not reading.skip_bad_images:
         listing = "\n".join(f"  {line}" for line in raw.skipped)
         raise CnnkitError(
             f"{len(raw.skipped)} image file(s) cannot be decoded:\n{listing}\n"
@@ -62,10 +73,11 @@ def load_folder(
 
 
 def _decode_folder(
-    files: dict[str, list[tuple[str, str]]], image_size: int | None, max_size: int, known: dict[str, Header]
+    files: dict[str, list[tuple[str, str]]], sizes: tuple[int | None, int], resize: str, known: dict[str, Header]
 ) -> RawData:
-    """Decode every image; the ones that fail are left out and listed in `skipped`. `known`: headers already
-    read."""
+    """Decode every image at sizes[0], else at the most common size up to sizes[1]; the ones that fail are left
+    out and listed in `skipped`. `known`: headers already read."""
+    image_size, max_size = sizes
     every = [path for items in files.values() for path, _ in items]
     headers, bad = _parallel(lambda p: known.get(p) or peek_image(p), every, "reading image headers", threads=1)
     if not headers:
@@ -79,7 +91,9 @@ def _decode_folder(
     # PIL lets go of the GIL while it decodes and resizes, which pays for photos; tiny images are bound by
     # Python's own overhead, and threads only slow them down (measured: 32x32 JPEGs 1.9x slower with 8)
     threads = min(8, 2 * (os.cpu_count() or 1)) if mean_pixels > THREADED_DECODE_PIXELS else 1
-    pixels, bad_decodes = _parallel(lambda p: decode_image(p, image_size, channels), good, "decoding images", threads)
+    pixels, bad_decodes = _parallel(
+        lambda p: decode_image(p, image_size, channels, resize), good, "decoding images", threads
+    )
     bad.update(bad_decodes)
     classes = sorted({c for _, c in files["train" if "train" in files else "all"]})
     index = {c: i for i, c in enumerate(classes)}

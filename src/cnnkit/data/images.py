@@ -20,6 +20,9 @@ except ImportError:  # a torchvision without its image codecs: PIL decodes every
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # more than 8 bits per pixel
 GRAY_MODES = frozenset({"1", "L", "LA"}) | WIDE_GRAY_MODES
+# how a non-square image becomes square; squash (the default) keeps every pixel in view, at the cost of
+# stretching: an object near the border is never cut off, and train and predict stretch alike
+RESIZE_RULES = ("squash", "crop", "pad")
 LUMA_WEIGHTS = (19595, 38470, 7471)  # PIL's RGB -> L weights, in 1/65536: 0.299 R + 0.587 G + 0.114 B
 # torchvision 0.29 warns on every decode that TorchCodec will take over image decoding; until it does, its
 # libjpeg-turbo decoder is the fastest at hand (and PIL takes over where it is gone)
@@ -56,23 +59,23 @@ def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
         return img.size, img.mode in GRAY_MODES
 
 
-def decode_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
+def decode_image(path: str | Path, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
     """Decode an image file to a uint8 (channels, size, size) tensor. JPEGs up to twice the size decode with
     libjpeg-turbo through torchvision.io (about 10x faster than PIL for small ones) and resize like PIL;
     other files, and large JPEGs (which PIL decodes at a fraction of their size), go through PIL and
-    `image_to_tensor`."""
+    `image_to_tensor`. `resize` makes a non-square image square (see RESIZE_RULES)."""
     data = _jpeg_bytes(path)
     header = jpeg_header(data) if data else None
     if decode_jpeg and data and header and max(header[:2]) <= 2 * size and header[2] in (1, 3):
         try:
             pixels = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), apply_exif_orientation=True)
-            return resize_images(to_channels(pixels[None], channels), size)[0]
+            return resize_images(to_square(to_channels(pixels[None], channels), resize), size)[0]
         except RuntimeError:  # libjpeg-turbo refuses it: PIL decides, and names what is wrong
             pass
     with open_image(path) as img:
         img.draft(img.mode, (size, size))  # a large JPEG decoded at 1/2, 1/4 or 1/8 of its size
         img.load()  # decode now, so that a truncated file fails here rather than later
-        return image_to_tensor(img, size, channels)
+        return image_to_tensor(img, size, channels, resize)
 
 
 def jpeg_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
@@ -94,9 +97,9 @@ def _jpeg_bytes(path: str | Path) -> bytearray | None:
         return bytearray(start + f.read()) if start == b"\xff\xd8" else None
 
 
-def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
-    """Upright by its EXIF rotation, transparency flattened onto white, resized to size x size, and
-    converted to `channels` by `to_channels`: a uint8 (channels, size, size) tensor."""
+def image_to_tensor(img: Image.Image, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
+    """Upright by its EXIF rotation, transparency flattened onto white, made square by `resize`, resized to
+    size x size, and converted to `channels` by `to_channels`: a uint8 (channels, size, size) tensor."""
     img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
     if img.mode in WIDE_GRAY_MODES:
         img = Image.fromarray(to_8_bits(np.asarray(img)))
@@ -105,10 +108,34 @@ def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
         img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img.alpha_composite(rgba)
     img = img.convert("L" if img.mode in GRAY_MODES and channels == 1 else "RGB")
+    if resize != "squash" and img.width != img.height:
+        side = min(img.size) if resize == "crop" else max(img.size)
+        left, top = _offset(img.width, side), _offset(img.height, side)
+        img = img.crop((left, top, left + side, top + side))  # outside the image, PIL fills black: the pad
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(img, dtype=np.uint8).reshape(size, size, -1)
     return to_channels(torch.from_numpy(array.copy()).permute(2, 0, 1)[None], channels)[0]
+
+
+def to_square(images: torch.Tensor, resize: str) -> torch.Tensor:
+    """(N, C, H, W) images made square: as they are (squash: the resize stretches them), cut to their
+    centre square (crop), or centred on a black square (pad)."""
+    height, width = images.shape[-2:]
+    if resize == "squash" or height == width:
+        return images
+    side = min(height, width) if resize == "crop" else max(height, width)
+    top, left = _offset(height, side), _offset(width, side)
+    if resize == "crop":
+        return images[..., top : top + side, left : left + side]
+    out = images.new_zeros(*images.shape[:-2], side, side)
+    out[..., -top : -top + height, -left : -left + width] = images
+    return out
+
+
+def _offset(length: int, side: int) -> int:
+    """Where a centred square of `side` starts along `length`: negative when it is larger (a pad)."""
+    return (length - side) // 2 if length >= side else -((side - length) // 2)
 
 
 def to_8_bits(pixels: np.ndarray) -> np.ndarray:
