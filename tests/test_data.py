@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import save_image, shape_image
+from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit import CnnkitError
 from cnnkit.data import Reading, load_data
 from cnnkit.data.images import decode_image
+from cnnkit.data.ondisk import DiskImages, loaded
 
 
 def test_digits_are_embedded_and_split_stratified():
@@ -180,7 +182,7 @@ def test_cache_notices_a_changed_image_even_with_the_same_size_and_time(image_fo
 def test_one_grey_conversion_for_files_and_for_tensors(tmp_path):
     from PIL import Image
 
-    from cnnkit.data.images import decode_image, to_channels
+    from cnnkit.data.images import to_channels
 
     rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     path = save_image(tmp_path / "colour.png", rgb)
@@ -193,8 +195,6 @@ def test_one_grey_conversion_for_files_and_for_tensors(tmp_path):
 
 def test_wide_pixel_formats_are_scaled_not_clipped(tmp_path):
     from PIL import Image
-
-    from cnnkit.data.images import decode_image
 
     ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
     expected = torch.from_numpy((ramp * 255).round().astype(np.uint8))
@@ -310,3 +310,21 @@ def test_a_runs_resize_rule_is_kept_for_eval_and_predict(image_folder, tmp_path)
     assert pixels.shape[1:] == (32, 32) and int(pixels[:, :6].max()) == 0  # padded, not stretched
     with pytest.raises(CnnkitError, match="--resize fit must be one of squash, crop, pad"):
         cnnkit.train(data=str(image_folder), resize="fit")
+
+
+def test_a_folder_past_the_memory_budget_stays_on_disk_and_trains_alike(image_folder, tmp_path):
+    settings = {"data": str(image_folder), "model": "small-cnn", "epochs": 2}
+    reference = load_data(str(image_folder)).splits["train"].images
+    assert isinstance(reference, torch.Tensor)
+    in_memory = cnnkit.train(**settings, out=str(tmp_path / "memory"))
+    on_disk = cnnkit.train(**settings, memory_budget=1e-5, out=str(tmp_path / "disk"))  # 10 KiB: far too little
+    weights = [load_file(str(run.dir / "weights.safetensors")) for run in (in_memory, on_disk)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same pixels, batch for batch
+    assert in_memory.info["data"] == on_disk.info["data"]
+    assert in_memory.evaluate()["test_accuracy"] == on_disk.evaluate()["test_accuracy"]
+    data = load_data(str(image_folder), reading=Reading(memory_budget=10_000))  # from the cache on disk now
+    images = data.splits["train"].images
+    assert isinstance(images, DiskImages) and images.path.stat().st_size == images.count * 3 * 32 * 32
+    assert torch.equal(loaded(images), reference)
+    index = torch.tensor([5, 3, 4, 3, 80])  # unsorted, repeated, with neighbours: read in three runs
+    assert torch.equal(images[index], reference[index])

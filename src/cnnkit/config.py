@@ -51,15 +51,14 @@ class TrainConfig:
     val_fraction: float = _knob(0.1, "share of the training split held out, stratified, for validation")
     split: str | None = _knob(None, "merge all splits and re-split as TRAIN/VAL/TEST percentages, e.g. 80/10/10")
     skip_bad_images: bool = _knob(False, "skip (and list) image files that cannot be decoded instead of stopping")
-    translate: int | None = _knob(
-        None, "random-crop padding in pixels, 0 for none (default: a tenth of the image size)"
+    memory_budget: float | None = _knob(
+        None, "GiB of decoded images held in memory, past which they stay on disk (default: a quarter of the RAM)"
     )
+    translate: int | None = _knob(None, "random-crop padding in pixels (default: a tenth of the image size; 0: none)")
     flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
     rotate: float | None = _knob(None, "random rotation of each training image by up to this many degrees")
     scale: float | None = _knob(None, "random zoom of each training image in or out by up to this fraction, e.g. 0.1")
-    jitter: float | None = _knob(
-        None, "random brightness, contrast and saturation change of each training image by up to this fraction"
-    )
+    jitter: float | None = _knob(None, "random brightness, contrast and saturation change, up to this fraction")
     erase: float | None = _knob(None, "chance that a random rectangle of each training image is blanked out")
     # model
     model: str = _knob(AUTO, "model name (see `cnnkit models`); auto: a whole recipe chosen from the data")
@@ -191,6 +190,7 @@ class TrainConfig:
         _require(self.translate is None or self.translate >= 0, "translate", self.translate, "must be 0 or more")
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "must be one of " + ", ".join(OPTIMIZERS))
         _require(self.schedule in SCHEDULES, "schedule", self.schedule, "must be one of " + ", ".join(SCHEDULES))
+        _require(not self.memory_budget or self.memory_budget > 0, "memory_budget", self.memory_budget, "must be > 0")
         _require(self.resize in RESIZE_RULES, "resize", self.resize, "must be one of " + ", ".join(RESIZE_RULES))
         _require(self.device in DEVICES, "device", self.device, "must be one of " + ", ".join(DEVICES))
         _require(self.precision in PRECISIONS, "precision", self.precision, "must be one of " + ", ".join(PRECISIONS))

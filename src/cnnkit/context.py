@@ -112,8 +112,13 @@ def _load(cfg: TrainConfig, image_size: int | None) -> Dataset:
         val_fraction=cfg.val_fraction,
         split=cfg.split,
         seed=cfg.seed,
-        reading=Reading(cfg.skip_bad_images, cfg.resize),
+        reading=folder_reading(cfg, cfg.resize),
     )
+
+
+def folder_reading(cfg: TrainConfig, resize: str) -> Reading:
+    """How a run reads a folder's files: bad ones, the resize rule, and --memory-budget (GiB) in bytes."""
+    return Reading(cfg.skip_bad_images, resize, int(cfg.memory_budget * 2**30) if cfg.memory_budget else None)
 
 
 def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
@@ -156,7 +161,8 @@ def data_fingerprint(data: Dataset) -> dict:
         part = data.splits[name]
         digest.update(f"|{name}|".encode())
         digest.update(part.labels.numpy().tobytes())
-        digest.update(part.images[..., ::4, ::4].contiguous().numpy().tobytes())
+        for chunk in part.images.split(4096):  # in chunks: the images may be on disk
+            digest.update(chunk[..., ::4, ::4].contiguous().numpy().tobytes())
     return {"sizes": {name: len(part) for name, part in data.splits.items()}, "hash": digest.hexdigest()}
 
 

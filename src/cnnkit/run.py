@@ -13,10 +13,11 @@ from PIL import Image
 from torch import nn
 
 from cnnkit.config import TrainConfig
-from cnnkit.context import check_same_run, data_fingerprint, require_module
-from cnnkit.data import Reading, load_data
+from cnnkit.context import check_same_run, data_fingerprint, folder_reading, require_module
+from cnnkit.data import load_data
 from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels, to_square
 from cnnkit.data.loader import DeviceBatches
+from cnnkit.data.ondisk import loaded
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
@@ -70,7 +71,7 @@ class Run:
             val_fraction=cfg.val_fraction,
             split=cfg.split,
             seed=cfg.seed,
-            reading=Reading(cfg.skip_bad_images, self.resize),
+            reading=folder_reading(cfg, self.resize),
         )
         if data is None:  # the run's own test split: the same images it was tested on, or a clear refusal
             check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, "its test split")
@@ -144,7 +145,9 @@ class Run:
                 f"the run knows {', '.join(self.classes)}"
             )
         remap = torch.tensor([self.classes.index(c) for c in classes])
-        return ImageSet(to_channels(test.images, self.info["in_channels"]), remap[test.labels])
+        channels = self.info["in_channels"]
+        images = test.images if test.images.shape[1] == channels else to_channels(loaded(test.images), channels)
+        return ImageSet(images, remap[test.labels])
 
 
 def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "auto") -> Run:

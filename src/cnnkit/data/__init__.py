@@ -10,6 +10,7 @@ import torch
 
 from cnnkit.data.folder import MAX_AUTO_SIZE, PLAIN_READING, AtMost, Reading, load_folder
 from cnnkit.data.images import resize_images
+from cnnkit.data.ondisk import DiskImages, loaded
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
 from cnnkit.data.splits import channel_stats, make_splits, parse_split
@@ -97,7 +98,7 @@ def load_data(
     return Dataset(data_name(data), raw.classes, splits, mean, std, raw.skipped)
 
 
-def nearly_constant(images: torch.Tensor, sample: int = 1000) -> bool:
+def nearly_constant(images: torch.Tensor | DiskImages, sample: int = 1000) -> bool:
     """Whether up to `sample` images spread over a split vary by less than one grey level (std < 1 of 255)."""
     if len(images) == 0:
         return False
@@ -106,5 +107,5 @@ def nearly_constant(images: torch.Tensor, sample: int = 1000) -> bool:
 
 
 def _resized(raw: RawData, size: int) -> RawData:
-    parts = {k: ImageSet(resize_images(v.images, size), v.labels) for k, v in raw.parts.items()}
+    parts = {k: ImageSet(resize_images(loaded(v.images), size), v.labels) for k, v in raw.parts.items()}
     return RawData(raw.classes, parts, raw.skipped)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -20,6 +23,7 @@ from safetensors.torch import save_file
 
 from cnnkit.data.images import DECODE_ERRORS, decode_image, jpeg_header, peek_image
 from cnnkit.data.layout import scan_folder
+from cnnkit.data.ondisk import DiskImages, DiskRows, MemoryRows, default_memory_budget
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import is_main_process
@@ -46,6 +50,7 @@ class Reading:
 
     skip_bad_images: bool = False
     resize: str = "squash"
+    memory_budget: int | None = None  # bytes of decoded images kept in memory (None: default_memory_budget())
 
 
 PLAIN_READING = Reading()
@@ -57,9 +62,9 @@ def load_folder(root: Path, image_size: int | None, reading: Reading, cache_dir:
     size_rule = f"{image_size or f'max{max_size}'}|{reading.resize}"
     key, jpeg_headers = _cache_key(root, size_rule, files)
     cache_file = cache_dir / "folders" / f"{key}.safetensors"
-    raw = _read_cache(cache_file)
+    raw = _read_cache(cache_file, reading.memory_budget or default_memory_budget())
     if raw is None:
-        raw = _decode_folder(files, (image_size, max_size), reading.resize, jpeg_headers)
+        raw = _decode_folder(files, (image_size, max_size), reading, jpeg_headers, cache_file.with_suffix(".images"))
         _write_cache(cache_file, raw)
     if raw.skipped and not reading.skip_bad_images:
         listing = "\n".join(f"  {line}" for line in raw.skipped)
@@ -73,46 +78,53 @@ def load_folder(root: Path, image_size: int | None, reading: Reading, cache_dir:
 
 
 def _decode_folder(
-    files: dict[str, list[tuple[str, str]]], sizes: tuple[int | None, int], resize: str, known: dict[str, Header]
+    files: dict[str, list[tuple[str, str]]],
+    sizes: tuple[int | None, int],
+    reading: Reading,
+    known: dict[str, Header],
+    spill: Path,
 ) -> RawData:
     """Decode every image at sizes[0], else at the most common size up to sizes[1]; the ones that fail are left
-    out and listed in `skipped`. `known`: headers already read."""
+    out and listed in `skipped`. `known`: headers already read. Past the memory budget the images stream into
+    the file `spill` and stay there."""
     image_size, max_size = sizes
     every = [path for items in files.values() for path, _ in items]
-    headers, bad = _parallel(lambda p: known.get(p) or peek_image(p), every, "reading image headers", threads=1)
+    headers: dict[str, Header] = {}
+    bad = _parallel(lambda p: known.get(p) or peek_image(p), every, "reading image headers", 1, headers.__setitem__)
     if not headers:
         raise CnnkitError(f"none of the {len(every)} image files could be read, e.g. {every[0]}: {bad[every[0]]}")
     channels = 1 if all(gray for _, gray in headers.values()) else 3
     if image_size is None:
         (w, h), _ = Counter(size for size, _ in headers.values()).most_common(1)[0]
         image_size = min(max(w, h), max_size)
-    good = [path for path in every if path in headers]
+    good = {part: [(p, c) for p, c in items if p in headers] for part, items in files.items()}
     mean_pixels = sum(w * h for (w, h), _ in headers.values()) / len(headers)
     # PIL lets go of the GIL while it decodes and resizes, which pays for photos; tiny images are bound by
     # Python's own overhead, and threads only slow them down (measured: 32x32 JPEGs 1.9x slower with 8)
     threads = min(8, 2 * (os.cpu_count() or 1)) if mean_pixels > THREADED_DECODE_PIXELS else 1
-    pixels, bad_decodes = _parallel(
-        lambda p: decode_image(p, image_size, channels, resize), good, "decoding images", threads
-    )
-    bad.update(bad_decodes)
+    shape = (channels, image_size, image_size)
+    on_disk = len(headers) * math.prod(shape) > (reading.memory_budget or default_memory_budget())
+    rows = DiskRows(spill, shape) if on_disk else MemoryRows({part: len(items) for part, items in good.items()}, shape)
     classes = sorted({c for _, c in files["train" if "train" in files else "all"]})
-    index = {c: i for i, c in enumerate(classes)}
-    parts = {}
-    for part, items in files.items():
-        kept = [(path, c) for path, c in items if path in pixels]
-        images = (
-            torch.stack([pixels[p] for p, _ in kept])
-            if kept
-            else torch.zeros(0, channels, image_size, image_size, dtype=torch.uint8)
-        )
-        parts[part] = ImageSet(images, torch.tensor([index[c] for _, c in kept], dtype=torch.int64))
+    index, labels = {c: i for i, c in enumerate(classes)}, dict[str, list[int]]()
+    with rows:
+        for part, items in good.items():
+            label_of, labels[part] = dict(items), []
+
+            def keep(path: str, pixels: torch.Tensor, part: str = part, label_of: dict = label_of) -> None:
+                rows.add(part, pixels)
+                labels[part].append(index[label_of[path]])
+
+            decode = lambda p: decode_image(p, image_size, channels, reading.resize)  # noqa: E731
+            bad.update(_parallel(decode, [p for p, _ in items], f"decoding {part} images", threads, keep))
+    parts = {part: ImageSet(rows.images(part), torch.tensor(labels[part], dtype=torch.int64)) for part in good}
     return RawData(classes, parts, [f"{path}: {reason}" for path, reason in sorted(bad.items())])
 
 
-def _parallel(fn, paths: list[str], desc: str, threads: int) -> tuple[dict, dict]:
-    """fn over paths on `threads` threads, in chunks (a future per file costs more than a small decode):
-    (results, errors) by path."""
-    results, errors = {}, {}
+def _parallel(fn, paths: list[str], desc: str, threads: int, keep: Callable[[str, Any], None]) -> dict[str, str]:
+    """fn over paths on `threads` threads, in chunks (a future per file costs more than a small decode), each
+    result handed to `keep(path, result)` in order as it comes; returns the errors by path."""
+    errors = {}
 
     def attempt(chunk: list[str]) -> list[tuple[str, object, str | None]]:
         outcomes: list[tuple[str, object, str | None]] = []
@@ -130,11 +142,11 @@ def _parallel(fn, paths: list[str], desc: str, threads: int) -> tuple[dict, dict
         for outcomes in pool.map(attempt, chunks) if threads > 1 else map(attempt, chunks):
             for path, value, error in outcomes:
                 if error is None:
-                    results[path] = value
+                    keep(path, value)
                 else:
                     errors[path] = error
             progress.update(len(outcomes))
-    return results, errors
+    return errors
 
 
 def _cache_key(root: Path, size_rule: str, files: dict[str, list[tuple[str, str]]]) -> tuple[str, dict[str, Header]]:
@@ -159,12 +171,21 @@ def _cache_key(root: Path, size_rule: str, files: dict[str, list[tuple[str, str]
 
 
 def _write_cache(path: Path, raw: RawData) -> None:
+    """The decoded parts in one safetensors file; parts kept on disk (DiskImages) are in the raw file beside
+    it, and this one holds their labels and where their rows are."""
     if not is_main_process():  # one writer per run
         return
-    tensors = {}
+    tensors, on_disk, count, shape = {}, dict[str, tuple[int, int]](), 0, [0, 0, 0]
     for part, s in raw.parts.items():
-        tensors[f"{part}.images"], tensors[f"{part}.labels"] = s.images.contiguous(), s.labels
+        tensors[f"{part}.labels"] = s.labels
+        if isinstance(s.images, DiskImages):
+            first = int(s.images.rows[0]) if len(s.images) else 0
+            on_disk[part], count, shape = (first, len(s.images)), s.images.count, list(s.images.row_shape)
+        else:
+            tensors[f"{part}.images"] = s.images.contiguous()
     meta = {"classes": json.dumps(raw.classes), "skipped": json.dumps(raw.skipped)}
+    if on_disk:
+        meta["on_disk"] = json.dumps({"count": count, "shape": shape, "parts": on_disk})
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
@@ -174,18 +195,28 @@ def _write_cache(path: Path, raw: RawData) -> None:
         say(f"note: could not write the data cache {path} ({e}); the next run will decode the images again")
 
 
-def _read_cache(path: Path) -> RawData | None:
+def _read_cache(path: Path, memory_budget: int) -> RawData | None:
+    """The cached parts, or None: no cache, a damaged one, or one held in memory that is past the budget now."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
+            if sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.endswith(".images")) > memory_budget:
+                return None  # decoded again, this time into a file on disk
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        parts = {
-            k[: -len(".images")]: ImageSet(v, tensors[k[: -len(".images")] + ".labels"])
-            for k, v in tensors.items()
-            if k.endswith(".images")
-        }
+        disk = json.loads(meta.get("on_disk", "null"))
+        parts = {}
+        for key, labels in tensors.items():
+            part = key.removesuffix(".labels")
+            if key.endswith(".labels"):
+                images = tensors[f"{part}.images"] if f"{part}.images" in tensors else _on_disk(path, disk, part)
+                parts[part] = ImageSet(images, labels)
         return RawData(json.loads(meta["classes"]), parts, json.loads(meta["skipped"]))
     except Exception:  # a damaged cache is rebuilt, never trusted
         return None
+
+
+def _on_disk(path: Path, disk: dict, part: str) -> DiskImages:
+    first, n = disk["parts"][part]
+    return DiskImages(path.with_suffix(".images"), disk["count"], tuple(disk["shape"]), torch.arange(first, first + n))

@@ -6,21 +6,27 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cnnkit.data.ondisk import DiskImages
+
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor | DiskImages  # (N, C, H, W) uint8, in memory or (past the memory budget) on disk
     labels: torch.Tensor  # (N,) int64
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[index], self.labels[index])
+        images = self.images.take(index) if isinstance(self.images, DiskImages) else self.images[index]
+        return ImageSet(images, self.labels[index])
 
     @staticmethod
     def concat(sets: list[ImageSet]) -> ImageSet:
-        return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]))
+        every = [s.images for s in sets]
+        on_disk = [i for i in every if isinstance(i, DiskImages)]
+        images = DiskImages.concat(on_disk) if on_disk else torch.cat(every)  # type: ignore[arg-type]
+        return ImageSet(images, torch.cat([s.labels for s in sets]))
 
 
 @dataclass

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from cnnkit.data.ondisk import DiskImages
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.errors import CnnkitError
 
@@ -49,7 +50,7 @@ def stratified_split(data: ImageSet, fractions: list[float], generator: torch.Ge
     return [data.subset(torch.cat(c).sort().values) for c in chunks]
 
 
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+def channel_stats(images: torch.Tensor | DiskImages) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, on the 0..1 scale, computed in chunks to bound memory."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
