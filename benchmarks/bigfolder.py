@@ -4,7 +4,7 @@ images kept on disk, against kept in memory, as the folder grows.
     python benchmarks/bigfolder.py /tmp/big --images 4000 16000 --size 96 --budget-mb 100
 
 Makes a folder of each size (noisy coloured discs and squares as JPEG files, 4 classes), then trains each
-twice in a fresh process (`cnnkit train --model fastcnn-small --steps S --batch-size 128`): with the default
+twice in a fresh process (`cnnkit train --model fastcnn-small --steps S --batch-size B`): with the default
 budget (in memory) and with `--memory-budget` (on disk, decoded from an empty cache so the first decode
 streams too). Peak memory is the child's own ru_maxrss (from wait4), which counts torch itself (a few hundred MB).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,10 +42,20 @@ def make_folder(root: Path, count: int, size: int) -> Path:
     return folder
 
 
-def train(folder: Path, out: Path, steps: int, extra: list[str]) -> dict:
+def train(folder: Path, out: Path, steps: tuple[int, int], extra: list[str]) -> dict:
     """One run in a fresh process with an empty cache: its summary, peak memory and images per second."""
+    shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "CNNKIT_CACHE": tempfile.mkdtemp(prefix="cnnkit-big-")}
-    command = ["--data", str(folder), "--model", "fastcnn-small", "--steps", str(steps), "--batch-size", "128"]
+    command = [
+        "--data",
+        str(folder),
+        "--model",
+        "fastcnn-small",
+        "--steps",
+        str(steps[0]),
+        "--batch-size",
+        str(steps[1]),
+    ]
     child = subprocess.Popen(
         [sys.executable, "-m", "cnnkit", "train", *command, *extra, "--out", str(out)],
         env=env,
@@ -56,7 +67,7 @@ def train(folder: Path, out: Path, steps: int, extra: list[str]) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     return {
         "peak_mb": usage.ru_maxrss / 1024,  # KiB on Linux
-        "images_per_s": steps * 128 / summary["train_seconds"],
+        "images_per_s": steps[0] * steps[1] / summary["train_seconds"],
         "accuracy": summary["test_accuracy"],
     }
 
@@ -67,14 +78,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[4000, 16000])
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--budget-mb", type=float, default=100)
+    parser.add_argument("--split", help="passed on as --split, e.g. 98/1/1 to keep evaluation short")
+    parser.add_argument("--only-on-disk", action="store_true", help="skip the in-memory runs (too large for RAM)")
     args = parser.parse_args()
     print("| images | decoded MB | kept | peak RSS MB | train images/s | test accuracy |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for mode, extra in (("on disk", ["--memory-budget", str(args.budget_mb / 1024)]), ("in memory", [])):
+    modes = [("on disk", ["--memory-budget", str(args.budget_mb / 1024)]), ("in memory", [])]
+    for mode, extra in modes[:1] if args.only_on_disk else modes:
+        extra = [*extra, "--split", args.split] if args.split else extra
         for count in args.images:
             folder = make_folder(args.root, count, args.size)
-            row = train(folder, args.root / "runs" / f"{mode}-{count}", args.steps, extra)
+            row = train(folder, args.root / "runs" / f"{mode}-{count}", (args.steps, args.batch_size), extra)
             decoded = count * 3 * args.size**2 / 2**20
             print(
                 f"| {count} | {decoded:.0f} | {mode} | {row['peak_mb']:.0f} | {row['images_per_s']:.0f} | "

@@ -15,6 +15,7 @@ from cnnkit import __version__
 from cnnkit.config import TrainConfig
 from cnnkit.data import DIGIT_DATA, AtMost, Dataset, Reading, is_folder, load_data
 from cnnkit.data.preprocess import Preprocess
+from cnnkit.data.splits import chunk_rows
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
 from cnnkit.models import AUTO, CUSTOM, ModelSpec, create_model, model_spec, num_parameters
@@ -161,7 +162,7 @@ def data_fingerprint(data: Dataset) -> dict:
         part = data.splits[name]
         digest.update(f"|{name}|".encode())
         digest.update(part.labels.numpy().tobytes())
-        for chunk in part.images.split(4096):  # in chunks: the images may be on disk
+        for chunk in part.images.split(chunk_rows(part.images)):  # in chunks: the images may be on disk
             digest.update(chunk[..., ::4, ::4].contiguous().numpy().tobytes())
     return {"sizes": {name: len(part) for name, part in data.splits.items()}, "hash": digest.hexdigest()}
 

@@ -12,13 +12,19 @@ from cnnkit.data.preprocess import laid_out
 from cnnkit.data.sets import ImageSet
 from cnnkit.machine import Machine
 
-EVAL_BATCH = 1024  # images per evaluation batch: no gradients, so larger than training's
+EVAL_PIXELS = 1024 * 32 * 32  # pixels per evaluation batch: 1,024 CIFAR-sized images, fewer large ones (memory)
+
+
+def eval_batch(image_size: int) -> int:
+    """Images per evaluation batch: no gradients, so larger than training's, but bounded in pixels."""
+    return max(8, EVAL_PIXELS // image_size**2)
 
 
 def eval_batch_sizes(splits: dict[str, ImageSet]) -> set[int]:
     """Every batch size the validation and test passes will see: full batches and each split's remainder."""
     sizes = {len(splits[s]) for s in ("val", "test")} - {0}
-    return {size for n in sizes for size in (min(n, EVAL_BATCH), n % EVAL_BATCH)} - {0}
+    batch = eval_batch(splits["test"].images.shape[-1])
+    return {size for n in sizes for size in (min(n, batch), n % batch)} - {0}
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from cnnkit.data.ondisk import loaded
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluation import EVAL_BATCH, predict_logits, test_metrics
+from cnnkit.evaluation import eval_batch, predict_logits, test_metrics
 from cnnkit.files import read_json
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model
@@ -77,7 +77,10 @@ class Run:
             check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, "its test split")
         test = self._conform(dataset.splits["test"], dataset.classes, data or cfg.data)
         logits, labels = predict_logits(
-            self.model, DeviceBatches(test, EVAL_BATCH, self.preprocess()), self.machine, cfg.tta
+            self.model,
+            DeviceBatches(test, eval_batch(self.info["image_size"]), self.preprocess()),
+            self.machine,
+            cfg.tta,
         )
         return test_metrics(logits, labels, self.classes)
 
@@ -93,7 +96,10 @@ class Run:
         batch = torch.stack([self._as_input(image) for image in images])
         unlabelled = ImageSet(batch, torch.zeros(len(batch), dtype=torch.long))
         logits, _ = predict_logits(
-            self.model, DeviceBatches(unlabelled, EVAL_BATCH, self.preprocess()), self.machine, self.config.tta
+            self.model,
+            DeviceBatches(unlabelled, eval_batch(self.info["image_size"]), self.preprocess()),
+            self.machine,
+            self.config.tta,
         )
         probs, index = logits.softmax(1).topk(min(top_k, len(self.classes)), dim=1)
         return [

@@ -19,7 +19,7 @@ from cnnkit.data import data_name
 from cnnkit.data.augment import Augment
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluation import EVAL_BATCH, eval_batch_sizes, predict_logits, test_metrics
+from cnnkit.evaluation import eval_batch, eval_batch_sizes, predict_logits, test_metrics
 from cnnkit.files import WriteFailed
 from cnnkit.machine import pick_machine
 from cnnkit.models import CUSTOM, num_parameters
@@ -134,7 +134,7 @@ def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state
     ctx.machine.barrier()  # the best weights are on disk before any process reads them
     load_weights(ctx.model, ctx.folder / WEIGHTS)
     tested = time.perf_counter()
-    test = DeviceBatches(ctx.data.splits["test"], EVAL_BATCH, ctx.preprocess)
+    test = DeviceBatches(ctx.data.splits["test"], eval_batch(ctx.data.image_size), ctx.preprocess)
     metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
     if not math.isfinite(metrics["test_loss"]):
         raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
@@ -165,7 +165,7 @@ def _train(
     train = DeviceBatches(
         data.splits["train"], cfg.batch_size, ctx.preprocess, shuffle=True, augment=augment, seed=cfg.seed
     )
-    val = DeviceBatches(data.splits["val"], EVAL_BATCH, ctx.preprocess) if len(data.splits["val"]) else None
+    val = DeviceBatches(data.splits["val"], eval_batch(data.image_size), ctx.preprocess) if data.splits["val"] else None
     trainer = Trainer(step_model, ctx.spec, train, cfg, ctx.machine)
     if resume_state:
         try:

@@ -87,38 +87,51 @@ def _decode_folder(
     """Decode every image at sizes[0], else at the most common size up to sizes[1]; the ones that fail are left
     out and listed in `skipped`. `known`: headers already read. Past the memory budget the images stream into
     the file `spill` and stay there."""
-    image_size, max_size = sizes
     every = [path for items in files.values() for path, _ in items]
     headers: dict[str, Header] = {}
     bad = _parallel(lambda p: known.get(p) or peek_image(p), every, "reading image headers", 1, headers.__setitem__)
     if not headers:
         raise CnnkitError(f"none of the {len(every)} image files could be read, e.g. {every[0]}: {bad[every[0]]}")
     channels = 1 if all(gray for _, gray in headers.values()) else 3
-    if image_size is None:
-        (w, h), _ = Counter(size for size, _ in headers.values()).most_common(1)[0]
-        image_size = min(max(w, h), max_size)
+    common = Counter(size for size, _ in headers.values()).most_common(1)[0][0]  # the most common (width, height)
+    image_size = sizes[0] or min(max(common), sizes[1])
     good = {part: [(p, c) for p, c in items if p in headers] for part, items in files.items()}
-    mean_pixels = sum(w * h for (w, h), _ in headers.values()) / len(headers)
-    # PIL lets go of the GIL while it decodes and resizes, which pays for photos; tiny images are bound by
-    # Python's own overhead, and threads only slow them down (measured: 32x32 JPEGs 1.9x slower with 8)
-    threads = min(8, 2 * (os.cpu_count() or 1)) if mean_pixels > THREADED_DECODE_PIXELS else 1
     shape = (channels, image_size, image_size)
     on_disk = len(headers) * math.prod(shape) > (reading.memory_budget or default_memory_budget())
     rows = DiskRows(spill, shape) if on_disk else MemoryRows({part: len(items) for part, items in good.items()}, shape)
     classes = sorted({c for _, c in files["train" if "train" in files else "all"]})
-    index, labels = {c: i for i, c in enumerate(classes)}, dict[str, list[int]]()
+    mean_pixels = sum(w * h for (w, h), _ in headers.values()) / len(headers)
+    # PIL lets go of the GIL while it decodes and resizes, which pays for photos; tiny images are bound by
+    # Python's own overhead, and threads only slow them down (measured: 32x32 JPEGs 1.9x slower with 8)
+    threads = min(8, 2 * (os.cpu_count() or 1)) if mean_pixels > THREADED_DECODE_PIXELS else 1
     with rows:
-        for part, items in good.items():
-            label_of, labels[part] = dict(items), []
-
-            def keep(path: str, pixels: torch.Tensor, part: str = part, label_of: dict = label_of) -> None:
-                rows.add(part, pixels)
-                labels[part].append(index[label_of[path]])
-
-            decode = lambda p: decode_image(p, image_size, channels, reading.resize)  # noqa: E731
-            bad.update(_parallel(decode, [p for p, _ in items], f"decoding {part} images", threads, keep))
+        labels = _decode_into(
+            rows, good, classes, lambda p: decode_image(p, image_size, channels, reading.resize), threads, bad
+        )
     parts = {part: ImageSet(rows.images(part), torch.tensor(labels[part], dtype=torch.int64)) for part in good}
     return RawData(classes, parts, [f"{path}: {reason}" for path, reason in sorted(bad.items())])
+
+
+def _decode_into(
+    rows: MemoryRows | DiskRows,
+    good: dict[str, list[tuple[str, str]]],
+    classes: list[str],
+    decode: Callable[[str], torch.Tensor],
+    threads: int,
+    bad: dict[str, str],
+) -> dict[str, list[int]]:
+    """Decode each part's images into `rows` in order, as they come; the labels of those kept, by part. Files
+    that fail go to `bad`."""
+    index, labels = {c: i for i, c in enumerate(classes)}, dict[str, list[int]]()
+    for part, items in good.items():
+        label_of, labels[part] = dict(items), []
+
+        def keep(path: str, pixels: torch.Tensor, part: str = part, label_of: dict = label_of) -> None:
+            rows.add(part, pixels)
+            labels[part].append(index[label_of[path]])
+
+        bad.update(_parallel(decode, [p for p, _ in items], f"decoding {part} images", threads, keep))
+    return labels
 
 
 def _parallel(fn, paths: list[str], desc: str, threads: int, keep: Callable[[str, Any], None]) -> dict[str, str]:

@@ -54,7 +54,7 @@ def channel_stats(images: torch.Tensor | DiskImages) -> tuple[list[float], list[
     """Per-channel mean and std of uint8 images, on the 0..1 scale, computed in chunks to bound memory."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
-    for chunk in images.split(4096):
+    for chunk in images.split(chunk_rows(images)):
         x = chunk.float().div_(255)
         total += x.sum(dim=(0, 2, 3)).double()
         squares += x.square().sum(dim=(0, 2, 3)).double()
@@ -62,6 +62,12 @@ def channel_stats(images: torch.Tensor | DiskImages) -> tuple[list[float], list[
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel must not divide by 0
     return mean.tolist(), std.tolist()
+
+
+def chunk_rows(images: torch.Tensor | DiskImages, chunk_bytes: int = 16 << 20) -> int:
+    """Images in a chunk of a pass over a whole split: 4,096, or fewer so as to hold about `chunk_bytes` (the
+    4,096 keep small images' statistics, summed chunk by chunk, what they were before large ones were bounded)."""
+    return max(1, min(4096, chunk_bytes // math.prod(images.shape[1:])))
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

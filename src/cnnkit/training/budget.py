@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from cnnkit.checkpoint import state_bytes
-from cnnkit.evaluation import EVAL_BATCH, predict_logits
+from cnnkit.evaluation import eval_batch, predict_logits
 from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import sample_batch, undone
 
@@ -55,7 +55,7 @@ def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
 
 def _seconds_per_eval_image(trainer: Trainer, tta: bool) -> float:
     """Seconds per image of an evaluation pass (with its TTA views), at the evaluation batch size."""
-    n = min(EVAL_BATCH, len(trainer.train_batches.labels))
+    n = min(eval_batch(trainer.train_batches.images.shape[-1]), len(trainer.train_batches.labels))
     batch = [sample_batch(trainer.train_batches, n)]
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)  # untimed: sets up the evaluation kernels
     started = time.perf_counter()
