@@ -2,7 +2,7 @@
 few-shot folder of the other five, against training from scratch on that folder for the same budget.
 
     python benchmarks/folders.py make /tmp/folders --kinds fewshot   # the few-shot folder (25 a class)
-    python benchmarks/transfer.py /tmp/folders/fewshot --budget 30 --pretrain-budget 120
+    python benchmarks/transfer.py /tmp/folders/fewshot --budget 30 --pretrain-budget 240 --model resnet9-small
 
 The pretraining folder is made here from ../shared/data/cifar10-jpeg (hard links, so nothing is copied):
 bird, cat, deer, dog and truck, none of which the few-shot folder holds.
@@ -42,17 +42,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fewshot", type=Path)
     parser.add_argument("--budget", type=float, default=30)
-    parser.add_argument("--pretrain-budget", type=float, default=120)
+    parser.add_argument("--pretrain-budget", type=float, default=240)
+    parser.add_argument("--model", default="resnet9-small", help="the pretrained model, also trained from scratch")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cnnkit-transfer"))
     args = parser.parse_args()
     source = pretraining_folder(args.work / "pretrain-data")
     pre = args.work / "pretrained"
     if not (pre / "summary.json").is_file():
-        result = train(["--data", str(source), "--budget", str(args.pretrain_budget)], pre)  # the automatic recipe
+        result = train(["--data", str(source), "--model", args.model, "--budget", str(args.pretrain_budget)], pre)
         print(f"pretrained on {', '.join(PRETRAIN_CLASSES)}: test accuracy {result['test_accuracy']:.4f}")
     rows = []
-    for name, extra in (("from scratch", []), ("fine-tuned from the pretrained run", ["--init-from", str(pre)])):
-        out = args.work / name.split()[0]
+    starts = (
+        ("from scratch, the automatic recipe", []),
+        (f"from scratch, {args.model}", ["--model", args.model]),
+        (f"fine-tuned from the pretrained {args.model}", ["--init-from", str(pre)]),
+    )
+    for i, (name, extra) in enumerate(starts):
+        out = args.work / f"run{i}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         result = train(["--data", str(args.fewshot), "--budget", str(args.budget), *extra], out)
         rows.append(f"| {name} | {args.budget:g} | {result['seconds_used']:.1f} | {result['test_accuracy']:.4f} |")

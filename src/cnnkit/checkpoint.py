@@ -30,13 +30,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def state_bytes(state: dict) -> int:
-    """The bytes of every tensor in a training state: about what its checkpoint takes on disk."""
-    tensors: dict[str, torch.Tensor] = {}
-    _flatten(state, tensors)
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
 def require_checkpoint(path: Path) -> None:
     if not path.is_file():
         raise CnnkitError(f"no checkpoint at {path}; a run writes {CHECKPOINT} at the end of every epoch")

@@ -7,12 +7,14 @@ exactly, anywhere, and the learning-rate schedule knows its length from the star
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
-from cnnkit.checkpoint import state_bytes
+from cnnkit.checkpoint import save_checkpoint
 from cnnkit.evaluation import eval_batch, predict_logits
 from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import sample_batch, undone
@@ -21,20 +23,29 @@ RESERVE = 0.04  # share of the budget kept back for what the plan cannot see: th
 UNTIMED_STEPS = 2  # the first steps set up kernels and memory: slower than the rest, so not timed
 TIMED_SHARE = 0.015  # share of the budget spent timing steps (at least MIN_TIMED_STEPS, at most 2 seconds)
 MIN_TIMED_STEPS = 3
-DISK_BYTES_PER_SECOND = 200e6  # a modest disk: each epoch writes the checkpoint, and often the weights
 
 
 def plan_steps(trainer: Trainer, eval_images: tuple[int, int], budget: float, seconds_left: float, tta: bool) -> int:
     """The steps that end training and testing within `seconds_left` of a `budget` in seconds. `eval_images`:
     the validation images evaluated after every pass, and the test images at the end."""
+    n_val, n_test = eval_images
     with undone(trainer):  # the run trains as if nothing had been measured
         step = _seconds_per_step(trainer, min(2.0, TIMED_SHARE * budget))
-        per_image = _seconds_per_eval_image(trainer, tta)
-    n_val, n_test = eval_images
-    saved = state_bytes(trainer.state_dict())
-    per_pass = n_val * per_image + 2 * saved / DISK_BYTES_PER_SECOND  # validation, checkpoint and weights
-    left = seconds_left - RESERVE * budget - n_test * per_image
+        validate, test = (_seconds_to_evaluate(trainer, n, tta) for n in (n_val, n_test))
+    # each pass ends in a validation and a checkpoint (and often the weights): on a small folder, with hundreds
+    # of passes, those (and a small validation's fixed costs) weigh as much as training
+    per_pass = validate + 2 * _seconds_per_write(trainer)
+    left = seconds_left - RESERVE * budget - test
     return max(1, math.floor(left / (step + per_pass / len(trainer.train_batches))))
+
+
+def _seconds_per_write(trainer: Trainer) -> float:
+    """Seconds to write the whole training state once, as each checkpoint is written."""
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(Path(folder) / "untimed", trainer.state_dict())  # the first one sets up what writing needs
+        started = time.perf_counter()
+        save_checkpoint(Path(folder) / "timed", trainer.state_dict())
+        return time.perf_counter() - started
 
 
 def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
@@ -53,15 +64,18 @@ def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def _seconds_per_eval_image(trainer: Trainer, tta: bool) -> float:
-    """Seconds per image of an evaluation pass (with its TTA views), at the evaluation batch size."""
-    n = min(eval_batch(trainer.train_batches.images.shape[-1]), len(trainer.train_batches.labels))
-    batch = [sample_batch(trainer.train_batches, n)]
+def _seconds_to_evaluate(trainer: Trainer, n: int, tta: bool) -> float:
+    """Seconds of an evaluation pass over `n` images (with its TTA views): one batch timed, times the number
+    of batches (a small one is timed at its own size: its fixed costs are most of it)."""
+    if n == 0:
+        return 0.0
+    size = min(eval_batch(trainer.train_batches.images.shape[-1]), n)
+    batch = [sample_batch(trainer.train_batches, size)]
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)  # untimed: sets up the evaluation kernels
     started = time.perf_counter()
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)
     trainer.machine.sync()
-    return (time.perf_counter() - started) / n
+    return (time.perf_counter() - started) * n / size
 
 
 def _endless(trainer: Trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
