@@ -122,7 +122,8 @@ class DiskRows:
     appears whole or not at all."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int]):
-        self.path, self.shape, self.partial = path, shape, path.with_suffix(".partial-images")
+        # a partial file per process: the ranks of a torchrun run each decode, and each renames a whole file
+        self.path, self.shape, self.partial = path, shape, path.with_suffix(f".partial-{os.getpid()}")
         self.count, self.ranges = 0, dict[str, tuple[int, int]]()
 
     def __enter__(self) -> DiskRows:

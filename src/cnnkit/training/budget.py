@@ -21,21 +21,24 @@ from cnnkit.training.warmup import sample_batch, undone
 
 RESERVE = 0.04  # share of the budget kept back for what the plan cannot see: the closing writes, a busy machine
 UNTIMED_STEPS = 2  # the first steps set up kernels and memory: slower than the rest, so not timed
-TIMED_SHARE = 0.015  # share of the budget spent timing steps (at least MIN_TIMED_STEPS, at most 2 seconds)
-MIN_TIMED_STEPS = 3
+TIMED_SHARE = 0.015  # share of the budget spent timing steps (at least MIN_TIMED_STEPS, at most MAX_TIMING)
+MAX_TIMING = 4.0  # seconds
+TIMED_WINDOWS = 3
+MIN_TIMED_STEPS = 3  # a window
 
 
 def plan_steps(trainer: Trainer, eval_images: tuple[int, int], budget: float, seconds_left: float, tta: bool) -> int:
     """The steps that end training and testing within `seconds_left` of a `budget` in seconds. `eval_images`:
     the validation images evaluated after every pass, and the test images at the end."""
     n_val, n_test = eval_images
+    started = time.perf_counter()
     with undone(trainer):  # the run trains as if nothing had been measured
-        step = _seconds_per_step(trainer, min(2.0, TIMED_SHARE * budget))
+        step = _seconds_per_step(trainer, min(MAX_TIMING, TIMED_SHARE * budget))
         validate, test = (_seconds_to_evaluate(trainer, n, tta) for n in (n_val, n_test))
     # each pass ends in a validation and a checkpoint (and often the weights): on a small folder, with hundreds
     # of passes, those (and a small validation's fixed costs) weigh as much as training
     per_pass = validate + 2 * _seconds_per_write(trainer)
-    left = seconds_left - RESERVE * budget - test
+    left = seconds_left - (time.perf_counter() - started) - RESERVE * budget - test  # the measuring took time too
     return max(1, math.floor(left / (step + per_pass / len(trainer.train_batches))))
 
 
@@ -54,14 +57,17 @@ def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
     batches = _endless(trainer)
     for _ in range(UNTIMED_STEPS):
         trainer.train_step(*next(batches))
-    trainer.machine.sync()
-    started, steps = time.perf_counter(), 0
-    while steps < MIN_TIMED_STEPS or time.perf_counter() - started < seconds:
-        trainer.train_step(*next(batches))
-        steps += 1
-        if steps >= MIN_TIMED_STEPS:
-            trainer.machine.sync()
-    return (time.perf_counter() - started) / steps
+    rates = []
+    for _ in range(TIMED_WINDOWS):  # the median window: a hiccup of a busy machine in one does not count
+        trainer.machine.sync()
+        started, steps = time.perf_counter(), 0
+        while steps < MIN_TIMED_STEPS or time.perf_counter() - started < seconds / TIMED_WINDOWS:
+            trainer.train_step(*next(batches))
+            steps += 1
+            if steps >= MIN_TIMED_STEPS:
+                trainer.machine.sync()
+        rates.append((time.perf_counter() - started) / steps)
+    return sorted(rates)[len(rates) // 2]
 
 
 def _seconds_to_evaluate(trainer: Trainer, n: int, tta: bool) -> float:
