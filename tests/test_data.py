@@ -328,3 +328,18 @@ def test_a_folder_past_the_memory_budget_stays_on_disk_and_trains_alike(image_fo
     assert torch.equal(loaded(images), reference)
     index = torch.tensor([5, 3, 4, 3, 80])  # unsorted, repeated, with neighbours: read in three runs
     assert torch.equal(images[index], reference[index])
+
+
+def test_a_jpeg_at_its_size_decodes_as_pil_decodes_it(tmp_path):
+    from PIL import Image
+
+    from cnnkit.data.images import image_to_tensor
+
+    rng = np.random.default_rng(0)
+    colour = (np.mgrid[0:32, 0:32, 0:3].sum(0) * 4 + rng.integers(0, 40, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+    for name, array in (("colour", colour), ("grey", colour[..., 0])):
+        path = save_image(tmp_path / f"{name}.jpg", array)
+        for channels in (1, 3):
+            with Image.open(path) as img:
+                through_pil = image_to_tensor(img, 32, channels)
+            assert torch.equal(decode_image(path, 32, channels), through_pil), (name, channels)

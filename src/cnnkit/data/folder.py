@@ -30,7 +30,7 @@ from cnnkit.machine import is_main_process
 from cnnkit.progress import bar, say
 
 MAX_AUTO_SIZE = 128  # the default input size is the folder's most common size, but no larger than this
-CACHE_FORMAT = "3"  # 3: small JPEGs decoded by libjpeg-turbo and resized by torch
+CACHE_FORMAT = "3"  # 3: the resize rule in the key
 THREADED_DECODE_PIXELS = 128 * 128  # above this mean image size, decoding runs on several threads
 DECODE_CHUNK = 256
 HASH_CHUNK = 1 << 20

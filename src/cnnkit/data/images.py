@@ -60,20 +60,20 @@ def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
 
 
 def decode_image(path: str | Path, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
-    """Decode an image file to a uint8 (channels, size, size) tensor. JPEGs up to twice the size decode with
-    libjpeg-turbo through torchvision.io (about 10x faster than PIL for small ones) and resize like PIL;
-    other files, and large JPEGs (which PIL decodes at a fraction of their size), go through PIL and
-    `image_to_tensor`. `resize` makes a non-square image square (see RESIZE_RULES)."""
+    """Decode an image file to a uint8 (channels, size, size) tensor. A JPEG already at the size decodes with
+    libjpeg-turbo through torchvision.io (several times faster than PIL for small ones, pixel for pixel the
+    same); every other file goes through PIL and `image_to_tensor`, whose resize earlier runs were trained
+    on. `resize` makes a non-square image square (see RESIZE_RULES)."""
     data = _jpeg_bytes(path)
     header = jpeg_header(data) if data else None
-    if decode_jpeg and data and header and max(header[:2]) <= 2 * size and header[2] in (1, 3):
+    if decode_jpeg and data and header and header[:2] == (size, size) and header[2] in (1, 3):
         try:
             pixels = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), apply_exif_orientation=True)
-            return resize_images(to_square(to_channels(pixels[None], channels), resize), size)[0]
+            if pixels.shape[-2:] == (size, size):  # an EXIF rotation of a square keeps it square
+                return to_channels(pixels[None], channels)[0]
         except RuntimeError:  # libjpeg-turbo refuses it: PIL decides, and names what is wrong
             pass
     with open_image(path) as img:
-        img.draft(img.mode, (size, size))  # a large JPEG decoded at 1/2, 1/4 or 1/8 of its size
         img.load()  # decode now, so that a truncated file fails here rather than later
         return image_to_tensor(img, size, channels, resize)
 
