@@ -219,17 +219,18 @@ def _read_cache(path: Path, memory_budget: int) -> RawData | None:
                 return None  # decoded again, this time into a file on disk
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         disk = json.loads(meta.get("on_disk", "null"))
-        parts = {}
-        for key, labels in tensors.items():
-            part = key.removesuffix(".labels")
-            if key.endswith(".labels"):
-                images = tensors[f"{part}.images"] if f"{part}.images" in tensors else _on_disk(path, disk, part)
-                parts[part] = ImageSet(images, labels)
+        names = [key.removesuffix(".labels") for key in tensors if key.endswith(".labels")]
+        parts = {part: ImageSet(_images(tensors, part, path, disk), tensors[f"{part}.labels"]) for part in names}
         return RawData(json.loads(meta["classes"]), parts, json.loads(meta["skipped"]))
     except Exception:  # a damaged cache is rebuilt, never trusted
         return None
 
 
-def _on_disk(path: Path, disk: dict, part: str) -> DiskImages:
+def _images(tensors: dict[str, torch.Tensor], part: str, path: Path, disk: dict | None) -> torch.Tensor | DiskImages:
+    """A cached part's images: in the cache file, or in the raw file beside it (which must be whole)."""
+    if f"{part}.images" in tensors:
+        return tensors[f"{part}.images"]
+    if disk is None:
+        raise KeyError(f"{part}.images")
     first, n = disk["parts"][part]
     return DiskImages(path.with_suffix(".images"), disk["count"], tuple(disk["shape"]), torch.arange(first, first + n))

@@ -3,6 +3,7 @@ so an image is preprocessed the same way whether it was seen in training or hand
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ def is_image_file(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path | io.BytesIO) -> Image.Image:
     """Open an image lazily, refusing one past PIL's decompression-bomb limit from its header alone
     (PIL itself only warns between one and two times the limit)."""
     img = Image.open(path)
@@ -48,13 +49,8 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
-    """(width, height) and whether the image is grayscale, read from the header only: a JPEG's by a glance
-    at its frame header (PIL's open costs more than libjpeg-turbo's whole decode of a small JPEG)."""
-    data = _jpeg_bytes(path)
-    header = jpeg_header(data) if data else None
-    if header is not None:
-        width, height, components = header
-        return (width, height), components == 1
+    """(width, height) and whether the image is grayscale, read from the header only. (A folder's JPEGs have
+    theirs read on the way by its cache hash, with `jpeg_header`.)"""
     with open_image(path) as img:
         return img.size, img.mode in GRAY_MODES
 
@@ -73,7 +69,7 @@ def decode_image(path: str | Path, size: int, channels: int, resize: str = "squa
                 return to_channels(pixels[None], channels)[0]
         except RuntimeError:  # libjpeg-turbo refuses it: PIL decides, and names what is wrong
             pass
-    with open_image(path) as img:
+    with open_image(io.BytesIO(data) if data else path) as img:  # a JPEG's bytes are read already
         img.load()  # decode now, so that a truncated file fails here rather than later
         return image_to_tensor(img, size, channels, resize)
 

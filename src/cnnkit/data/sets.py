@@ -23,9 +23,8 @@ class ImageSet:
 
     @staticmethod
     def concat(sets: list[ImageSet]) -> ImageSet:
-        every = [s.images for s in sets]
-        on_disk = [i for i in every if isinstance(i, DiskImages)]
-        images = DiskImages.concat(on_disk) if on_disk else torch.cat(every)  # type: ignore[arg-type]
+        every = [s.images for s in sets]  # one folder's parts: all in memory, or all on disk
+        images = DiskImages.concat(every) if isinstance(every[0], DiskImages) else torch.cat(every)  # type: ignore
         return ImageSet(images, torch.cat([s.labels for s in sets]))
 
 

@@ -30,11 +30,13 @@ MIN_TIMED_STEPS = 3  # a window
 def plan_steps(trainer: Trainer, eval_images: tuple[int, int], budget: float, seconds_left: float, tta: bool) -> int:
     """The steps that end training and testing within `seconds_left` of a `budget` in seconds. `eval_images`:
     the validation images evaluated after every pass, and the test images at the end."""
-    n_val, n_test = eval_images
+    batch = eval_batch(trainer.train_batches.images.shape[-1])
+    sizes = {min(batch, n) for n in eval_images if n}  # validation and test often share one batch size
     started = time.perf_counter()
     with undone(trainer):  # the run trains as if nothing had been measured
         step = _seconds_per_step(trainer, min(MAX_TIMING, TIMED_SHARE * budget))
-        validate, test = (_seconds_to_evaluate(trainer, n, tta) for n in (n_val, n_test))
+        per_batch = {size: _seconds_per_eval_batch(trainer, size, tta) for size in sizes}
+    validate, test = (per_batch[min(batch, n)] * n / min(batch, n) if n else 0.0 for n in eval_images)
     # each pass ends in a validation and a checkpoint (and often the weights): on a small folder, with hundreds
     # of passes, those (and a small validation's fixed costs) weigh as much as training
     per_pass = validate + 2 * _seconds_per_write(trainer)
@@ -44,10 +46,11 @@ def plan_steps(trainer: Trainer, eval_images: tuple[int, int], budget: float, se
 
 def _seconds_per_write(trainer: Trainer) -> float:
     """Seconds to write the whole training state once, as each checkpoint is written."""
+    state = trainer.state_dict()
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(Path(folder) / "untimed", trainer.state_dict())  # the first one sets up what writing needs
+        save_checkpoint(Path(folder) / "untimed", state)  # the first one sets up what writing needs
         started = time.perf_counter()
-        save_checkpoint(Path(folder) / "timed", trainer.state_dict())
+        save_checkpoint(Path(folder) / "timed", state)
         return time.perf_counter() - started
 
 
@@ -70,18 +73,15 @@ def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
     return sorted(rates)[len(rates) // 2]
 
 
-def _seconds_to_evaluate(trainer: Trainer, n: int, tta: bool) -> float:
-    """Seconds of an evaluation pass over `n` images (with its TTA views): one batch timed, times the number
-    of batches (a small one is timed at its own size: its fixed costs are most of it)."""
-    if n == 0:
-        return 0.0
-    size = min(eval_batch(trainer.train_batches.images.shape[-1]), n)
+def _seconds_per_eval_batch(trainer: Trainer, size: int, tta: bool) -> float:
+    """Seconds of one evaluation batch of `size` images (with its TTA views); a small one is timed at its own
+    size, as its fixed costs are most of it."""
     batch = [sample_batch(trainer.train_batches, size)]
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)  # untimed: sets up the evaluation kernels
     started = time.perf_counter()
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)
     trainer.machine.sync()
-    return (time.perf_counter() - started) * n / size
+    return time.perf_counter() - started
 
 
 def _endless(trainer: Trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
