@@ -36,8 +36,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train([*DATA[data], "--steps", "1"], Path(tmp) / "warm")  # decodes and caches the data, untimed
         rows = []
-        for budget in budgets:
-            summary, wall = train([*DATA[data], "--budget", str(budget)], Path(tmp) / f"b{budget:g}")
+        for i, budget in enumerate(budgets):  # a budget may repeat: each run has its own folder
+            summary, wall = train([*DATA[data], "--budget", str(budget)], Path(tmp) / f"run{i}-b{budget:g}")
             used = summary["seconds_used"]
             rows.append(
                 f"| {budget:g} | {used:.1f} | {used / budget - 1:+.1%} | {wall:.1f} | {summary['steps']} | "

@@ -83,7 +83,7 @@ def test_a_preset_keeps_its_length_in_steps_and_the_users_epochs_win():
 
 def test_batches_shrink_until_a_pass_is_several_steps():
     assert fit_batch(256, 50_000) == 256
-    assert fit_batch(256, 900) == 64
+    assert fit_batch(256, 900) == 32
     assert fit_batch(256, 40) == 16
     assert fit_batch(256, 10) == 10
 

@@ -117,7 +117,7 @@ class TrainConfig:
     tta: bool = _knob(
         False,
         "test-time augmentation: average the predictions over each image, its mirror image "
-        "and copies shifted by a pixel (6 views)",
+        "and copies shifted by a pixel (6 views), in the test (validation sees the plain model)",
     )
     # machine
     device: str = _knob("auto", "one of " + ", ".join(DEVICES) + " (auto: cuda, then mps, then cpu)")

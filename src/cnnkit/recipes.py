@@ -30,11 +30,11 @@ AUTO_MODEL = {"cpu": "fastcnn-small", "gpu": "fastcnn"}  # the fastest good CNN 
 AUTO_MAX_SIZE = {"cpu": 64, "gpu": 128}  # default image size cap: a 2-core CPU pays 4x per doubling of the side
 SGD_LR_PER_IMAGE = 0.2 / 256  # peak SGD rate per image in the batch (cifar10-cpu-best's 0.2 at 256): linear rule
 PASSES = 16  # passes over the training images ...
-IMAGES_SEEN = (20_000, 270_000)  # ... within these bounds: small folders need many passes, big ones few
+IMAGES_SEEN = (3_000, 270_000)  # ... within these bounds: a few-shot folder needs more passes, a big one fewer
 FEW_PER_CLASS = 500  # below this many training images per class, stronger augmentation pays
 MIN_SIZE = 16  # smaller images are enlarged to this: fastcnn's stem and three poolings need at least 9 pixels
 MIN_BATCH = 16  # smaller batches make batch norm's statistics noise
-MIN_STEPS_PER_PASS = 8  # a batch is at most an eighth of the training images: one pass is more than a few steps
+MIN_STEPS_PER_PASS = 16  # a small folder learns from more, smaller steps; on a CPU they cost about the same per image
 PRESET_MIN_IMAGES = 2 * MIN_BATCH  # fewer training images than this and no preset's recipe can fit
 # fine-tuning a pretrained backbone, the automatic recipe's choice for small or large-image folders when
 # torchvision's weights are on this machine: fastai's fine_tune in spirit (head first, then all, Adam)

@@ -20,9 +20,9 @@ from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import sample_batch, undone
 
 RESERVE = 0.04  # share of the budget kept back for what the plan cannot see: the closing writes, a busy machine
-UNTIMED_STEPS = 2  # the first steps set up kernels and memory: slower than the rest, so not timed
-TIMED_SHARE = 0.015  # share of the budget spent timing steps (at least MIN_TIMED_STEPS, at most MAX_TIMING)
-MAX_TIMING = 4.0  # seconds
+UNTIMED_STEPS = 5  # the first steps set up kernels and memory: slower than the rest, so not timed
+TIMED_SHARE = 0.015  # share of the budget spent timing steps, within these seconds:
+TIMING = (0.5, 4.0)  # windows of a few steps each misjudge a short budget's step by a fifth
 TIMED_WINDOWS = 3
 MIN_TIMED_STEPS = 3  # a window
 
@@ -31,12 +31,13 @@ def plan_steps(trainer: Trainer, eval_images: tuple[int, int], budget: float, se
     """The steps that end training and testing within `seconds_left` of a `budget` in seconds. `eval_images`:
     the validation images evaluated after every pass, and the test images at the end."""
     batch = eval_batch(trainer.train_batches.images.shape[-1])
-    sizes = {min(batch, n) for n in eval_images if n}  # validation and test often share one batch size
+    passes = [(eval_images[0], False), (eval_images[1], tta)]  # validation sees the plain model, the test TTA's views
+    kinds = {(min(batch, n), views) for n, views in passes if n}  # validation and test often share one
     started = time.perf_counter()
     with undone(trainer):  # the run trains as if nothing had been measured
-        step = _seconds_per_step(trainer, min(MAX_TIMING, TIMED_SHARE * budget))
-        per_batch = {size: _seconds_per_eval_batch(trainer, size, tta) for size in sizes}
-    validate, test = (per_batch[min(batch, n)] * n / min(batch, n) if n else 0.0 for n in eval_images)
+        step = _seconds_per_step(trainer, min(max(TIMED_SHARE * budget, TIMING[0]), TIMING[1]))
+        per_batch = {kind: _seconds_per_eval_batch(trainer, *kind) for kind in kinds}
+    validate, test = (per_batch[min(batch, n), views] * n / min(batch, n) if n else 0.0 for n, views in passes)
     # each pass ends in a validation and a checkpoint (and often the weights): on a small folder, with hundreds
     # of passes, those (and a small validation's fixed costs) weigh as much as training
     per_pass = validate + 2 * _seconds_per_write(trainer)

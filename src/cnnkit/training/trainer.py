@@ -186,7 +186,7 @@ class Trainer:
     def _epoch_result(self, val: DeviceBatches | None) -> EpochResult:
         val_loss = val_accuracy = None
         if val is not None:
-            logits, labels = predict_logits(self.kept_model, val, self.machine, self.cfg.tta)
+            logits, labels = predict_logits(self.kept_model, val, self.machine)  # TTA's six views: for the test alone
             val_loss = nn.functional.cross_entropy(logits, labels).item()
             val_accuracy = (logits.argmax(1) == labels).float().mean().item()
         pos = self.pos
