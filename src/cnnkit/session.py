@@ -121,7 +121,7 @@ class KeepBest(Callback):
         self.record["train_seconds"] += result.seconds
         self.record["train_accuracy"] = result.train_accuracy
         score = result.val_accuracy if result.val_accuracy is not None else result.epoch
-        if score > self.record["best_score"]:
+        if score >= self.record["best_score"]:  # a tie goes to the later, longer-trained weights
             self.record["best_score"], self.record["best_epoch"] = score, result.epoch
             self.folder.save_weights(trainer.kept_model)
 
