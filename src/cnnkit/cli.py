@@ -1,5 +1,5 @@
-"""The `cnnkit` command: train, eval, predict, models, presets, summary. User mistakes end in one line, never a
-traceback."""
+"""The `cnnkit` command: train, eval, predict, models, presets, summary, report. User mistakes end in one line,
+never a traceback."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cnnkit.inspection import format_summary, model_summary
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
 from cnnkit.progress import printable
+from cnnkit.report import write_report
 from cnnkit.run import load
 from cnnkit.rundir import MODEL_INFO
 from cnnkit.schema import model_info_problem
@@ -33,6 +34,7 @@ EXAMPLES = """examples:
   cnnkit eval runs/RUN
   cnnkit predict runs/RUN cat.jpg dog.png --top-k 2
   cnnkit summary simplecnn --input 1x28x28 --classes 10   # layers, parameters, memory
+  cnnkit report runs/RUN                          # plots and report.html
 """
 
 
@@ -116,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--precision", choices=("fp32", "bf16"), help="default: the run's (auto: bf16 if native)")
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")
     summary.set_defaults(command=cmd_summary)
+
+    report = commands.add_parser("report", help="draw a run's plots and write its report.html")
+    report.add_argument("run", help="run folder written by `cnnkit train`")
+    report.set_defaults(command=cmd_report)
     return parser
 
 
@@ -212,6 +218,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
     settings = (args.input, args.classes, args.batch_size, args.optimizer, args.precision)
     title, summary = model_summary(args.target, *settings)
     print(to_json(summary.as_dict()) if args.json else printable(format_summary(title, summary)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"report written to {write_report(Path(args.run))}")
     return 0
 
 

@@ -1,0 +1,128 @@
+"""A run's figures, drawn off-screen by matplotlib (the `report` extra): learning curves, the learning-rate
+schedule, the confusion matrix (counts, and normalised per true class) and per-class accuracy. Each figure
+is made from what the run folder holds (metrics.csv, summary.json, config.yaml), so any finished run can
+be drawn again."""
+
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from cnnkit.config import TrainConfig
+from cnnkit.errors import CnnkitError
+from cnnkit.files import atomic_write, read_json
+from cnnkit.rundir import CONFIG, METRICS, SUMMARY
+from cnnkit.training.schedule import default_warmup, lr_factor
+from cnnkit.training.trainer import planned_steps
+
+PLOTS = "plots"  # the run folder's sub-folder of PNG files
+ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion matrix shows its number
+DPI = 110
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the off-screen Agg backend, or one line that says how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise CnnkitError("plots and reports need matplotlib: pip install 'cnnkit[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_figure(rows: list[dict]) -> Any:
+    """Loss and accuracy per epoch, training and validation side by side."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [int(r["epoch"]) for r in rows]
+    for ax, what in zip(axes, ("loss", "accuracy"), strict=True):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [float(r[f"{split}_{what}"]) if r[f"{split}_{what}"] not in ("", None) else None for r in rows]
+            points = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=split)
+        ax.set(xlabel="epoch", ylabel=what, title=f"{what} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def schedule_figure(cfg: TrainConfig, steps_per_epoch: int, rows: list[dict]) -> Any:
+    """The peak rate times the schedule at every step, and the rate metrics.csv recorded for each epoch."""
+    plt = pyplot()
+    total = planned_steps(cfg, steps_per_epoch)
+    warmup = default_warmup(cfg.schedule, cfg.warmup)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(range(1, total + 1), [cfg.lr * lr_factor(cfg.schedule, warmup, total, s) for s in range(total)])
+    starts = [((int(r["epoch"]) - 1) * steps_per_epoch + 1, float(r["lr"])) for r in rows]
+    if starts:  # metrics.csv's rate is the one each epoch's first step took
+        ax.plot(*zip(*starts, strict=True), "o", markersize=3, label="metrics.csv: each epoch's first step")
+        ax.legend()
+    ax.set(xlabel="step", ylabel="learning rate", title=f"{cfg.schedule} schedule, {total} steps")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: list[list[int]], classes: list[str], normalised: bool) -> Any:
+    """Rows: the true class; columns: the predicted one. Normalised, each row sums to 1 (recall per class)."""
+    plt = pyplot()
+    values = [[c / max(1, sum(row)) for c in row] if normalised else row for row in matrix]
+    side = min(12.0, 2.5 + 0.45 * len(classes))
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalised else None)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90)
+    ax.set_yticks(ticks, classes)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix" + (", normalised" if normalised else ""))
+    if len(classes) <= ANNOTATED_CLASSES:
+        top = max(max(row) for row in values) or 1
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                text = f"{v:.2f}" if normalised else str(v)
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(per_class: dict[str, float | None]) -> Any:
+    """Test accuracy of each class, worst at the top: where the model needs more or better images."""
+    plt = pyplot()
+    ranked = sorted(((a if a is not None else 0.0, c) for c, a in per_class.items()), reverse=True)
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.28 * len(ranked) + 1)))
+    ax.barh([c for _, c in ranked], [a for a, _ in ranked], color="tab:blue")
+    ax.set(xlim=(0, 1), xlabel="test accuracy", title="accuracy per class")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(run_dir: Path) -> dict[str, Path]:
+    """Every figure of a finished run as a PNG in RUN/plots/; returns them by name."""
+    plt = pyplot()
+    summary, cfg = read_json(run_dir / SUMMARY), TrainConfig.from_yaml(run_dir / CONFIG)
+    with (run_dir / METRICS).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_train = summary["num_train_images"]
+    steps_per_epoch = max(1, n_train // cfg.batch_size) if n_train >= cfg.batch_size else 1  # full batches only
+    figures = {
+        "curves": curves_figure(rows),
+        "learning_rate": schedule_figure(cfg, steps_per_epoch, rows),
+        "confusion": confusion_figure(summary["confusion_matrix"], summary["classes"], normalised=False),
+        "confusion_normalised": confusion_figure(summary["confusion_matrix"], summary["classes"], normalised=True),
+        "per_class_accuracy": per_class_figure(summary["per_class_accuracy"]),
+    }
+    folder = run_dir / PLOTS
+    folder.mkdir(exist_ok=True)
+    paths = {}
+    for name, fig in figures.items():
+        paths[name] = folder / f"{name}.png"
+        atomic_write(paths[name], partial(fig.savefig, dpi=DPI, format="png"))
+        plt.close(fig)
+    return paths

@@ -1,0 +1,82 @@
+"""Plots and report.html: what they show is the run's own data, every section is there, names are escaped."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import sys
+
+import numpy as np
+import pytest
+from conftest import save_image, shape_image
+from PIL import Image
+from test_cli import cnnkit as run_cnnkit
+
+import cnnkit
+from cnnkit.config import TrainConfig
+from cnnkit.errors import CnnkitError
+from cnnkit.files import read_json
+from cnnkit.plots import PLOTS, confusion_figure, pyplot, schedule_figure
+from cnnkit.report import PLOT_TITLES
+
+pytest.importorskip("matplotlib", reason="plots need the report extra: pip install 'cnnkit[report]'")
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    return cnnkit.train(model="simplecnn", epochs=3, out=str(tmp_path_factory.mktemp("runs") / "digits"))
+
+
+def test_report_holds_every_section_with_its_plot(digits_run, tmp_path):
+    result = run_cnnkit("report", str(digits_run.dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    page = (digits_run.dir / "report.html").read_text()
+    for heading in ("Results", "Warnings", *PLOT_TITLES.values(), "Test accuracy per class", "Model", "Settings"):
+        assert f"<h2>{heading}</h2>" in page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == len(PLOT_TITLES)
+    for data in images:  # each a whole PNG, of a readable size
+        assert min(Image.open(io.BytesIO(base64.b64decode(data))).size) >= 250
+    parameters = read_json(digits_run.dir / "summary.json")["num_parameters"]
+    assert re.search(rf"total\s+{parameters:,}", page)  # the model summary's table
+    assert sorted(p.name for p in (digits_run.dir / PLOTS).iterdir()) == sorted(f"{n}.png" for n in PLOT_TITLES)
+
+
+def test_confusion_plot_shows_the_test_counts_and_rows_of_one(digits_run):
+    summary = read_json(digits_run.dir / "summary.json")
+    counts = confusion_figure(summary["confusion_matrix"], summary["classes"], normalised=False)
+    normalised = confusion_figure(summary["confusion_matrix"], summary["classes"], normalised=True)
+    assert counts.axes[0].images[0].get_array().sum() == summary["num_test_images"]
+    assert np.allclose(normalised.axes[0].images[0].get_array().sum(1), 1.0)
+
+
+def test_schedule_plot_passes_through_the_rates_the_run_recorded(digits_run):
+    import csv
+
+    with (digits_run.dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    cfg = TrainConfig.from_yaml(digits_run.dir / "config.yaml")
+    steps_per_epoch = read_json(digits_run.dir / "summary.json")["num_train_images"] // cfg.batch_size
+    line, recorded = schedule_figure(cfg, steps_per_epoch, rows).axes[0].lines
+    steps, rates = line.get_data()
+    assert len(steps) == 3 * steps_per_epoch  # three epochs of full batches
+    for step, rate in zip(*recorded.get_data(), strict=True):
+        assert rates[int(step) - 1] == pytest.approx(rate)
+
+
+def test_class_names_are_escaped(tmp_path):
+    rng = np.random.default_rng(0)
+    for label, kind in (("<b>bar", "bar"), ("a&ring", "ring")):
+        for i in range(40):
+            save_image(tmp_path / "data" / label / f"{i}.png", shape_image(kind, 16, rng))
+    run = cnnkit.train(data=str(tmp_path / "data"), model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+    assert run_cnnkit("report", str(run.dir), cwd=tmp_path).returncode == 0
+    page = (run.dir / "report.html").read_text()
+    assert "<b>bar" not in page and "&lt;b&gt;bar" in page and "a&amp;ring" in page
+
+
+def test_without_matplotlib_the_message_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(CnnkitError, match=r"pip install 'cnnkit\[report\]'"):
+        pyplot()
