@@ -4,7 +4,7 @@
 
 Without RUN it trains `simplecnn` on the digits for three epochs first (a few seconds, no download). Needs
 Chromium (`apt-get install chromium` on Debian); prints the screenshot's path, then open it and check that
-every section shows: results, warnings, the five plots, accuracy per class, the model, the settings.
+every section shows: results, warnings, the seven plots, accuracy per class, the model, the settings.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     if browser is None:
         sys.exit("no Chromium found: apt-get install chromium (Debian), then run this again")
     run_dir = args.run or Path(cnnkit.train(model="simplecnn", epochs=3, out=tempfile.mkdtemp() + "/digits").dir)
-    page = write_report(run_dir)
+    page, _ = write_report(run_dir)
     with tempfile.TemporaryDirectory() as profile:  # a throwaway browser profile: nothing of the user's is read
         subprocess.run(
             [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -17,7 +18,7 @@ import cnnkit
 from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_json
-from cnnkit.plots import PLOTS, confusion_figure, pyplot, schedule_figure
+from cnnkit.plots import GRID_IMAGES, PLOTS, confusion_figure, grid_figure, pyplot, schedule_figure
 from cnnkit.report import PLOT_TITLES
 
 pytest.importorskip("matplotlib", reason="plots need the report extra: pip install 'cnnkit[report]'")
@@ -26,6 +27,11 @@ pytest.importorskip("matplotlib", reason="plots need the report extra: pip insta
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     return cnnkit.train(model="simplecnn", epochs=3, out=str(tmp_path_factory.mktemp("runs") / "digits"))
+
+
+@pytest.fixture(scope="module")
+def weak_run(tmp_path_factory):  # one step: many wrong answers to mark
+    return cnnkit.train(model="small-cnn", steps=1, out=str(tmp_path_factory.mktemp("runs") / "weak"))
 
 
 def test_report_holds_every_section_with_its_plot(digits_run, tmp_path):
@@ -63,6 +69,28 @@ def test_schedule_plot_passes_through_the_rates_the_run_recorded(digits_run):
     assert len(steps) == 3 * steps_per_epoch  # three epochs of full batches
     for step, rate in zip(*recorded.get_data(), strict=True):
         assert rates[int(step) - 1] == pytest.approx(rate)
+
+
+def test_grid_marks_exactly_the_wrong_predictions(weak_run):
+    test, logits, labels = weak_run.test_predictions()
+    n = GRID_IMAGES
+    guesses, truths = logits[:n].argmax(1).tolist(), labels[:n].tolist()
+    fig = grid_figure(test.images[:n], truths, guesses, weak_run.classes)
+    red = [ax.title.get_color() == "red" for ax in fig.axes[:n]]
+    assert red == [g != t for g, t in zip(guesses, truths, strict=True)]
+    assert 0 < sum(red) < n  # the check is not empty either way
+    for ax, guess, truth in zip(fig.axes, guesses, truths, strict=False):
+        assert ax.title.get_text().startswith(weak_run.classes[guess])
+        assert (f"(true: {weak_run.classes[truth]})" in ax.title.get_text()) == (guess != truth)
+
+
+def test_report_without_the_test_images_says_why(tmp_path, image_folder):
+    run = cnnkit.train(data=str(image_folder), model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+    shutil.rmtree(image_folder)
+    result = run_cnnkit("report", str(run.dir), cwd=tmp_path)
+    assert result.returncode == 0 and "the test images are not drawn" in result.stderr
+    page = (run.dir / "report.html").read_text()
+    assert page.count("data:image/png") == len(PLOT_TITLES) - 2 and "the test images are not drawn" in page
 
 
 def test_class_names_are_escaped(tmp_path):

@@ -222,7 +222,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(f"report written to {write_report(Path(args.run))}")
+    path, missing = write_report(Path(args.run))
+    if missing:
+        print(f"cnnkit: {printable(missing)}", file=sys.stderr)
+    print(f"report written to {path}")
     return 0
 
 

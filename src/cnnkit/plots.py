@@ -1,16 +1,23 @@
 """A run's figures, drawn off-screen by matplotlib (the `report` extra): learning curves, the learning-rate
-schedule, the confusion matrix (counts, and normalised per true class) and per-class accuracy. Each figure
-is made from what the run folder holds (metrics.csv, summary.json, config.yaml), so any finished run can
-be drawn again."""
+schedule, the confusion matrix (counts, and normalised per true class), per-class accuracy, and, from the
+test images themselves, a grid of them with their predicted labels and the most confidently wrong ones.
+The first four are made from what the run folder holds (metrics.csv, summary.json, config.yaml), so any
+finished run can be drawn again."""
 
 from __future__ import annotations
 
 import csv
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from cnnkit.config import TrainConfig
+from cnnkit.data.ondisk import DiskImages, loaded
+from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json
 from cnnkit.rundir import CONFIG, METRICS, SUMMARY
@@ -19,6 +26,8 @@ from cnnkit.training.trainer import planned_steps
 
 PLOTS = "plots"  # the run folder's sub-folder of PNG files
 ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion matrix shows its number
+GRID_IMAGES = 36  # test images drawn at random (the same each time), six by six, with their predicted labels
+TOP_LOSSES = 16  # the most confidently wrong test images
 DPI = 110
 
 
@@ -103,10 +112,62 @@ def per_class_figure(per_class: dict[str, float | None]) -> Any:
     return fig
 
 
-def write_plots(run_dir: Path) -> dict[str, Path]:
-    """Every figure of a finished run as a PNG in RUN/plots/; returns them by name."""
+def grid_figure(images: torch.Tensor, labels: list[int], predicted: list[int], classes: list[str]) -> Any:
+    """Test images with their predicted labels, as the tutorials end; a wrong one in red, framed, with its
+    true label under the guess."""
+    plt = pyplot()
+    cols = math.ceil(math.sqrt(len(images)))
+    fig, axes = plt.subplots(math.ceil(len(images) / cols), cols, figsize=(1.8 * cols, 2.0 * cols), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image, true, guess in zip(axes.flat, images, labels, predicted, strict=False):
+        wrong = true != guess
+        title = classes[guess] + (f"\n(true: {classes[true]})" if wrong else "")
+        _show(ax, image, title, "red" if wrong else "black")
+    fig.tight_layout()
+    return fig
+
+
+def top_losses_figure(images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Any:
+    """Test images with their guess, its probability and the truth: given the most confidently wrong ones
+    (`highest_losses`), often mislabelled images or classes that look alike."""
+    plt = pyplot()
+    cols = math.ceil(math.sqrt(len(images)))
+    fig, axes = plt.subplots(math.ceil(len(images) / cols), cols, figsize=(2.2 * cols, 2.3 * cols), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    probs = logits.softmax(1)
+    for ax, image, p, true in zip(axes.flat, images, probs, labels.tolist(), strict=False):
+        guess = int(p.argmax())
+        _show(ax, image, f"{classes[guess]} {p[guess]:.2f}\ntrue: {classes[true]}", "red" if guess != true else "black")
+    fig.tight_layout()
+    return fig
+
+
+def highest_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Indices of the TOP_LOSSES test images with the highest loss, highest first."""
+    return nn.functional.cross_entropy(logits, labels, reduction="none").argsort(descending=True)[:TOP_LOSSES]
+
+
+def _show(ax: Any, image: torch.Tensor, title: str, colour: str) -> None:
+    """One uint8 (C, H, W) image with its title; a red one framed in red."""
+    pixels = image.permute(1, 2, 0).numpy()
+    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+    ax.set_title(title, fontsize=7, color=colour)
+    if colour == "red":
+        ax.set_axis_on()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set(color="red", linewidth=2)
+
+
+def write_plots(run_dir: Path, predictions: tuple[ImageSet, torch.Tensor, torch.Tensor] | None) -> dict[str, Path]:
+    """Every figure of a finished run as a PNG in RUN/plots/; returns them by name. `predictions` (the test
+    images, their logits and labels: `Run.test_predictions()`) add the image grid and the top losses."""
     plt = pyplot()
     summary, cfg = read_json(run_dir / SUMMARY), TrainConfig.from_yaml(run_dir / CONFIG)
+    classes = summary["classes"]
     with (run_dir / METRICS).open(newline="") as f:
         rows = list(csv.DictReader(f))
     n_train = summary["num_train_images"]
@@ -114,10 +175,17 @@ def write_plots(run_dir: Path) -> dict[str, Path]:
     figures = {
         "curves": curves_figure(rows),
         "learning_rate": schedule_figure(cfg, steps_per_epoch, rows),
-        "confusion": confusion_figure(summary["confusion_matrix"], summary["classes"], normalised=False),
-        "confusion_normalised": confusion_figure(summary["confusion_matrix"], summary["classes"], normalised=True),
+        "confusion": confusion_figure(summary["confusion_matrix"], classes, normalised=False),
+        "confusion_normalised": confusion_figure(summary["confusion_matrix"], classes, normalised=True),
         "per_class_accuracy": per_class_figure(summary["per_class_accuracy"]),
     }
+    if predictions is not None:
+        images, logits, labels = predictions[0].images, predictions[1].cpu(), predictions[2].cpu()
+        shown = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:GRID_IMAGES]  # all classes
+        guesses = logits[shown].argmax(1).tolist()
+        figures["test_images"] = grid_figure(_rows(images, shown), labels[shown].tolist(), guesses, classes)
+        worst = highest_losses(logits, labels)
+        figures["top_losses"] = top_losses_figure(_rows(images, worst), logits[worst], labels[worst], classes)
     folder = run_dir / PLOTS
     folder.mkdir(exist_ok=True)
     paths = {}
@@ -126,3 +194,8 @@ def write_plots(run_dir: Path) -> dict[str, Path]:
         atomic_write(paths[name], partial(fig.savefig, dpi=DPI, format="png"))
         plt.close(fig)
     return paths
+
+
+def _rows(images: torch.Tensor | DiskImages, index: torch.Tensor) -> torch.Tensor:
+    """Some test images in memory (read from disk when the split is kept there)."""
+    return loaded(images.take(index)) if isinstance(images, DiskImages) else images[index.to(images.device)].cpu()

@@ -7,9 +7,11 @@ import base64
 import html
 from pathlib import Path
 
+from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, read_yaml
 from cnnkit.inspection import format_summary, model_summary
 from cnnkit.plots import write_plots
+from cnnkit.run import load
 from cnnkit.rundir import CONFIG, SUMMARY
 
 REPORT = "report.html"
@@ -19,6 +21,8 @@ PLOT_TITLES = {
     "confusion": "Confusion matrix",
     "confusion_normalised": "Confusion matrix, normalised per true class",
     "per_class_accuracy": "Accuracy per class",
+    "test_images": "Test images: the model's guess (the truth under a wrong one, in red)",
+    "top_losses": "Highest losses, the most confidently wrong first: guess and its probability, the truth",
 }
 RESULTS = (  # summary.json's headline figures, in the order a reader wants them
     ("test_accuracy", "test accuracy"),
@@ -41,9 +45,14 @@ img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;over
 .warning{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;margin:.5em 0}"""
 
 
-def write_report(run_dir: Path) -> Path:
-    """Draw the run's plots and write RUN/report.html; returns its path."""
-    plots = write_plots(run_dir)
+def write_report(run_dir: Path) -> tuple[Path, str | None]:
+    """Draw the run's plots and write RUN/report.html; returns its path, and why the test images are not in
+    it when they are not (the data moved or changed since the run)."""
+    try:
+        predictions, missing = load(run_dir, device="cpu").test_predictions(), None
+    except CnnkitError as e:
+        predictions, missing = None, f"the test images are not drawn: {e}"
+    plots = write_plots(run_dir, predictions)
     summary, settings = read_json(run_dir / SUMMARY), read_yaml(run_dir / CONFIG)
     title, model = model_summary(str(run_dir))
     sections = [
@@ -52,7 +61,8 @@ def write_report(run_dir: Path) -> Path:
         "<h2>Results</h2>",
         _table((label, summary.get(key)) for key, label in RESULTS if key in summary),
         "<h2>Warnings</h2>",
-        "".join(f'<div class="warning">{_text(w)}</div>' for w in summary["warnings"]) or "<p>none</p>",
+        "".join(f'<div class="warning">{_text(w)}</div>' for w in [*summary["warnings"], *filter(None, [missing])])
+        or "<p>none</p>",
         *(f"<h2>{PLOT_TITLES[name]}</h2>\n{_image(path)}" for name, path in plots.items()),
         "<h2>Test accuracy per class</h2>",
         _table(summary["per_class_accuracy"].items()),
@@ -67,7 +77,7 @@ def write_report(run_dir: Path) -> Path:
     )
     path = run_dir / REPORT
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
-    return path
+    return path, missing
 
 
 def _table(rows) -> str:

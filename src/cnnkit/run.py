@@ -63,6 +63,13 @@ class Run:
 
     def evaluate(self, data: str | None = None, data_dir: str | None = None) -> dict:
         """Test metrics from the saved weights: the run's own test split, or the test split of `data`."""
+        _, logits, labels = self.test_predictions(data, data_dir)
+        return test_metrics(logits, labels, self.classes)
+
+    def test_predictions(
+        self, data: str | None = None, data_dir: str | None = None
+    ) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
+        """The test images (uint8, as the model saw them), their logits and their labels in the run's classes."""
         cfg = self.config
         dataset = load_data(
             data or cfg.data,
@@ -82,7 +89,7 @@ class Run:
             self.machine,
             cfg.tta,
         )
-        return test_metrics(logits, labels, self.classes)
+        return test, logits, labels
 
     def predict_images(
         self, images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, top_k: int = 3
