@@ -108,3 +108,22 @@ def test_without_matplotlib_the_message_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     with pytest.raises(CnnkitError, match=r"pip install 'cnnkit\[report\]'"):
         pyplot()
+
+
+def test_compare_shows_what_differs_and_the_results_side_by_side(digits_run, tmp_path):
+    other = cnnkit.train(model="simplecnn", epochs=3, lr=0.01, out=str(tmp_path / "faster"))
+    result = run_cnnkit("compare", str(digits_run.dir), str(other.dir), "--plot", "curves.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.strip()}
+    assert rows["lr"] == ["0.003", "0.01"]
+    assert "model" not in rows and "out" not in rows  # the same in both, or not a setting
+    accuracies = [read_json(run.dir / "summary.json")["test_accuracy"] for run in (digits_run, other)]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("test accuracy"))
+    assert [float(a) for a in line.split()[2:]] == pytest.approx(accuracies, abs=5e-5)
+    assert Image.open(tmp_path / "curves.png").size[0] > 500
+
+
+@pytest.mark.parametrize("runs, message", [(["one"], "at least two run folders"), (["a", "b"], "not a finished")])
+def test_compare_mistakes_end_in_one_line(tmp_path, runs, message):
+    result = run_cnnkit("compare", *runs, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -1,5 +1,5 @@
-"""The `cnnkit` command: train, eval, predict, models, presets, summary, report. User mistakes end in one line,
-never a traceback."""
+"""The `cnnkit` command: train, eval, predict, models, presets, summary, report, compare. User mistakes end in
+one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 from cnnkit import __version__
+from cnnkit.cli_inspect import add_inspection_commands
 from cnnkit.config import TrainConfig, coerce, field_type
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_json, read_yaml, to_json
-from cnnkit.inspection import format_summary, model_summary
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
 from cnnkit.progress import printable
-from cnnkit.report import write_report
 from cnnkit.run import load
 from cnnkit.rundir import MODEL_INFO
 from cnnkit.schema import model_info_problem
@@ -35,6 +34,7 @@ EXAMPLES = """examples:
   cnnkit predict runs/RUN cat.jpg dog.png --top-k 2
   cnnkit summary simplecnn --input 1x28x28 --classes 10   # layers, parameters, memory
   cnnkit report runs/RUN                          # plots and report.html
+  cnnkit compare runs/RUN1 runs/RUN2              # settings that differ, results, curves
 """
 
 
@@ -109,19 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     presets = commands.add_parser("presets", help="list the tuned recipes for --preset, with their settings")
     presets.set_defaults(command=cmd_presets)
 
-    summary = commands.add_parser("summary", help="a model's layers, parameters, multiply-accumulates and memory")
-    summary.add_argument("target", metavar="MODEL_OR_RUN", help="a model name (`cnnkit models`) or a run folder")
-    summary.add_argument("--input", metavar="CxHxW", help="one image's shape, for a model name (default 3x32x32)")
-    summary.add_argument("--classes", type=int, help="the number of classes, for a model name (default 10)")
-    summary.add_argument("--batch-size", type=int, help="batch of the memory figures (default: the run's, else 32)")
-    summary.add_argument("--optimizer", help="optimiser whose state is counted (default: the run's, else adamw)")
-    summary.add_argument("--precision", choices=("fp32", "bf16"), help="default: the run's (auto: bf16 if native)")
-    summary.add_argument("--json", action="store_true", help="print the summary as JSON")
-    summary.set_defaults(command=cmd_summary)
-
-    report = commands.add_parser("report", help="draw a run's plots and write its report.html")
-    report.add_argument("run", help="run folder written by `cnnkit train`")
-    report.set_defaults(command=cmd_report)
+    add_inspection_commands(commands)
     return parser
 
 
@@ -211,21 +199,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':<{width}}  {'parameters':>10}  (for 3x32x32 images, 10 classes)")
     for name, params, doc in rows:
         print(f"{name:<{width}}  {params:>10,}  {doc}")
-    return 0
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    settings = (args.input, args.classes, args.batch_size, args.optimizer, args.precision)
-    title, summary = model_summary(args.target, *settings)
-    print(to_json(summary.as_dict()) if args.json else printable(format_summary(title, summary)))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    path, missing = write_report(Path(args.run))
-    if missing:
-        print(f"cnnkit: {printable(missing)}", file=sys.stderr)
-    print(f"report written to {path}")
     return 0
 
 

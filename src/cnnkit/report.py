@@ -81,11 +81,12 @@ def write_report(run_dir: Path) -> tuple[Path, str | None]:
 
 
 def _table(rows) -> str:
-    cells = "".join(f"<tr><th>{_text(str(k))}</th><td>{_text(_value(v))}</td></tr>" for k, v in rows)
+    cells = "".join(f"<tr><th>{_text(str(k))}</th><td>{_text(shown(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
 
 
-def _value(value: object) -> str:
+def shown(value: object) -> str:
+    """A setting or a result as a reader wants it: thousands grouped, four significant digits."""
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     return f"{value:,}" if isinstance(value, int) else f"{value:.4g}" if isinstance(value, float) else str(value)
