@@ -17,11 +17,19 @@ def add_inspection_commands(commands) -> None:
     """Add summary, report and compare to the `cnnkit` command's sub-commands."""
     summary = commands.add_parser("summary", help="a model's layers, parameters, multiply-accumulates and memory")
     summary.add_argument("target", metavar="MODEL_OR_RUN", help="a model name (`cnnkit models`) or a run folder")
-    summary.add_argument("--input", metavar="CxHxW", help="one image's shape, for a model name (default 3x32x32)")
+    summary.add_argument(
+        "--input",
+        metavar="CxHxW",
+        help="one image's shape, for a model name (default 3x32x32, or the model's own size)",
+    )
     summary.add_argument("--classes", type=int, help="the number of classes, for a model name (default 10)")
     summary.add_argument("--batch-size", type=int, help="batch of the memory figures (default: the run's, else 32)")
     summary.add_argument("--optimizer", help="optimiser whose state is counted (default: the run's, else adamw)")
-    summary.add_argument("--precision", choices=("fp32", "bf16"), help="default: the run's (auto: bf16 if native)")
+    summary.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="of the memory figures (default: the run's; auto: bf16 where native)",
+    )
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")
     summary.set_defaults(command=cmd_summary)
 
