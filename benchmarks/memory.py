@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from cnnkit.config import TrainConfig
+from cnnkit.machine import pick_machine
 from cnnkit.models import create_model, model_spec
 from cnnkit.models.summary import measured_activations, summarize
 
@@ -29,11 +30,12 @@ def main() -> None:
     for name in args.models:
         model = create_model(name, 3, 10, args.size)
         for batch in args.batches:
-            for bf16 in (False, True):
-                summary = summarize(model, model_spec(name), shape, TrainConfig(batch_size=batch), bf16)
-                estimate, measured = summary.memory.activations, measured_activations(model, shape, batch, bf16)
+            for precision in ("fp32", "bf16"):
+                machine = pick_machine("cpu", precision)
+                summary = summarize(model, model_spec(name), shape, TrainConfig(batch_size=batch), machine)
+                estimate, measured = summary.memory.activations, measured_activations(model, shape, batch, machine)
                 print(
-                    f"| {name} | 3x{args.size}x{args.size} | {batch} | {'bf16' if bf16 else 'fp32'} "
+                    f"| {name} | 3x{args.size}x{args.size} | {batch} | {precision} "
                     f"| {estimate / 2**20:.2f} | {measured / 2**20:.2f} | {estimate / measured:.3f} |",
                     flush=True,
                 )

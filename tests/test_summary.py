@@ -11,13 +11,16 @@ from torch import nn
 
 import cnnkit
 from cnnkit.config import TrainConfig
+from cnnkit.machine import pick_machine
 from cnnkit.models import create_model, model_names, model_spec
 from cnnkit.models.summary import measured_activations, summarize
+
+FP32, BF16 = pick_machine("cpu", "fp32"), pick_machine("cpu", "bf16")
 
 
 def summary_of(name: str, shape=(3, 32, 32), classes=10, **settings):
     model = create_model(name, shape[0], classes, shape[1])
-    return model, summarize(model, model_spec(name), shape, TrainConfig(**settings), bf16=False)
+    return model, summarize(model, model_spec(name), shape, TrainConfig(**settings), FP32)
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -58,7 +61,7 @@ def test_weights_gradients_and_optimizer_state_are_counted_from_the_real_thing()
 @pytest.mark.parametrize("batch", [32, 96])
 def test_activation_estimate_is_within_a_fifth_of_what_pytorch_allocates(name, batch):
     model, summary = summary_of(name, batch_size=batch)
-    measured = measured_activations(model, (3, 32, 32), batch, bf16=False)
+    measured = measured_activations(model, (3, 32, 32), batch, FP32)
     assert abs(summary.memory.activations - measured) <= 0.2 * measured, (summary.memory.activations, measured)
 
 
@@ -66,7 +69,7 @@ def test_activations_grow_with_the_batch_and_shrink_under_bf16():
     _, small = summary_of("resnet9-small", batch_size=16)
     _, large = summary_of("resnet9-small", batch_size=64)
     model = create_model("resnet9-small", 3, 10, 32)
-    half = summarize(model, model_spec("resnet9-small"), (3, 32, 32), TrainConfig(batch_size=64), bf16=True)
+    half = summarize(model, model_spec("resnet9-small"), (3, 32, 32), TrainConfig(batch_size=64), BF16)
     assert 3.5 < large.memory.activations / small.memory.activations < 4.1
     assert half.memory.activations < 0.8 * large.memory.activations
 
@@ -74,14 +77,14 @@ def test_activations_grow_with_the_batch_and_shrink_under_bf16():
 def test_the_model_summarised_is_left_as_it_was():
     model = create_model("fastcnn-small", 3, 10, 32).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    summarize(model, model_spec("fastcnn-small"), (3, 32, 32), TrainConfig(optimizer="sgd"), bf16=False)
+    summarize(model, model_spec("fastcnn-small"), (3, 32, 32), TrainConfig(optimizer="sgd"), FP32)
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_custom_module_is_summarised_from_python():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-    summary = summarize(model, model_spec("custom", model), (1, 8, 8), TrainConfig(), bf16=False)
+    summary = summarize(model, model_spec("custom", model), (1, 8, 8), TrainConfig(), FP32)
     assert [layer.name for layer in summary.layers] == ["0", "1", "2", "3", "4"]
     assert summary.layers[0].macs == 4 * 9 * 36 and summary.layers[0].output == (4, 6, 6)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, read_yaml
 from cnnkit.plots import DPI, pyplot
+from cnnkit.progress import columns
 from cnnkit.report import shown
 from cnnkit.rundir import CONFIG, METRICS, SUMMARY
 
@@ -50,11 +51,7 @@ def comparison_table(runs: list[Compared]) -> str:
     rows = [("run", *(run.name for run in runs))]
     rows += [(k, *(shown(run.settings.get(k)) for run in runs)) for k in differing]
     rows += [(label, *(shown(run.summary.get(key)) for run in runs)) for key, label in RESULTS]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        for row in rows
-    ]
+    lines = columns(rows)
     if not differing:
         lines.insert(1, "(the runs' settings are the same)")
     return "\n".join(lines)

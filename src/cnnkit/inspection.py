@@ -7,12 +7,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
 from cnnkit.machine import pick_machine
 from cnnkit.models import AUTO, CUSTOM, check_model_name, create_model, model_spec
 from cnnkit.models.summary import ModelSummary, summarize
-from cnnkit.run import load
+from cnnkit.progress import columns
+from cnnkit.run import Run, load
 
 DEFAULT_INPUT = (3, 32, 32)  # as `cnnkit models` counts: CIFAR-sized colour images ...
 DEFAULT_CLASSES = 10  # ... of ten classes
@@ -29,26 +32,34 @@ def model_summary(
     """The summary of a model name (on `image`, "CxHxW", with `classes` classes) or of a run folder's model
     (its own input and classes), with a title line that says which. Memory at `batch_size` with `optimizer`'s
     state under `precision` (fp32 or bf16); a run's own settings are the defaults, else TrainConfig's."""
+    given = {"batch_size": batch_size, "optimizer": optimizer, "precision": precision}
     if Path(target).is_dir():
         if image is not None or classes is not None:
             raise CnnkitError("--input and --classes describe a model name; a run folder has its own")
-        run = load(target, device="cpu")
-        info, cfg = run.info, run.config
-        model, shape = run.model, (info["in_channels"], info["image_size"], info["image_size"])
-        name, title = info["model"], f"{info['model']} from {target}: {_shape(shape)}, {len(info['classes'])} classes"
-    else:
-        if target in (AUTO, CUSTOM):
-            raise CnnkitError(f"{target!r} is not one model; name one of `cnnkit models`, or give a run folder")
-        check_model_name(target)
-        shape, n = _parse_input(image, model_spec(target).input_size), classes or DEFAULT_CLASSES
-        if n < 2:
-            raise CnnkitError(f"--classes {n}: a classifier needs at least 2 classes")
-        model, cfg = create_model(target, shape[0], n, shape[1]), TrainConfig()
-        name, title = target, f"{target}: {_shape(shape)}, {n} classes"
-    given: dict[str, Any] = {"batch_size": batch_size, "optimizer": optimizer, "precision": precision}
+        return run_summary(load(target, device="cpu"), given)
+    if target in (AUTO, CUSTOM):
+        raise CnnkitError(f"{target!r} is not one model; name one of `cnnkit models`, or give a run folder")
+    check_model_name(target)
+    shape, n = _parse_input(image, model_spec(target).input_size), classes or DEFAULT_CLASSES
+    if n < 2:
+        raise CnnkitError(f"--classes {n}: a classifier needs at least 2 classes")
+    model = create_model(target, shape[0], n, shape[1])
+    return f"{target}: {_shape(shape)}, {n} classes", _summarize(model, target, shape, TrainConfig(), given)
+
+
+def run_summary(run: Run, given: dict[str, Any] | None = None) -> tuple[str, ModelSummary]:
+    """The summary of a loaded run's model, at its own settings but those `given` (None: the run's)."""
+    info = run.info
+    shape = (info["in_channels"], info["image_size"], info["image_size"])
+    title = f"{info['model']} from {run.dir}: {_shape(shape)}, {len(info['classes'])} classes"
+    return title, _summarize(run.model, info["model"], shape, run.config, given or {})
+
+
+def _summarize(
+    model: nn.Module, name: str, shape: tuple[int, int, int], cfg: TrainConfig, given: dict[str, Any]
+) -> ModelSummary:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})  # checked as flags are
-    bf16 = pick_machine("cpu", cfg.precision).bf16
-    return title, summarize(model, model_spec(name), shape, cfg, bf16)
+    return summarize(model, model_spec(name), shape, cfg, pick_machine("cpu", cfg.precision))
 
 
 def _parse_input(text: str | None, model_size: int | None) -> tuple[int, int, int]:
@@ -73,12 +84,11 @@ def format_summary(title: str, summary: ModelSummary) -> str:
     ]
     rows.append(("total", "", "", f"{summary.parameters:,}", f"{summary.macs:,}"))
     header = ("layer", "kind", "output", "parameters", "mult-adds")
-    widths = [max(len(row[i]) for row in (*rows, header)) for i in range(len(header))]
     memory = summary.memory
     return "\n".join(
         [
             title,
-            *(_row(row, widths) for row in (header, *rows)),
+            *columns([header, *rows], left=2),
             f"trainable parameters {summary.trainable:,}; {summary.macs / 1e6:,.2f} M multiply-accumulates per image",
             f"memory at batch {summary.batch_size}, {summary.precision}, {summary.optimizer}:",
             f"  weights      {_mib(memory.weights)}  (parameters and batch-norm statistics)",
@@ -89,11 +99,6 @@ def format_summary(title: str, summary: ModelSummary) -> str:
             f"  inference    {_mib(memory.inference)}  (weights, and one layer's input and output at once)",
         ]
     )
-
-
-def _row(cells: tuple[str, ...], widths: list[int]) -> str:
-    """Names to the left, figures to the right."""
-    return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnnkit.config import TrainConfig
-from cnnkit.data.ondisk import DiskImages, loaded
+from cnnkit.data.ondisk import loaded
 from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json
@@ -115,12 +115,8 @@ def per_class_figure(per_class: dict[str, float | None]) -> Any:
 def grid_figure(images: torch.Tensor, labels: list[int], predicted: list[int], classes: list[str]) -> Any:
     """Test images with their predicted labels, as the tutorials end; a wrong one in red, framed, with its
     true label under the guess."""
-    plt = pyplot()
-    cols = math.ceil(math.sqrt(len(images)))
-    fig, axes = plt.subplots(math.ceil(len(images) / cols), cols, figsize=(1.8 * cols, 2.0 * cols), squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, image, true, guess in zip(axes.flat, images, labels, predicted, strict=False):
+    fig, axes = _image_grid(len(images), (1.8, 2.0))
+    for ax, image, true, guess in zip(axes, images, labels, predicted, strict=False):
         wrong = true != guess
         title = classes[guess] + (f"\n(true: {classes[true]})" if wrong else "")
         _show(ax, image, title, "red" if wrong else "black")
@@ -131,13 +127,8 @@ def grid_figure(images: torch.Tensor, labels: list[int], predicted: list[int], c
 def top_losses_figure(images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Any:
     """Test images with their guess, its probability and the truth: given the most confidently wrong ones
     (`highest_losses`), often mislabelled images or classes that look alike."""
-    plt = pyplot()
-    cols = math.ceil(math.sqrt(len(images)))
-    fig, axes = plt.subplots(math.ceil(len(images) / cols), cols, figsize=(2.2 * cols, 2.3 * cols), squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    probs = logits.softmax(1)
-    for ax, image, p, true in zip(axes.flat, images, probs, labels.tolist(), strict=False):
+    fig, axes = _image_grid(len(images), (2.2, 2.3))
+    for ax, image, p, true in zip(axes, images, logits.softmax(1), labels.tolist(), strict=False):
         guess = int(p.argmax())
         _show(ax, image, f"{classes[guess]} {p[guess]:.2f}\ntrue: {classes[true]}", "red" if guess != true else "black")
     fig.tight_layout()
@@ -147,6 +138,15 @@ def top_losses_figure(images: torch.Tensor, logits: torch.Tensor, labels: torch.
 def highest_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Indices of the TOP_LOSSES test images with the highest loss, highest first."""
     return nn.functional.cross_entropy(logits, labels, reduction="none").argsort(descending=True)[:TOP_LOSSES]
+
+
+def _image_grid(n: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """A figure of about square rows and columns for `n` images of `cell` inches, every axis blank until used."""
+    cols = math.ceil(math.sqrt(n))
+    fig, axes = pyplot().subplots(math.ceil(n / cols), cols, figsize=(cell[0] * cols, cell[1] * cols), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig, list(axes.flat)
 
 
 def _show(ax: Any, image: torch.Tensor, title: str, colour: str) -> None:
@@ -170,8 +170,7 @@ def write_plots(run_dir: Path, predictions: tuple[ImageSet, torch.Tensor, torch.
     classes = summary["classes"]
     with (run_dir / METRICS).open(newline="") as f:
         rows = list(csv.DictReader(f))
-    n_train = summary["num_train_images"]
-    steps_per_epoch = max(1, n_train // cfg.batch_size) if n_train >= cfg.batch_size else 1  # full batches only
+    steps_per_epoch = max(1, summary["num_train_images"] // cfg.batch_size)  # training drops a partial batch
     figures = {
         "curves": curves_figure(rows),
         "learning_rate": schedule_figure(cfg, steps_per_epoch, rows),
@@ -180,12 +179,16 @@ def write_plots(run_dir: Path, predictions: tuple[ImageSet, torch.Tensor, torch.
         "per_class_accuracy": per_class_figure(summary["per_class_accuracy"]),
     }
     if predictions is not None:
-        images, logits, labels = predictions[0].images, predictions[1].cpu(), predictions[2].cpu()
+        test, logits, labels = predictions[0], predictions[1].cpu(), predictions[2].cpu()
         shown = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:GRID_IMAGES]  # all classes
         guesses = logits[shown].argmax(1).tolist()
-        figures["test_images"] = grid_figure(_rows(images, shown), labels[shown].tolist(), guesses, classes)
+        figures["test_images"] = grid_figure(
+            loaded(test.subset(shown).images), labels[shown].tolist(), guesses, classes
+        )
         worst = highest_losses(logits, labels)
-        figures["top_losses"] = top_losses_figure(_rows(images, worst), logits[worst], labels[worst], classes)
+        figures["top_losses"] = top_losses_figure(
+            loaded(test.subset(worst).images), logits[worst], labels[worst], classes
+        )
     folder = run_dir / PLOTS
     folder.mkdir(exist_ok=True)
     paths = {}
@@ -194,8 +197,3 @@ def write_plots(run_dir: Path, predictions: tuple[ImageSet, torch.Tensor, torch.
         atomic_write(paths[name], partial(fig.savefig, dpi=DPI, format="png"))
         plt.close(fig)
     return paths
-
-
-def _rows(images: torch.Tensor | DiskImages, index: torch.Tensor) -> torch.Tensor:
-    """Some test images in memory (read from disk when the split is kept there)."""
-    return loaded(images.take(index)) if isinstance(images, DiskImages) else images[index.to(images.device)].cpu()

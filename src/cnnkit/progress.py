@@ -31,3 +31,12 @@ def printable(text: str) -> str:
     that are not UTF-8 shown escaped, never sent raw."""
     shown = "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
     return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def columns(rows: list[tuple[str, ...]], left: int = 1) -> list[str]:
+    """Rows of cells as aligned lines: the first `left` columns (names) to the left, the rest (figures) right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, read_yaml
-from cnnkit.inspection import format_summary, model_summary
+from cnnkit.inspection import format_summary, run_summary
 from cnnkit.plots import write_plots
 from cnnkit.run import load
 from cnnkit.rundir import CONFIG, SUMMARY
@@ -48,13 +48,14 @@ img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;over
 def write_report(run_dir: Path) -> tuple[Path, str | None]:
     """Draw the run's plots and write RUN/report.html; returns its path, and why the test images are not in
     it when they are not (the data moved or changed since the run)."""
+    run = load(run_dir, device="cpu")
     try:
-        predictions, missing = load(run_dir, device="cpu").test_predictions(), None
+        predictions, missing = run.test_predictions(), None
     except CnnkitError as e:
         predictions, missing = None, f"the test images are not drawn: {e}"
     plots = write_plots(run_dir, predictions)
     summary, settings = read_json(run_dir / SUMMARY), read_yaml(run_dir / CONFIG)
-    title, model = model_summary(str(run_dir))
+    title, model = run_summary(run)
     sections = [
         f"<h1>{_text(run_dir.name)}</h1>",
         f"<p>{_text(str(summary.get('model')))} on {_text(str(summary.get('data')))}</p>",

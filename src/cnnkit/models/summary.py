@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnkit.config import TrainConfig
+from cnnkit.machine import Machine
 from cnnkit.models import ModelSpec
 from cnnkit.optimizers import build_optimizer
 
@@ -67,21 +68,21 @@ class ModelSummary:
 
 
 def summarize(
-    model: nn.Module, spec: ModelSpec, input_shape: tuple[int, ...], cfg: TrainConfig, bf16: bool
+    model: nn.Module, spec: ModelSpec, input_shape: tuple[int, ...], cfg: TrainConfig, machine: Machine
 ) -> ModelSummary:
-    """The summary of `model` on one image of `input_shape` (C, H, W), at cfg's batch size and optimiser,
-    under bf16 autocast or not. The model itself is left untouched: all probing runs on a copy."""
+    """The summary of `model` on one image of `input_shape` (C, H, W), at cfg's batch size and optimiser, on a
+    CPU `machine` (its precision: bf16 autocast or not). The model is left untouched: all probing runs on a copy."""
     model = copy.deepcopy(model).cpu()
-    layers, largest_pair = _layers(model, input_shape, bf16)
+    layers, largest_pair = _layers(model, input_shape, machine)
     weights = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    low, high = (_saved_bytes(model, input_shape, batch, bf16) for batch in PROBE_BATCHES)
+    low, high = (_saved_bytes(model, input_shape, batch, machine) for batch in PROBE_BATCHES)
     per_image = (high - low) / (PROBE_BATCHES[1] - PROBE_BATCHES[0])
     activations = round(low + per_image * (cfg.batch_size - PROBE_BATCHES[0]))
     memory = Memory(
         weights=weights,
         gradients=sum(p.nbytes for p in trainable),
-        optimizer=_optimizer_bytes(model, spec, cfg, input_shape, bf16),
+        optimizer=_optimizer_bytes(model, spec, cfg, input_shape, machine),
         activations=activations,
         inference=weights + largest_pair * cfg.batch_size,
     )
@@ -93,12 +94,12 @@ def summarize(
         memory=memory,
         input_shape=tuple(input_shape),
         batch_size=cfg.batch_size,
-        precision="bf16" if bf16 else "fp32",
+        precision="bf16" if machine.bf16 else "fp32",
         optimizer=cfg.optimizer,
     )
 
 
-def _layers(model: nn.Module, input_shape: tuple[int, ...], bf16: bool) -> tuple[list[Layer], int]:
+def _layers(model: nn.Module, input_shape: tuple[int, ...], machine: Machine) -> tuple[list[Layer], int]:
     """The table's rows (every module without children, and any other that holds parameters of its own) from
     one image, and the most bytes one of them reads and writes at once."""
     rows = [(name, m) for name, m in model.named_modules() if not any(m.children()) or _own_parameters(m)]
@@ -112,7 +113,7 @@ def _layers(model: nn.Module, input_shape: tuple[int, ...], bf16: bool) -> tuple
     hooks = [m.register_forward_hook(lambda _, i, o, name=name: record(name, i, o)) for name, m in rows]
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad(), _autocast(bf16):
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), machine.autocast():
             model(torch.zeros(1, *input_shape))
     finally:
         for hook in hooks:
@@ -136,7 +137,7 @@ def _own_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
-def _saved_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int, bf16: bool) -> int:
+def _saved_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int, machine: Machine) -> int:
     """Bytes of the distinct storages that autograd keeps from one training forward pass of `batch` images
     (the parameters themselves excluded: they are counted as weights)."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -149,35 +150,30 @@ def _saved_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int, bf1
         return tensor
 
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), _autocast(bf16):
-        output = model(torch.randn(batch, *input_shape))
-    del output
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), machine.autocast():
+        model(torch.randn(batch, *input_shape))
     return sum(saved.values())
 
 
-def measured_activations(model: nn.Module, input_shape: tuple[int, ...], batch: int, bf16: bool) -> int:
+def measured_activations(model: nn.Module, input_shape: tuple[int, ...], batch: int, machine: Machine) -> int:
     """Bytes that one training forward pass of `batch` images leaves allocated, from PyTorch's own allocation
     records (the profiler's): what the activation estimate is checked against. The output is left out."""
     model = copy.deepcopy(model).cpu().train()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
-        with _autocast(bf16):
+        with machine.autocast():
             output = model(torch.randn(batch, *input_shape))
     outermost = (event for event in profile.events() if event.cpu_parent is None)  # each counts its callees
     return sum(event.cpu_memory_usage for event in outermost) - output.nbytes
 
 
 def _optimizer_bytes(
-    model: nn.Module, spec: ModelSpec, cfg: TrainConfig, input_shape: tuple[int, ...], bf16: bool
+    model: nn.Module, spec: ModelSpec, cfg: TrainConfig, input_shape: tuple[int, ...], machine: Machine
 ) -> int:
     """Bytes of the optimiser's state (momentum, Adam's moments) after one real step on the model (a copy)."""
     optimizer = build_optimizer(model, cfg, spec)
     model.train()
-    with _autocast(bf16):
+    with machine.autocast():
         loss = model(torch.randn(PROBE_BATCHES[0], *input_shape)).float().logsumexp(1).mean()
     loss.backward()
     optimizer.step()
     return sum(t.nbytes for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor))
-
-
-def _autocast(bf16: bool) -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
