@@ -176,13 +176,13 @@ def test_a_stopped_run_with_every_augmentation_resumes_bit_identical(tmp_path):
     folder = colour_folder(tmp_path / "colours")
     settings = dict(data=str(folder), model="small-cnn", epochs=3, batch_size=8, checkpoint_every=3, seed=1)
     on = dict(translate=2, flip=True, rotate=20.0, scale=0.15, jitter=0.3, erase=0.5)
-    reference = cnnkit.train(**settings, **on, out=str(tmp_path / "reference")).dir
+    reference = cnnkit.train(report=False, **settings, **on, out=str(tmp_path / "reference")).dir
     with pytest.raises(Stop):
-        cnnkit.train(**settings, **on, out=str(tmp_path / "run"), callbacks=[StopAt(epoch=2, step=4)])
+        cnnkit.train(report=False, **settings, **on, out=str(tmp_path / "run"), callbacks=[StopAt(epoch=2, step=4)])
     position = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")["position"]
     assert (position["epoch"], position["step"]) == (2, 2)  # the last checkpoint is inside an epoch
     resumed = cnnkit.resume(tmp_path / "run").dir
     assert_identical(resumed, reference)  # final and best weights, and every epoch's metrics
-    plain = cnnkit.train(**settings, translate=2, flip=True, out=str(tmp_path / "plain")).dir
+    plain = cnnkit.train(report=False, **settings, translate=2, flip=True, out=str(tmp_path / "plain")).dir
     trained, untouched = (load_checkpoint(run / "checkpoint.safetensors")["model"] for run in (reference, plain))
     assert not all(torch.equal(trained[k], untouched[k]) for k in trained)  # the settings reached the batches

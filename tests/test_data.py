@@ -302,22 +302,26 @@ def test_resize_rules_make_a_wide_image_square_each_its_own_way(tmp_path, ext):
 
 
 def test_a_runs_resize_rule_is_kept_for_eval_and_predict(image_folder, tmp_path):
-    run = cnnkit.train(data=str(image_folder), model="small-cnn", epochs=1, resize="pad", out=str(tmp_path / "r"))
+    run = cnnkit.train(
+        report=False, data=str(image_folder), model="small-cnn", epochs=1, resize="pad", out=str(tmp_path / "r")
+    )
     loaded = cnnkit.load(run.dir)
     assert (run.info["resize"], loaded.resize, loaded.config.resize) == ("pad", "pad", "pad")
     wide = save_image(tmp_path / "wide.png", shape_image("bar", 32, np.random.default_rng(0))[:16])
     pixels = loaded._read_image(wide)
     assert pixels.shape[1:] == (32, 32) and int(pixels[:, :6].max()) == 0  # padded, not stretched
     with pytest.raises(CnnkitError, match="--resize fit must be one of squash, crop, pad"):
-        cnnkit.train(data=str(image_folder), resize="fit")
+        cnnkit.train(report=False, data=str(image_folder), resize="fit")
 
 
 def test_a_folder_past_the_memory_budget_stays_on_disk_and_trains_alike(image_folder, tmp_path):
     settings = {"data": str(image_folder), "model": "small-cnn", "epochs": 2}
     reference = load_data(str(image_folder)).splits["train"].images
     assert isinstance(reference, torch.Tensor)
-    in_memory = cnnkit.train(**settings, out=str(tmp_path / "memory"))
-    on_disk = cnnkit.train(**settings, memory_budget=1e-5, out=str(tmp_path / "disk"))  # 10 KiB: far too little
+    in_memory = cnnkit.train(report=False, **settings, out=str(tmp_path / "memory"))
+    on_disk = cnnkit.train(
+        report=False, **settings, memory_budget=1e-5, out=str(tmp_path / "disk")
+    )  # 10 KiB: far too little
     weights = [load_file(str(run.dir / "weights.safetensors")) for run in (in_memory, on_disk)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same pixels, batch for batch
     assert in_memory.info["data"] == on_disk.info["data"]

@@ -67,6 +67,8 @@ def test_only_the_main_process_prints_writes_and_names_the_run_folder(tmp_path):
         "weights.safetensors",
         "summary.json",
         "checkpoint.safetensors",
+        "report.html",
+        "plots",
     }
 
 

@@ -36,27 +36,29 @@ def small_folder(root: Path, per_class: int, size: int = 32) -> Path:
 
 
 def test_the_default_is_a_recipe_chosen_from_the_data_and_written_in_full(tmp_path, capsys):
-    run = cnnkit.train(out=str(tmp_path / "a"))
+    run = cnnkit.train(report=False, out=str(tmp_path / "a"))
     said = capsys.readouterr().out
     assert "automatic recipe: fastcnn-small" in said
     cfg = config(run.dir)
     assert cfg["model"] == "fastcnn-small" and cfg["steps"] > 0 and cfg["epochs"] is None
     assert cfg["image_size"] == 16 and cfg["flip"] is False  # 8x8 digits enlarged for the net; no mirror images
     assert summary(run.dir)["test_accuracy"] >= 0.97
-    again = cnnkit.train(config=TrainConfig.from_yaml(run.dir / "config.yaml"), out=str(tmp_path / "b"))
+    again = cnnkit.train(report=False, config=TrainConfig.from_yaml(run.dir / "config.yaml"), out=str(tmp_path / "b"))
     first, second = load_file(run.dir / "weights.safetensors"), load_file(again.dir / "weights.safetensors")
     assert all((first[k] == second[k]).all() for k in first)  # config.yaml repeats the run exactly
 
 
 def test_what_the_user_sets_wins_over_the_recipe(tmp_path):
-    run = cnnkit.train(out=str(tmp_path / "r"), batch_size=64, epochs=2, rotate=0)
+    run = cnnkit.train(report=False, out=str(tmp_path / "r"), batch_size=64, epochs=2, rotate=0)
     cfg = config(run.dir)
     assert (cfg["batch_size"], cfg["epochs"], cfg["steps"], cfg["rotate"]) == (64, 2, None, 0.0)
     assert cfg["model"] == "fastcnn-small"
 
 
 def test_a_run_planned_in_steps_ends_inside_a_pass(tmp_path):
-    run = cnnkit.train(model="small-cnn", steps=25, batch_size=128, out=str(tmp_path / "r"))  # 10 steps a pass
+    run = cnnkit.train(
+        report=False, model="small-cnn", steps=25, batch_size=128, out=str(tmp_path / "r")
+    )  # 10 steps a pass
     rows = (run.dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3  # a header, then passes of 10, 10 and 5 steps
     assert summary(run.dir)["steps"] == 25
@@ -91,7 +93,7 @@ def test_batches_shrink_until_a_pass_is_several_steps():
 @pytest.mark.parametrize("preset", ["mnist-fast", "cifar10-cpu", "cifar10-cpu-best"])
 def test_every_cpu_preset_on_a_small_folder_trains_to_sensible_accuracy(tmp_path, preset):
     folder = small_folder(tmp_path / "small", per_class=60)
-    run = cnnkit.train(preset=preset, data=str(folder), out=str(tmp_path / "r"))
+    run = cnnkit.train(report=False, preset=preset, data=str(folder), out=str(tmp_path / "r"))
     result = summary(run.dir)
     assert result["test_accuracy"] >= 0.9, result
     assert config(run.dir)["batch_size"] < PRESETS[preset]["batch_size"]  # cut to the folder, rates rescaled
@@ -109,25 +111,25 @@ def test_every_preset_is_cut_to_a_small_folder_with_its_rates_rescaled(preset):
 def test_a_preset_refuses_a_folder_too_small_for_it_before_training(tmp_path):
     folder = small_folder(tmp_path / "tiny", per_class=PRESET_MIN_IMAGES // 2)
     with pytest.raises(CnnkitError, match="preset cifar10-cpu-best needs at least 32 training images"):
-        cnnkit.train(preset="cifar10-cpu-best", data=str(folder), out=str(tmp_path / "r"))
+        cnnkit.train(report=False, preset="cifar10-cpu-best", data=str(folder), out=str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
 
 
 def test_a_run_that_learns_nothing_says_so_and_records_a_warning(tmp_path, capsys):
     # a recipe made to fail: weight decay so strong that every weight collapses to zero, leaving the biases
-    run = cnnkit.train(model="small-cnn", weight_decay=300, epochs=1, out=str(tmp_path / "r"))
+    run = cnnkit.train(report=False, model="small-cnn", weight_decay=300, epochs=1, out=str(tmp_path / "r"))
     warnings = summary(run.dir)["warnings"]
     assert len(warnings) == 1 and "no better than always answering the most common class" in warnings[0]
     assert "warning: validation accuracy" in capsys.readouterr().out
 
 
 def test_a_run_that_learns_says_nothing_wrong(tmp_path):
-    run = cnnkit.train(model="small-cnn", epochs=3, out=str(tmp_path / "r"))
+    run = cnnkit.train(report=False, model="small-cnn", epochs=3, out=str(tmp_path / "r"))
     assert summary(run.dir)["warnings"] == []
 
 
 def test_a_budget_is_planned_into_steps_that_config_yaml_keeps(tmp_path, capsys):
-    run = cnnkit.train(budget=6, out=str(tmp_path / "r"))
+    run = cnnkit.train(report=False, budget=6, out=str(tmp_path / "r"))
     assert "budget 6s:" in capsys.readouterr().out
     cfg, result = config(run.dir), summary(run.dir)
     assert cfg["budget"] is None and cfg["steps"] == result["steps"] > 0  # a repeat takes exactly these steps
@@ -135,7 +137,7 @@ def test_a_budget_is_planned_into_steps_that_config_yaml_keeps(tmp_path, capsys)
 
 
 def test_fine_tuning_keeps_the_source_runs_model_and_image_size(tmp_path):
-    source = cnnkit.train(model="small-cnn", image_size=12, epochs=1, out=str(tmp_path / "source"))
-    run = cnnkit.train(init_from=str(source.dir), steps=5, out=str(tmp_path / "tuned"))
+    source = cnnkit.train(report=False, model="small-cnn", image_size=12, epochs=1, out=str(tmp_path / "source"))
+    run = cnnkit.train(report=False, init_from=str(source.dir), steps=5, out=str(tmp_path / "tuned"))
     cfg = config(run.dir)
     assert (cfg["model"], cfg["image_size"], cfg["whiten"]) == ("small-cnn", 12, False)

@@ -6,7 +6,9 @@ import base64
 import io
 import re
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +27,8 @@ pytest.importorskip("matplotlib", reason="plots need the report extra: pip insta
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    return cnnkit.train(model="simplecnn", epochs=3, out=str(tmp_path_factory.mktemp("runs") / "digits"))
+def digits_run(tmp_path_factory):  # --lr auto: its range test is one of the report's plots
+    return cnnkit.train(model="simplecnn", epochs=3, lr="auto", out=str(tmp_path_factory.mktemp("runs") / "digits"))
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,17 @@ def weak_run(tmp_path_factory):  # one step: many wrong answers to mark
     return cnnkit.train(model="small-cnn", steps=1, out=str(tmp_path_factory.mktemp("runs") / "weak"))
 
 
-def test_report_holds_every_section_with_its_plot(digits_run, tmp_path):
-    result = run_cnnkit("report", str(digits_run.dir), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_train_writes_the_report_unless_told_not_to(digits_run, tmp_path):
+    assert "<h2>Results</h2>" in (digits_run.dir / "report.html").read_text()  # written at the end of train
+    quiet = cnnkit.train(model="small-cnn", epochs=1, report=False, out=str(tmp_path / "quiet"))
+    assert not (quiet.dir / "report.html").exists() and not (quiet.dir / PLOTS).exists()
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["written-by-train", "by-cnnkit-report"])
+def test_report_holds_every_section_with_its_plot(digits_run, tmp_path, again):
+    if again:
+        result = run_cnnkit("report", str(digits_run.dir), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
     page = (digits_run.dir / "report.html").read_text()
     for heading in ("Results", "Warnings", *PLOT_TITLES.values(), "Test accuracy per class", "Model", "Settings"):
         assert f"<h2>{heading}</h2>" in page
@@ -90,7 +100,8 @@ def test_report_without_the_test_images_says_why(tmp_path, image_folder):
     result = run_cnnkit("report", str(run.dir), cwd=tmp_path)
     assert result.returncode == 0 and "the test images are not drawn" in result.stderr
     page = (run.dir / "report.html").read_text()
-    assert page.count("data:image/png") == len(PLOT_TITLES) - 2 and "the test images are not drawn" in page
+    drawn = len(PLOT_TITLES) - 3  # no range test (a set --lr), and neither the test images nor the top losses
+    assert page.count("data:image/png") == drawn and "the test images are not drawn" in page
 
 
 def test_class_names_are_escaped(tmp_path):
@@ -115,7 +126,8 @@ def test_compare_shows_what_differs_and_the_results_side_by_side(digits_run, tmp
     result = run_cnnkit("compare", str(digits_run.dir), str(other.dir), "--plot", "curves.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.strip()}
-    assert rows["lr"] == ["0.003", "0.01"]
+    found = TrainConfig.from_yaml(digits_run.dir / "config.yaml").lr  # --lr auto's rate
+    assert float(rows["lr"][0]) == pytest.approx(found, rel=1e-3) and rows["lr"][1] == "0.01"
     assert "model" not in rows and "out" not in rows  # the same in both, or not a setting
     accuracies = [read_json(run.dir / "summary.json")["test_accuracy"] for run in (digits_run, other)]
     line = next(line for line in result.stdout.splitlines() if line.startswith("test accuracy"))
@@ -127,3 +139,21 @@ def test_compare_shows_what_differs_and_the_results_side_by_side(digits_run, tmp
 def test_compare_mistakes_end_in_one_line(tmp_path, runs, message):
     result = run_cnnkit("compare", *runs, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="no Chromium here (apt-get install chromium); scripts/report_screenshot.py takes the same screenshot",
+)
+def test_report_renders_in_headless_chromium(digits_run, tmp_path):
+    shot = tmp_path / "report.png"
+    script = [sys.executable, str(ROOT / "scripts" / "report_screenshot.py"), str(digits_run.dir), "--out", str(shot)]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (9000, 1200)
+    bands = (pixels < 200).any(axis=1)[:8000].reshape(16, 500).mean(axis=1)  # rows with ink, per 500 pixels
+    assert (bands > 0.3).all(), bands  # text and plots all the way down: every section drew, none is blank

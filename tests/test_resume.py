@@ -37,8 +37,9 @@ SETTINGS = [
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    quiet = [] if "--resume" in args else ["--no-report"]  # a resumed run keeps its own settings
     return subprocess.Popen(
-        [sys.executable, "-m", "cnnkit", "train", *args],
+        [sys.executable, "-m", "cnnkit", "train", *args, *quiet],
         cwd=cwd,
         text=True,
         stdout=subprocess.PIPE,
@@ -159,7 +160,13 @@ def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path
         r"checkpoint is kept. Lower --lr",
     ):
         cnnkit.train(
-            epochs=3, optimizer="sgd", lr=1e6, schedule="constant", checkpoint_every=1, out=str(tmp_path / "run")
+            report=False,
+            epochs=3,
+            optimizer="sgd",
+            lr=1e6,
+            schedule="constant",
+            checkpoint_every=1,
+            out=str(tmp_path / "run"),
         )
     state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert all(torch.isfinite(t).all() for t in state["model"].values())  # good weights, not the NaN ones
@@ -202,9 +209,10 @@ class NaNOnFifthStep(nn.Module):
 
 def test_an_injected_nan_stops_at_its_step_or_is_skipped_with_the_flag(tmp_path, capsys):
     with pytest.raises(CnnkitError, match="loss became NaN or infinite at epoch 1, step 5"):
-        cnnkit.train(model=NaNOnFifthStep(), epochs=2, out=str(tmp_path / "stops"))
+        cnnkit.train(report=False, model=NaNOnFifthStep(), epochs=2, out=str(tmp_path / "stops"))
     assert not (tmp_path / "stops" / "checkpoint.safetensors").exists()  # no checkpoint of poisoned weights
     run = cnnkit.train(
+        report=False,
         model=NaNOnFifthStep(),
         epochs=2,
         skip_nonfinite=True,
@@ -222,7 +230,7 @@ def test_a_disk_too_full_for_the_run_fails_before_training(tmp_path, monkeypatch
 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30 - 2**20, 2**20))
     with pytest.raises(CnnkitError, match="only 1.0 MiB are free .* free some space or pass --out"):
-        cnnkit.train(out=str(tmp_path / "run"))
+        cnnkit.train(report=False, out=str(tmp_path / "run"))
     assert not (tmp_path / "run" / "metrics.csv").exists()  # stopped before the first epoch
 
 
@@ -259,10 +267,10 @@ def test_two_runs_started_together_on_one_folder_never_mix(tmp_path):
 def test_a_failed_start_keeps_a_folder_the_user_made(tmp_path):
     (tmp_path / "mine").mkdir()
     with pytest.raises(CnnkitError, match="does not exist"):
-        cnnkit.train(data=str(tmp_path / "missing"), out=str(tmp_path / "mine"))
+        cnnkit.train(report=False, data=str(tmp_path / "missing"), out=str(tmp_path / "mine"))
     assert (tmp_path / "mine").is_dir()  # empty, as it was: still the user's
     with pytest.raises(CnnkitError, match="does not exist"):
-        cnnkit.train(data=str(tmp_path / "missing"), out=str(tmp_path / "new"))
+        cnnkit.train(report=False, data=str(tmp_path / "missing"), out=str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()  # made by the failed run, so removed by it
 
 
@@ -271,7 +279,13 @@ def test_weights_gone_non_finite_while_steps_are_skipped_are_never_kept(tmp_path
         CnnkitError, match=r"(NaN or infinite|non-finite validation loss).* the last good checkpoint is kept"
     ):
         cnnkit.train(
-            epochs=2, optimizer="sgd", lr=1e6, schedule="constant", skip_nonfinite=True, out=str(tmp_path / "run")
+            report=False,
+            epochs=2,
+            optimizer="sgd",
+            lr=1e6,
+            schedule="constant",
+            skip_nonfinite=True,
+            out=str(tmp_path / "run"),
         )
     assert not (tmp_path / "run" / "summary.json").exists()  # no run that says "saved" with NaN weights
     weights = tmp_path / "run" / "weights.safetensors"
@@ -306,10 +320,10 @@ def test_a_disk_full_at_the_start_leaves_a_folder_ready_for_the_next_run(tmp_pat
     monkeypatch.setattr(os, "fsync", disk_full)
     for out in ("mine", "new"):
         with pytest.raises(CnnkitError, match=r"cannot write .*config.yaml: No space left on device; the previous"):
-            cnnkit.train(epochs=1, out=str(tmp_path / out))
+            cnnkit.train(report=False, epochs=1, out=str(tmp_path / out))
     assert list((tmp_path / "mine").iterdir()) == [] and not (tmp_path / "new").exists()
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the same folder takes the run
-    assert cnnkit.train(epochs=1, out=str(tmp_path / "mine")).summary["epochs"] == 1
+    assert cnnkit.train(report=False, epochs=1, out=str(tmp_path / "mine")).summary["epochs"] == 1
 
 
 def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monkeypatch):
@@ -331,7 +345,7 @@ def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monke
         match=r"checkpoint.safetensors: No space left on device; the previous version "
         r".* once there is space, resume with: cnnkit train --resume",
     ):
-        cnnkit.train(model="simplecnn", epochs=3, checkpoint_every=20, out=str(tmp_path / "run"))
+        cnnkit.train(report=False, model="simplecnn", epochs=3, checkpoint_every=20, out=str(tmp_path / "run"))
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())  # no half files left
     monkeypatch.undo()
     run = cnnkit.resume(tmp_path / "run")
@@ -350,7 +364,7 @@ def small_folder(root, per_class: int, start: int = 0):
 
 def test_a_run_refuses_data_that_changed_since_it_trained(tmp_path):
     folder = small_folder(tmp_path / "shapes", 30)
-    run = cnnkit.train(data=str(folder), model="small-cnn", epochs=2, out=str(tmp_path / "run"))
+    run = cnnkit.train(report=False, data=str(folder), model="small-cnn", epochs=2, out=str(tmp_path / "run"))
     assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
     small_folder(folder, 5, start=100)  # new images: the old test split would now mix with training images
     with pytest.raises(
@@ -364,8 +378,8 @@ def test_a_run_refuses_data_that_changed_since_it_trained(tmp_path):
 
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
-    first = cnnkit.train(epochs=1, out=str(tmp_path / "a"))
-    other = cnnkit.train(epochs=1, model="small-cnn", image_size=16, out=str(tmp_path / "b"))  # same data
+    first = cnnkit.train(report=False, epochs=1, out=str(tmp_path / "a"))
+    other = cnnkit.train(report=False, epochs=1, model="small-cnn", image_size=16, out=str(tmp_path / "b"))  # same data
     shutil.copy(other.dir / "checkpoint.safetensors", first.dir / "checkpoint.safetensors")
     with pytest.raises(
         CnnkitError,
@@ -375,8 +389,8 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
 
 
 def test_a_fine_tuning_run_resumes_after_its_source_is_gone(tmp_path):
-    source = cnnkit.train(epochs=1, out=str(tmp_path / "source"))
-    tuned = cnnkit.train(init_from=str(source.dir), epochs=1, out=str(tmp_path / "tuned"))
+    source = cnnkit.train(report=False, epochs=1, out=str(tmp_path / "source"))
+    tuned = cnnkit.train(report=False, init_from=str(source.dir), epochs=1, out=str(tmp_path / "tuned"))
     shutil.rmtree(source.dir)
     assert cnnkit.resume(tuned.dir).summary["test_accuracy"] == pytest.approx(tuned.summary["test_accuracy"])
 
@@ -384,13 +398,13 @@ def test_a_fine_tuning_run_resumes_after_its_source_is_gone(tmp_path):
 def test_data_paths_expand_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     small_folder(tmp_path / "photos", 10)
-    run = cnnkit.train(data="~/photos", model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+    run = cnnkit.train(report=False, data="~/photos", model="small-cnn", epochs=1, out=str(tmp_path / "run"))
     assert run.config.data == str((tmp_path / "photos").resolve())
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    return cnnkit.train(epochs=1, out=str(tmp_path_factory.mktemp("finished") / "run")).dir
+    return cnnkit.train(report=False, epochs=1, out=str(tmp_path_factory.mktemp("finished") / "run")).dir
 
 
 @pytest.mark.parametrize(

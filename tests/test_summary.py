@@ -102,7 +102,7 @@ def test_command_prints_the_table_and_json(tmp_path):
 
 
 def test_command_summarises_a_run_folder_with_its_own_shape(tmp_path):
-    run = cnnkit.train(model="simplecnn", epochs=1, out=str(tmp_path / "run"))  # 8x8 digits
+    run = cnnkit.train(report=False, model="simplecnn", epochs=1, out=str(tmp_path / "run"))  # 8x8 digits
     result = run_cnnkit("summary", str(run.dir), "--json", cwd=tmp_path)
     summary = json.loads(result.stdout)
     assert summary["input_shape"] == [1, run.info["image_size"], run.info["image_size"]]

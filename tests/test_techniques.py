@@ -99,13 +99,14 @@ def test_presets_are_listed_with_their_settings(tmp_path):
 
 @pytest.mark.slow
 def test_mnist_fast_preset_reaches_99_percent(shared_data, tmp_path):
-    run = cnnkit.train(preset="mnist-fast", data_dir=str(shared_data), out=str(tmp_path / "run"))
+    run = cnnkit.train(report=False, preset="mnist-fast", data_dir=str(shared_data), out=str(tmp_path / "run"))
     assert run.summary["test_accuracy"] >= 0.99
     assert run.config.model == "fastcnn-small"
 
 
 def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folder, tmp_path):
     run = cnnkit.train(
+        report=False,
         data=str(image_folder),
         model="fastcnn",
         whiten=True,
@@ -133,7 +134,7 @@ def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp
     monkeypatch.setattr(cnnkit.session, "compile_warmup", then_forbid_compiling)
     # one channel, test-time augmentation and partial last batches: every layout and size the passes meet
     run = cnnkit.train(
-        compile=True, epochs=2, tta=True, model="fastcnn-small", image_size=16, out=str(tmp_path / "run")
+        report=False, compile=True, epochs=2, tta=True, model="fastcnn-small", image_size=16, out=str(tmp_path / "run")
     )
     summary = run.summary
     assert summary["compile_seconds"] > 0 and summary["test_accuracy"] > 0.5

@@ -72,7 +72,7 @@ class Recorder(cnnkit.Callback):
 
 def test_callbacks_see_every_step_and_epoch(tmp_path):
     recorder = Recorder()
-    run = cnnkit.train(epochs=2, batch_size=64, callbacks=[recorder], out=str(tmp_path / "run"))
+    run = cnnkit.train(report=False, epochs=2, batch_size=64, callbacks=[recorder], out=str(tmp_path / "run"))
     steps_per_epoch = run.summary["num_train_images"] // 64
     assert recorder.steps == 2 * steps_per_epoch and recorder.ended
     assert [r.epoch for r in recorder.epochs] == [1, 2]
@@ -83,7 +83,7 @@ def test_callbacks_see_every_step_and_epoch(tmp_path):
 
 def test_a_callback_can_end_training_early_and_the_run_still_tests_and_saves(tmp_path):
     recorder = Recorder(stop_after_steps=5)
-    run = cnnkit.train(epochs=3, callbacks=[recorder], out=str(tmp_path / "run"))
+    run = cnnkit.train(report=False, epochs=3, callbacks=[recorder], out=str(tmp_path / "run"))
     assert recorder.steps == 5 and len(recorder.epochs) == 1
     assert len((run.dir / "metrics.csv").read_text().splitlines()) == 2  # header and the one (short) epoch
     assert 0 < run.summary["test_accuracy"] <= 1
@@ -148,7 +148,9 @@ def test_a_run_trains_off_the_main_thread(tmp_path):
     import threading
 
     runs = []
-    thread = threading.Thread(target=lambda: runs.append(cnnkit.train(epochs=1, out=str(tmp_path / "run"))))
+    thread = threading.Thread(
+        target=lambda: runs.append(cnnkit.train(report=False, epochs=1, out=str(tmp_path / "run")))
+    )
     thread.start()
     thread.join()
     assert runs and runs[0].summary["test_accuracy"] > 0.5

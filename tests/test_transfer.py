@@ -55,6 +55,7 @@ def test_each_backbone_builds_for_any_class_count_and_grey_images(name):
 def test_frozen_epoch_trains_the_new_head_alone_on_the_file_weights(colour_folder, tmp_path):
     state = weights_file(tmp_path / "resnet18.pth")
     run = cnnkit.train(
+        report=False,
         data=str(colour_folder),
         model="resnet18",
         pretrained_weights=str(tmp_path / "resnet18.pth"),
@@ -78,6 +79,7 @@ def test_frozen_epoch_trains_the_new_head_alone_on_the_file_weights(colour_folde
 def test_grey_images_sum_the_colour_filters_and_training_moves_the_backbone(tmp_path):
     state = weights_file(tmp_path / "resnet18.safetensors")
     run = cnnkit.train(
+        report=False,
         data="digits",
         model="resnet18",
         pretrained_weights=str(tmp_path / "resnet18.safetensors"),
@@ -96,14 +98,22 @@ def test_grey_images_sum_the_colour_filters_and_training_moves_the_backbone(tmp_
 def test_pretrained_downloads_once_then_reads_from_torch_home_offline(colour_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(CnnkitError, match="could not download the .* of resnet18.*--pretrained-weights"):
-        cnnkit.train(data=str(colour_folder), model="resnet18", pretrained=True, out=str(tmp_path / "offline"))
+        cnnkit.train(
+            report=False, data=str(colour_folder), model="resnet18", pretrained=True, out=str(tmp_path / "offline")
+        )
     assert not (tmp_path / "offline").exists()
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True, exist_ok=True)
     assert list(cached.parent.iterdir()) == []  # no partial download left to be mistaken for weights
     state = weights_file(cached)
     run = cnnkit.train(
-        data=str(colour_folder), model="resnet18", pretrained=True, steps=1, image_size=32, out=str(tmp_path / "run")
+        report=False,
+        data=str(colour_folder),
+        model="resnet18",
+        pretrained=True,
+        steps=1,
+        image_size=32,
+        out=str(tmp_path / "run"),
     )
     assert run.config.pretrained and run.info["image_size"] == 32
     assert not torch.equal(parameters(run)["conv1.weight"], state["conv1.weight"])  # loaded, then one step
@@ -111,16 +121,16 @@ def test_pretrained_downloads_once_then_reads_from_torch_home_offline(colour_fol
 
 def test_automatic_recipe_fine_tunes_a_backbone_whose_weights_are_at_hand(colour_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    plain = cnnkit.train(data=str(colour_folder), steps=2, out=str(tmp_path / "plain"))
+    plain = cnnkit.train(report=False, data=str(colour_folder), steps=2, out=str(tmp_path / "plain"))
     assert plain.config.model == "fastcnn-small" and not plain.config.pretrained  # no weights here
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
     cached.parent.mkdir(parents=True)
     weights_file(cached, "mobilenet_v3_small")
-    run = cnnkit.train(data=str(colour_folder), steps=2, image_size=32, out=str(tmp_path / "tuned"))
+    run = cnnkit.train(report=False, data=str(colour_folder), steps=2, image_size=32, out=str(tmp_path / "tuned"))
     cfg = run.config
     assert (cfg.model, cfg.pretrained, cfg.whiten, cfg.freeze_epochs) == ("mobilenet_v3_small", True, False, 1)
     assert (cfg.optimizer, cfg.head_lr, cfg.lr) == ("adamw", 1e-3, pytest.approx(1e-4))
-    mine = cnnkit.train(data=str(colour_folder), steps=2, whiten=True, out=str(tmp_path / "mine"))
+    mine = cnnkit.train(report=False, data=str(colour_folder), steps=2, whiten=True, out=str(tmp_path / "mine"))
     assert mine.config.model == "fastcnn-small"  # a start of the user's own choosing is left alone
 
 
@@ -138,7 +148,9 @@ def test_weight_files_that_are_not_plain_weights_are_refused_unread(colour_folde
     cases[tmp_path / "text.pth"] = "cannot be read as plain weights"
     for path, message in cases.items():
         with pytest.raises(CnnkitError, match=message):
-            cnnkit.train(data=str(colour_folder), model="resnet18", pretrained_weights=str(path), image_size=32)
+            cnnkit.train(
+                report=False, data=str(colour_folder), model="resnet18", pretrained_weights=str(path), image_size=32
+            )
 
 
 @pytest.mark.parametrize(
@@ -154,4 +166,4 @@ def test_weight_files_that_are_not_plain_weights_are_refused_unread(colour_folde
 )
 def test_transfer_settings_that_cannot_work_are_refused_before_training(colour_folder, tmp_path, settings, message):
     with pytest.raises(CnnkitError, match=message):
-        cnnkit.train(data=str(colour_folder), epochs=1, out=str(tmp_path / "run"), **settings)
+        cnnkit.train(report=False, data=str(colour_folder), epochs=1, out=str(tmp_path / "run"), **settings)

@@ -18,7 +18,8 @@ from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.errors import CnnkitError  # noqa: E402
 from cnnkit.models import create_model, model_names, register  # noqa: E402
 from cnnkit.run import Run, load  # noqa: E402
-from cnnkit.session import resume, train  # noqa: E402
+from cnnkit.session import lr_find, resume, train  # noqa: E402
+from cnnkit.sweep import sweep  # noqa: E402
 from cnnkit.training.events import Callback  # noqa: E402
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "__version__",
     "create_model",
     "load",
+    "lr_find",
     "model_names",
     "register",
     "resume",
+    "sweep",
     "train",
 ]

@@ -1,17 +1,17 @@
-"""The `cnnkit` command: train, eval, predict, models, presets, summary, report, compare. User mistakes end in
-one line, never a traceback."""
+"""The `cnnkit` command: train, eval, predict, models, presets, summary, report, compare, lr-find, sweep. User
+mistakes end in one line, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from cnnkit import __version__
+from cnnkit.cli_flags import add_config_flags, given_settings
 from cnnkit.cli_inspect import add_inspection_commands
-from cnnkit.config import TrainConfig, coerce, field_type
+from cnnkit.cli_tune import add_tuning_commands
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_json, read_yaml, to_json
 from cnnkit.models import describe_models
@@ -35,6 +35,8 @@ EXAMPLES = """examples:
   cnnkit summary simplecnn --input 1x28x28 --classes 10   # layers, parameters, memory
   cnnkit report runs/RUN                          # plots and report.html
   cnnkit compare runs/RUN1 runs/RUN2              # settings that differ, results, curves
+  cnnkit lr-find --model simplecnn                # the learning-rate range test (train --lr auto uses it)
+  cnnkit sweep --search lr=0.001,0.01 --search batch-size=32,64   # 4 runs, best by validation, tested once
 """
 
 
@@ -110,34 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(command=cmd_presets)
 
     add_inspection_commands(commands)
+    add_tuning_commands(commands)
     return parser
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; unset flags stay absent so a --config file's values survive."""
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        shown = "default" in f.metadata["help"] or f.default is None  # None: "not set" needs no mention
-        default = "" if shown else f"(default: {f.default})"
-        if field_type(f.name) is bool:
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=f"{f.metadata['help']} {default}",
-            )
-        else:
-            parser.add_argument(
-                flag,
-                type=str,
-                default=argparse.SUPPRESS,
-                metavar=f.name.upper(),
-                help=f"{f.metadata['help']} {default}",
-            )
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    given = {k: coerce(k, v) for k, v in vars(args).items() if k not in ("config", "resume", "command")}
+    given = given_settings(args, ("config", "resume"))
     if args.resume is not None:
         if not args.resume:
             raise CnnkitError("--resume needs the folder of the run to continue, e.g. --resume runs/RUN")

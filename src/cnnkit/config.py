@@ -14,18 +14,14 @@ from pathlib import Path
 
 import yaml
 
-from cnnkit.data.images import RESIZE_RULES
-from cnnkit.data.splits import parse_split
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_yaml
-from cnnkit.models import AUTO, check_model_name
+from cnnkit.models import AUTO
 from cnnkit.optimizers import OPTIMIZERS
 from cnnkit.presets import preset_settings
+from cnnkit.rules import DEVICES, PRECISIONS, check_settings
 from cnnkit.training.schedule import SCHEDULES
 from cnnkit.values import to_type
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _knob(default, help, **extra):
@@ -93,7 +89,9 @@ class TrainConfig:
         "one of " + ", ".join(OPTIMIZERS) + " (muon: Muon for the hidden conv and linear "
         "weights, sgd for biases, norms and the classifier head)",
     )
-    lr: float = _knob(3e-3, "peak learning rate")
+    lr: float | str = _knob(
+        3e-3, "peak learning rate, or auto: a tenth of the rate where a range test's loss was lowest (`cnnkit lr-find`)"
+    )
     head_lr: float | None = _knob(
         None,
         "peak learning rate of the classifier head (default: --lr; over pretrained weights, --lr is the head's rate "
@@ -133,6 +131,9 @@ class TrainConfig:
     checkpoint_every: int = _knob(0, "also checkpoint every N training steps, not only at each epoch's end (0: off)")
     seed: int = _knob(0, "seed for splits, initialisation, shuffling and augmentation")
     out: str | None = _knob(None, "run folder (default: runs/<data>-<model>-<time>)")
+    test: bool = _knob(True, "test the kept weights at the end (a sweep's trials leave the test to the winner)")
+    report: bool = _knob(True, "draw the plots and write report.html at the end (needs the report extra)")
+    tensorboard: bool = _knob(False, "log losses, accuracies and the rate to RUN/tensorboard (the tensorboard extra)")
 
     def __post_init__(self) -> None:
         """Settings built in Python are checked like those from a flag or a file: coerced, then validated."""
@@ -142,66 +143,18 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check every value before any work starts; the message names the flag and what to do."""
-        _require(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "must be at least 1")
-        _require(self.steps is None or self.steps >= 1, "steps", self.steps, "must be at least 1")
-        _require(self.epochs is None or self.steps is None, "epochs", self.epochs, "and --steps: give one of the two")
-        _require(
-            self.budget is None or (self.epochs is None and self.steps is None),
-            "budget",
-            self.budget,
-            "plans the steps itself: leave out --epochs and --steps",
-        )
-        _require(self.budget is None or self.budget > 0, "budget", self.budget, "must be a positive number of seconds")
-        _require(self.rotate is None or 0 <= self.rotate <= 180, "rotate", self.rotate, "must be 0 to 180 degrees")
-        _require(self.scale is None or 0 <= self.scale < 1, "scale", self.scale, "must be in [0, 1), e.g. 0.1")
-        _require(self.jitter is None or 0 <= self.jitter < 1, "jitter", self.jitter, "must be in [0, 1), e.g. 0.2")
-        _require(self.erase is None or 0 <= self.erase <= 1, "erase", self.erase, "must be in [0, 1], e.g. 0.25")
-        _require(self.freeze_epochs >= 0, "freeze_epochs", self.freeze_epochs, "must be 0 or more")
-        starts = [k.replace("_", "-") for k in ("pretrained", "pretrained_weights", "init_from") if getattr(self, k)]
-        if len(starts) > 1:
-            raise CnnkitError(f"--{' and --'.join(starts)} are ways to start: give one of them")
-        _require(
-            self.freeze_epochs == 0 or bool(starts),
-            "freeze_epochs",
-            self.freeze_epochs,
-            "keeps pretrained weights fixed while the head learns: add --pretrained, --pretrained-weights "
-            "or --init-from",
-        )
-        _require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be 0 or more")
-        _require(0 <= self.seed < 2**63, "seed", self.seed, "must be a whole number from 0 to 2^63 - 1")
-        _require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
-        _require(self.lr > 0, "lr", self.lr, "must be a positive number, e.g. 0.001")
-        _require(self.head_lr is None or self.head_lr > 0, "head_lr", self.head_lr, "must be a positive number")
-        _require(self.muon_lr > 0, "muon_lr", self.muon_lr, "must be a positive number, e.g. 0.2")
-        _require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
-        _require(0 <= self.muon_momentum < 1, "muon_momentum", self.muon_momentum, "must be in [0, 1)")
-        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be 0 or more")
-        _require(0 <= self.ema < 1, "ema", self.ema, "must be in [0, 1), e.g. 0.999")
-        _require(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
-        _require(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
-        _require(self.warmup is None or 0 <= self.warmup < 1, "warmup", self.warmup, "must be in [0, 1)")
-        _require(self.dropout is None or 0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
-        _require(
-            self.image_size is None or 4 <= self.image_size <= 1024,
-            "image_size",
-            self.image_size,
-            "must be between 4 and 1024 pixels",
-        )
-        _require(self.translate is None or self.translate >= 0, "translate", self.translate, "must be 0 or more")
-        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "must be one of " + ", ".join(OPTIMIZERS))
-        _require(self.schedule in SCHEDULES, "schedule", self.schedule, "must be one of " + ", ".join(SCHEDULES))
-        _require(not self.memory_budget or self.memory_budget > 0, "memory_budget", self.memory_budget, "must be > 0")
-        _require(self.resize in RESIZE_RULES, "resize", self.resize, "must be one of " + ", ".join(RESIZE_RULES))
-        _require(self.device in DEVICES, "device", self.device, "must be one of " + ", ".join(DEVICES))
-        _require(self.precision in PRECISIONS, "precision", self.precision, "must be one of " + ", ".join(PRECISIONS))
-        check_model_name(self.model)
-        preset_settings(self.preset)  # an unknown preset is named with the valid ones
-        if self.split is not None:
-            parse_split(self.split)
+        check_settings(self)
 
     @property
     def starts_pretrained(self) -> bool:
         return self.pretrained or self.pretrained_weights is not None
+
+    @property
+    def peak_lr(self) -> float:
+        """--lr as a number: `--lr auto` is replaced by the range test's rate before the optimiser is made."""
+        if isinstance(self.lr, str):
+            raise CnnkitError("--lr auto is found by a range test before training; this step needs a number")
+        return self.lr
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
@@ -235,14 +188,11 @@ def field_type(key: str) -> type:
 
 def coerce(key: str, value):
     """Turn a value from YAML, the command line or Python into the setting's type, or say which key is wrong."""
+    if key == "lr" and value == AUTO:  # the one setting that may be found by measuring
+        return AUTO
     return to_type(key, value, field_type(key), _optional(key))
 
 
 @functools.cache
 def _optional(key: str) -> bool:
     return type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[key])
-
-
-def _require(ok: bool, key: str, value, rule: str) -> None:
-    if not ok:
-        raise CnnkitError(f"--{key.replace('_', '-')} {value} {rule}")

@@ -21,6 +21,7 @@ from cnnkit.machine import Machine
 from cnnkit.models import AUTO, CUSTOM, ModelSpec, create_model, model_spec, num_parameters
 from cnnkit.models.pretrained import download, load_pretrained
 from cnnkit.models.whitening import whiten_conv
+from cnnkit.optimizers import PRETRAINED_HEAD_RATE
 from cnnkit.progress import say
 from cnnkit.recipes import auto_size, fit_to_data
 from cnnkit.rundir import WEIGHTS, RunFolder
@@ -28,7 +29,6 @@ from cnnkit.schema import model_info_problem
 from cnnkit.weights import load_weights
 
 DESCRIPTION = ("model", "model_options", "classes", "in_channels", "image_size", "mean", "std", "resize")  # must match
-PRETRAINED_HEAD_RATE = 10  # over pretrained weights --lr is the head's rate, and the backbone's is this much less
 WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
 
 
@@ -124,8 +124,9 @@ def folder_reading(cfg: TrainConfig, resize: str) -> Reading:
 
 def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Fill the data-dependent defaults, so config.yaml repeats the run even if defaults change later."""
-    if cfg.starts_pretrained and cfg.head_lr is None:  # pretrained filters need small steps, a new head big ones
-        cfg = dataclasses.replace(cfg, head_lr=cfg.lr, lr=cfg.lr / PRETRAINED_HEAD_RATE)
+    # pretrained filters need small steps, a new head big ones (--lr auto: the range test splits its rate)
+    if cfg.starts_pretrained and cfg.head_lr is None and cfg.lr != AUTO:
+        cfg = dataclasses.replace(cfg, head_lr=cfg.peak_lr, lr=cfg.peak_lr / PRETRAINED_HEAD_RATE)
     return dataclasses.replace(
         cfg,
         data=str(Path(cfg.data).expanduser().resolve()) if is_folder(cfg.data) else cfg.data,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # quintic Newton-Schulz coefficients chosen for the steepest slope at zero: three iterations push every
 # singular value into roughly [0.5, 1.5], which trains as well as exact orthogonalisation (Muon's write-up)
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+PRETRAINED_HEAD_RATE = 10  # over pretrained weights --lr is the head's rate, and the backbone's is this much less
 
 
 def orthogonalize(matrix: torch.Tensor, steps: int = 3) -> torch.Tensor:
@@ -75,11 +76,11 @@ class Muon(torch.optim.Optimizer):
 # PyTorch's optimisers by name: (parameter groups, config) -> optimiser
 TORCH_OPTIMIZERS = {
     "sgd": lambda groups, cfg: torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
     ),
-    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr),
-    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr),
-    "rmsprop": lambda groups, cfg: torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.peak_lr),
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.peak_lr),
+    "rmsprop": lambda groups, cfg: torch.optim.RMSprop(groups, lr=cfg.peak_lr, momentum=cfg.momentum),
 }
 OPTIMIZERS = (*TORCH_OPTIMIZERS, "muon")
 
@@ -98,9 +99,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, spec: ModelSpec) -> torc
         {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
     ]
     if head:
-        groups.append(
-            {"params": head, "weight_decay": cfg.weight_decay, "lr": cfg.head_lr if cfg.head_lr is not None else cfg.lr}
-        )
+        head_lr = cfg.peak_lr if cfg.head_lr is None else cfg.head_lr
+        groups.append({"params": head, "weight_decay": cfg.weight_decay, "lr": head_lr})
     if cfg.optimizer == "muon":  # hidden weights by Muon; biases, norms and the head by Nesterov SGD
         groups[0] = {
             "params": groups[0]["params"],
@@ -109,7 +109,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, spec: ModelSpec) -> torc
             "momentum": cfg.muon_momentum,
         }
         groups[1]["weight_decay"] = cfg.weight_decay  # airbench decays biases too
-        return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return Muon(groups, lr=cfg.peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return TORCH_OPTIMIZERS[cfg.optimizer](groups, cfg)
 
 

@@ -20,7 +20,7 @@ from cnnkit.data.ondisk import loaded
 from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json
-from cnnkit.rundir import CONFIG, METRICS, SUMMARY
+from cnnkit.rundir import CONFIG, LR_FIND, METRICS, SUMMARY
 from cnnkit.training.schedule import default_warmup, lr_factor
 from cnnkit.training.trainer import planned_steps
 
@@ -67,13 +67,37 @@ def schedule_figure(cfg: TrainConfig, steps_per_epoch: int, rows: list[dict]) ->
     total = planned_steps(cfg, steps_per_epoch)
     warmup = default_warmup(cfg.schedule, cfg.warmup)
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.plot(range(1, total + 1), [cfg.lr * lr_factor(cfg.schedule, warmup, total, s) for s in range(total)])
+    ax.plot(range(1, total + 1), [cfg.peak_lr * lr_factor(cfg.schedule, warmup, total, s) for s in range(total)])
     starts = [((int(r["epoch"]) - 1) * steps_per_epoch + 1, float(r["lr"])) for r in rows]
     if starts:  # metrics.csv's rate is the one each epoch's first step took
         ax.plot(*zip(*starts, strict=True), "o", markersize=3, label="metrics.csv: each epoch's first step")
         ax.legend()
     ax.set(xlabel="step", ylabel="learning rate", title=f"{cfg.schedule} schedule, {total} steps")
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def lr_find_figure(test: dict) -> Any:
+    """A range test's loss against the rate (log scale), smoothed over the raw points, and the rate it
+    suggested; the loss axis stops short of a diverged tail, so the falling stretch fills the plot."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    rates = test["rates"]
+    losses, smoothed = ([math.nan if v is None else v for v in test[k]] for k in ("losses", "smoothed"))  # JSON null
+    finite = [(r, loss) for r, loss in zip(rates, losses, strict=True) if math.isfinite(loss)]
+    if finite:
+        ax.plot(*zip(*finite, strict=True), ".", color="tab:gray", alpha=0.4, markersize=3, label="each step")
+    ax.plot(rates, smoothed, label="smoothed")
+    shown = [s for s in smoothed if math.isfinite(s)]
+    if shown:
+        lowest = min(shown + [loss for _, loss in finite])
+        ax.set_ylim(0.9 * lowest, min(max(shown), 1.5 * shown[0]) * 1.05)
+    if test["suggestion"] is not None:
+        ax.axvline(test["suggestion"], color="tab:red", linestyle="--", label=f"suggested {test['suggestion']:.3g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -120,7 +144,6 @@ def grid_figure(images: torch.Tensor, labels: list[int], predicted: list[int], c
         wrong = true != guess
         title = classes[guess] + (f"\n(true: {classes[true]})" if wrong else "")
         _show(ax, image, title, "red" if wrong else "black")
-    fig.tight_layout()
     return fig
 
 
@@ -131,7 +154,6 @@ def top_losses_figure(images: torch.Tensor, logits: torch.Tensor, labels: torch.
     for ax, image, p, true in zip(axes, images, logits.softmax(1), labels.tolist(), strict=False):
         guess = int(p.argmax())
         _show(ax, image, f"{classes[guess]} {p[guess]:.2f}\ntrue: {classes[true]}", "red" if guess != true else "black")
-    fig.tight_layout()
     return fig
 
 
@@ -143,7 +165,9 @@ def highest_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def _image_grid(n: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]:
     """A figure of about square rows and columns for `n` images of `cell` inches, every axis blank until used."""
     cols = math.ceil(math.sqrt(n))
-    fig, axes = pyplot().subplots(math.ceil(n / cols), cols, figsize=(cell[0] * cols, cell[1] * cols), squeeze=False)
+    rows = math.ceil(n / cols)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
+    fig.subplots_adjust(0.02, 0.02, 0.98, 0.94, wspace=0.15, hspace=0.55)  # fixed: tight_layout costs a second here
     for ax in axes.flat:
         ax.set_axis_off()
     return fig, list(axes.flat)
@@ -178,6 +202,8 @@ def write_plots(run_dir: Path, predictions: tuple[ImageSet, torch.Tensor, torch.
         "confusion_normalised": confusion_figure(summary["confusion_matrix"], classes, normalised=True),
         "per_class_accuracy": per_class_figure(summary["per_class_accuracy"]),
     }
+    if (run_dir / LR_FIND).is_file():
+        figures["lr_find"] = lr_find_figure(read_json(run_dir / LR_FIND))
     if predictions is not None:
         test, logits, labels = predictions[0], predictions[1].cpu(), predictions[2].cpu()
         shown = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:GRID_IMAGES]  # all classes

@@ -139,7 +139,9 @@ def fitted_preset(cfg: TrainConfig, n_train: int) -> dict:
         )
     batch = fit_batch(cfg.batch_size, n_train)
     ratio = batch / cfg.batch_size
-    rates = {"lr": cfg.lr * (math.sqrt(ratio) if cfg.optimizer in ("adam", "adamw") else ratio)}  # Adam: sqrt rule
+    rates = {}
+    if not isinstance(cfg.lr, str):  # --lr auto is found for the batch the run takes
+        rates["lr"] = cfg.lr * (math.sqrt(ratio) if cfg.optimizer in ("adam", "adamw") else ratio)  # Adam: sqrt rule
     if cfg.head_lr is not None:
         rates["head_lr"] = cfg.head_lr * ratio
     return {"batch_size": batch, **{k: round(v, 8) for k, v in rates.items()}} if ratio < 1 else {}
@@ -175,6 +177,6 @@ def describe(cfg: TrainConfig, n_train: int) -> str:
         if on
     ]
     start = " (whitened)" if cfg.whiten else " (pretrained)" if cfg.starts_pretrained else ""
-    return f"{cfg.model}{start}, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, {length}" + (
+    return f"{cfg.model}{start}, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}, {length}" + (
         f", {', '.join(augment)}" if augment else ""
     )

@@ -11,13 +11,14 @@ from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, read_yaml
 from cnnkit.inspection import format_summary, run_summary
 from cnnkit.plots import write_plots
-from cnnkit.run import load
+from cnnkit.run import Run, load
 from cnnkit.rundir import CONFIG, SUMMARY
 
 REPORT = "report.html"
 PLOT_TITLES = {
     "curves": "Learning curves",
     "learning_rate": "Learning rate",
+    "lr_find": "Learning-rate range test (--lr auto)",
     "confusion": "Confusion matrix",
     "confusion_normalised": "Confusion matrix, normalised per true class",
     "per_class_accuracy": "Accuracy per class",
@@ -45,16 +46,18 @@ img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;over
 .warning{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;margin:.5em 0}"""
 
 
-def write_report(run_dir: Path) -> tuple[Path, str | None]:
-    """Draw the run's plots and write RUN/report.html; returns its path, and why the test images are not in
-    it when they are not (the data moved or changed since the run)."""
-    run = load(run_dir, device="cpu")
+def write_report(run_dir: Path, run: Run | None = None) -> tuple[Path, str | None]:
+    """Draw the run's plots and write RUN/report.html (from `run`, the run just trained, if given); returns its
+    path, and why the test images are not in it when they are not (the data moved or changed since the run)."""
+    summary, settings = read_json(run_dir / SUMMARY), read_yaml(run_dir / CONFIG)
+    if summary.get("test_accuracy") is None:
+        raise CnnkitError(f"{run_dir} was trained with --no-test, and a report shows the test results")
+    run = run or load(run_dir, device="cpu")
     try:
         predictions, missing = run.test_predictions(), None
     except CnnkitError as e:
         predictions, missing = None, f"the test images are not drawn: {e}"
     plots = write_plots(run_dir, predictions)
-    summary, settings = read_json(run_dir / SUMMARY), read_yaml(run_dir / CONFIG)
     title, model = run_summary(run)
     sections = [
         f"<h1>{_text(run_dir.name)}</h1>",

@@ -12,10 +12,11 @@ import torchvision
 
 from cnnkit import __version__
 from cnnkit.context import RunContext
+from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine, device_name
 from cnnkit.models import num_parameters
 from cnnkit.progress import say
-from cnnkit.rundir import RunFolder
+from cnnkit.rundir import TENSORBOARD, RunFolder
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.trainer import Trainer
 
@@ -31,6 +32,28 @@ class EpochReport(Callback):
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         self.folder.append_metrics(dataclasses.asdict(result))
         say(epoch_line(result, self.epochs))
+
+
+class TensorBoardLog(Callback):
+    """--tensorboard: each epoch's losses, accuracies and rate, through PyTorch's own SummaryWriter, in
+    RUN/tensorboard (`tensorboard --logdir runs` shows every run side by side)."""
+
+    def __init__(self, folder: RunFolder):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise CnnkitError("--tensorboard needs TensorBoard: pip install 'cnnkit[tensorboard]'") from None
+        self.writer = SummaryWriter(str(folder / TENSORBOARD))
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        step = trainer.scheduler.last_epoch  # optimiser steps so far: epochs of any length line up
+        for name, value in dataclasses.asdict(result).items():
+            if name not in ("epoch", "seconds") and value is not None:
+                self.writer.add_scalar(name.replace("_", "/", 1) if name != "lr" else "lr", value, step)
+        self.writer.flush()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.writer.close()
 
 
 def epoch_line(r: EpochResult, epochs: int) -> str:
@@ -61,6 +84,9 @@ MEMORISED_GAP = 0.3  # training accuracy this far above validation: memorised, n
 
 
 def closing_line(summary: dict, folder: RunFolder) -> str:
+    if summary["test_accuracy"] is None:
+        val = summary["val_accuracy"]
+        return f"validation accuracy {'none' if val is None else f'{val:.4f}'}, not tested; run saved in {folder}"
     return f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}; run saved in {folder}"
 
 
@@ -93,7 +119,7 @@ def run_warnings(ctx: RunContext, metrics: dict, record: dict) -> list[str]:
     common class, or one that learned its training images by heart."""
     warnings = []
     splits = ctx.data.splits
-    checks = [("test", metrics["test_accuracy"], splits["test"].labels)]
+    checks = [("test", metrics["test_accuracy"], splits["test"].labels)] if metrics["test_accuracy"] is not None else []
     if len(splits["val"]):
         checks.insert(0, ("validation", record["best_score"], splits["val"].labels))
     for name, accuracy, labels in checks:

@@ -1,6 +1,6 @@
 """The run folder on disk: config.yaml, model.json, metrics.csv, weights.safetensors, summary.json and
-checkpoint.safetensors. Only the main process of a run writes to it; every other process knows the same
-path and writes nothing."""
+checkpoint.safetensors (and lr_find.json, report.html and plots/ when asked for). Only the main process of a run
+writes to it; every other process knows the same path and writes nothing."""
 
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ try:
 except ImportError:  # Windows: runs are then only refused when their folder already holds files
     fcntl = None  # type: ignore[assignment]
 
-CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY = (
+CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY, LR_FIND = (
     "config.yaml",
     "model.json",
     "metrics.csv",
     "weights.safetensors",
     "summary.json",
+    "lr_find.json",  # with --lr auto: the range test's curve
 )
+TENSORBOARD = "tensorboard"  # with --tensorboard: the event files
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,20 +17,21 @@ from cnnkit.checkpoint import CHECKPOINT, RUN_PARTS, load_checkpoint, require_ch
 from cnnkit.config import TrainConfig
 from cnnkit.context import RunContext, check_same_run, prepare, require_module
 from cnnkit.data import data_name
-from cnnkit.data.augment import Augment
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import eval_batch, eval_batch_sizes, predict_logits, test_metrics
 from cnnkit.files import WriteFailed
 from cnnkit.machine import pick_machine
-from cnnkit.models import CUSTOM, num_parameters
+from cnnkit.models import AUTO, CUSTOM, num_parameters
+from cnnkit.planning import find_lr, plan_budget, train_batches
 from cnnkit.progress import say
-from cnnkit.reporting import EpochReport, closing_line, opening_line, run_summary
+from cnnkit.report import write_report
+from cnnkit.reporting import EpochReport, TensorBoardLog, closing_line, opening_line, run_summary
 from cnnkit.run import Run
 from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.schema import read_model_info
-from cnnkit.training.budget import plan_steps
 from cnnkit.training.events import Callback, EpochResult
+from cnnkit.training.lr_find import RangeTest, range_test, unit_rate
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted, stop_on_signals
 from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import compile_warmup
@@ -49,10 +51,7 @@ def train(
     Example: `cnnkit.train(data="mnist", model="simplecnn", epochs=1)`.
     """
     started = time.perf_counter()  # a --budget counts from here: loading the data is part of the run
-    module = model if isinstance(model, nn.Module) else None
-    if model is not None:
-        settings["model"] = CUSTOM if module is not None else model
-    values = {**(_set_fields(config) if config else {}), **settings}
+    module, values = _settings(config, model, settings)
     cfg = TrainConfig.from_dict(values)
     machine = pick_machine(cfg.device, cfg.precision)
     model_name = type(module).__name__.lower() if module is not None else cfg.model
@@ -66,6 +65,28 @@ def train(
             folder.abandon()
             raise
         return _run(ctx, callbacks, started=started)
+
+
+def lr_find(config: TrainConfig | None = None, *, model: nn.Module | str | None = None, **settings) -> RangeTest:
+    """The learning-rate range test (see `cnnkit.training.lr_find`) with the data, model and settings `train`
+    would take; nothing is kept. Its `suggestion` is the rate `lr="auto"` trains with."""
+    module, values = _settings(config, model, settings)
+    cfg = TrainConfig.from_dict(values)
+    machine = pick_machine(cfg.device, cfg.precision)
+    with tempfile.TemporaryDirectory() as scratch, RunFolder.create(f"{scratch}/probe", "", machine) as folder:
+        ctx = prepare(cfg, module, machine, folder, given=frozenset(values))
+        ctx.model.to(machine.device, memory_format=machine.memory_format)  # type: ignore[call-overload]
+        return range_test(Trainer(ctx.model, ctx.spec, train_batches(ctx), unit_rate(ctx.cfg), machine))
+
+
+def _settings(
+    config: TrainConfig | None, model: nn.Module | str | None, settings: dict
+) -> tuple[nn.Module | None, dict]:
+    """The module passed in (if any), and every setting given: `config`'s own, then the keywords."""
+    module = model if isinstance(model, nn.Module) else None
+    if model is not None:
+        settings = {**settings, "model": CUSTOM if module is not None else model}
+    return module, {**(_set_fields(config) if config else {}), **settings}
 
 
 def _set_fields(config: TrainConfig) -> dict:
@@ -107,7 +128,20 @@ def _run(
             f"{e}. The last checkpoint is whole: once there is space, resume with: cnnkit train --resume {ctx.folder}"
         ) from None
     say(closing_line(summary, ctx.folder))
-    return Run(ctx.folder.path, ctx.model, ctx.info, ctx.cfg, ctx.machine)
+    run = Run(ctx.folder.path, ctx.model, ctx.info, ctx.cfg, ctx.machine)
+    if ctx.cfg.report and ctx.cfg.test and ctx.folder.writer:  # the report shows the test
+        add_report(run)
+    return run
+
+
+def add_report(run: Run) -> None:
+    """report.html at the end of a run; the run is whole without it, so a missing extra is only a note."""
+    try:
+        path, missing = write_report(run.dir, run)
+    except CnnkitError as e:
+        say(f"note: no report ({e}); draw it later with: cnnkit report {run.dir}")
+        return
+    say(f"report: {path}" + (f" ({missing})" if missing else ""))
 
 
 class KeepBest(Callback):
@@ -134,10 +168,7 @@ def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state
     ctx.machine.barrier()  # the best weights are on disk before any process reads them
     load_weights(ctx.model, ctx.folder / WEIGHTS)
     tested = time.perf_counter()
-    test = DeviceBatches(ctx.data.splits["test"], eval_batch(ctx.data.image_size), ctx.preprocess)
-    metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
-    if not math.isfinite(metrics["test_loss"]):
-        raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
+    metrics = _test(ctx, step_model) if ctx.cfg.test else {"classes": ctx.data.classes, "test_accuracy": None}
     timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - tested}
     summary = run_summary(ctx, metrics, record, timings)
     for warning in summary["warnings"]:
@@ -145,6 +176,14 @@ def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state
     summary["seconds_used"] = round(time.perf_counter() - started, 3)  # of this call: a resumed one counts anew
     ctx.folder.write_json(SUMMARY, summary)
     return summary
+
+
+def _test(ctx: RunContext, step_model: nn.Module) -> dict:
+    test = DeviceBatches(ctx.data.splits["test"], eval_batch(ctx.data.image_size), ctx.preprocess)
+    metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
+    if not math.isfinite(metrics["test_loss"]):
+        raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
+    return metrics
 
 
 def _train(
@@ -157,14 +196,10 @@ def _train(
 ) -> float:
     """Train to the last epoch, from the start or from `resume_state`, keeping the run's `record` (best epoch
     and score, seconds); returns the seconds spent compiling."""
-    cfg, data = ctx.cfg, ctx.data
-    # every augmentation setting is filled in by `prepare`
-    assert cfg.translate is not None and cfg.flip is not None and cfg.rotate is not None and cfg.scale is not None
-    assert cfg.jitter is not None and cfg.erase is not None
-    augment = Augment(cfg.translate, cfg.flip, cfg.rotate, cfg.scale, cfg.jitter, cfg.erase)
-    train = DeviceBatches(
-        data.splits["train"], cfg.batch_size, ctx.preprocess, shuffle=True, augment=augment, seed=cfg.seed
-    )
+    train, data = train_batches(ctx), ctx.data
+    if ctx.cfg.lr == AUTO:
+        find_lr(ctx, train)
+    cfg = ctx.cfg
     val = DeviceBatches(data.splits["val"], eval_batch(data.image_size), ctx.preprocess) if data.splits["val"] else None
     trainer = Trainer(step_model, ctx.spec, train, cfg, ctx.machine)
     if resume_state:
@@ -180,9 +215,11 @@ def _train(
         compile_seconds = compile_warmup(trainer, eval_batch_sizes(data.splits), cfg.tta)
         say(f"compiled the model in {compile_seconds:.1f}s")
     if cfg.budget is not None and cfg.steps is None:
-        _plan_budget(ctx, trainer, record, time.perf_counter() - started)
+        plan_budget(ctx, trainer, record, time.perf_counter() - started)
     ctx.folder.start_metrics(keep_before_epoch=trainer.pos.epoch)
     trainer.callbacks = [EpochReport(ctx.folder, trainer.epochs), KeepBest(ctx.folder, record), *callbacks]
+    if cfg.tensorboard and ctx.folder.writer:
+        trainer.callbacks.append(TensorBoardLog(ctx.folder))
 
     def save(state: dict) -> None:  # the checkpoint describes itself: version, model, classes, preprocessing
         ctx.folder.save_checkpoint({**state, "run": record, "model_info": ctx.info})
@@ -190,18 +227,3 @@ def _train(
     with stop_on_signals() as stop:
         trainer.fit(val, save, stop)
     return compile_seconds
-
-
-def _plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float) -> None:
-    """Plan the steps that fit the --budget from a measured warm-up, and write them to config.yaml: a
-    resumed or repeated run takes exactly these steps, on any machine."""
-    cfg, splits = ctx.cfg, ctx.data.splits
-    assert cfg.budget is not None
-    eval_images = (len(splits["val"]), len(splits["test"]))
-    steps = plan_steps(trainer, eval_images, cfg.budget, cfg.budget - elapsed, cfg.tta)
-    trainer.plan(steps)
-    ctx.cfg = dataclasses.replace(cfg, steps=steps, budget=None)
-    ctx.folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())
-    record["budget_seconds"] = cfg.budget
-    passes = steps / len(trainer.train_batches)
-    say(f"budget {cfg.budget:g}s: {steps} steps ({passes:,.1f} passes), planned from a warm-up measured here")

@@ -9,15 +9,12 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import torch
 
 from cnnkit.checkpoint import save_checkpoint
 from cnnkit.evaluation import eval_batch, predict_logits
 from cnnkit.training.trainer import Trainer
-from cnnkit.training.warmup import sample_batch, undone
+from cnnkit.training.warmup import endless_batches, sample_batch, undone
 
 RESERVE = 0.04  # share of the budget kept back for what the plan cannot see: the closing writes, a busy machine
 UNTIMED_STEPS = 5  # the first steps set up kernels and memory: slower than the rest, so not timed
@@ -58,7 +55,7 @@ def _seconds_per_write(trainer: Trainer) -> float:
 def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
     """Seconds per real training step (augmentation included), after the untimed first ones."""
     trainer.model.train()
-    batches = _endless(trainer)
+    batches = endless_batches(trainer.train_batches)
     for _ in range(UNTIMED_STEPS):
         trainer.train_step(*next(batches))
     rates = []
@@ -83,8 +80,3 @@ def _seconds_per_eval_batch(trainer: Trainer, size: int, tta: bool) -> float:
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)
     trainer.machine.sync()
     return time.perf_counter() - started
-
-
-def _endless(trainer: Trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    while True:
-        yield from trainer.train_batches.iterate(trainer.train_batches.new_order())

@@ -28,6 +28,12 @@ def undone(trainer: Trainer) -> Iterator[None]:
         trainer.load_state_dict(before)
 
 
+def endless_batches(batches: DeviceBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches, shuffled anew at each pass, for as long as they are asked for."""
+    while True:
+        yield from batches.iterate(batches.new_order())
+
+
 def sample_batch(batches: DeviceBatches, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`size` of the batches' own images (repeated if there are fewer), preprocessed, unaugmented."""
     index = torch.arange(size, device=batches.labels.device) % len(batches.labels)
