@@ -94,6 +94,8 @@ def test_mnist_one_epoch_at_the_rate_lr_auto_finds_reaches_98_5_percent(shared_d
     )
     assert 1e-4 < run.config.lr < 0.1  # the range test's rate, in config.yaml
     assert run.summary["test_accuracy"] >= 0.985
+    page = (run.dir / "report.html").read_text()  # the report of an MNIST run, its range test drawn
+    assert "Learning-rate range test" in page and "<h2>Test images" in page
     assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
 
 
