@@ -57,7 +57,7 @@ def train(folder: Path, out: Path, steps: tuple[int, int], extra: list[str]) -> 
         str(steps[1]),
     ]
     child = subprocess.Popen(
-        [sys.executable, "-m", "cnnkit", "train", *command, *extra, "--out", str(out)],
+        [sys.executable, "-m", "cnnkit", "train", *command, *extra, "--no-report", "--out", str(out)],
         env=env,
         stdout=subprocess.DEVNULL,
     )

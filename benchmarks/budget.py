@@ -27,7 +27,7 @@ DATA = {
 
 def train(args: list[str], out: Path) -> tuple[dict, float]:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cnnkit", "train", *args, "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "cnnkit", "train", *args, "--no-report", "--out", str(out)], check=True)
     return json.loads((out / "summary.json").read_text()), time.perf_counter() - started
 
 

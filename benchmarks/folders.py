@@ -184,7 +184,7 @@ def _train(cnnkit, folder: Path, out: Path, settings: dict) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    cnnkit.train(data=str(folder), out=str(out), skip_bad_images=True, **settings)
+    cnnkit.train(data=str(folder), out=str(out), skip_bad_images=True, report=False, **settings)  # training alone
     return json.loads((out / "summary.json").read_text())
 
 

@@ -34,7 +34,7 @@ def pretraining_folder(root: Path) -> Path:
 
 
 def train(args: list[str], out: Path) -> dict:
-    subprocess.run([sys.executable, "-m", "cnnkit", "train", *args, "--out", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "cnnkit", "train", *args, "--no-report", "--out", str(out)], check=True)
     return json.loads((out / "summary.json").read_text())
 
 

@@ -14,8 +14,10 @@ from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig
+from cnnkit.data import AtMost, load_data
+from cnnkit.machine import pick_machine
 from cnnkit.presets import PRESETS
-from cnnkit.recipes import PRESET_MIN_IMAGES, fit_batch, fitted_preset
+from cnnkit.recipes import IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
 
 
 def summary(run: Path) -> dict:
@@ -46,6 +48,21 @@ def test_the_default_is_a_recipe_chosen_from_the_data_and_written_in_full(tmp_pa
     again = cnnkit.train(report=False, config=TrainConfig.from_yaml(run.dir / "config.yaml"), out=str(tmp_path / "b"))
     first, second = load_file(run.dir / "weights.safetensors"), load_file(again.dir / "weights.safetensors")
     assert all((first[k] == second[k]).all() for k in first)  # config.yaml repeats the run exactly
+
+
+@pytest.mark.parametrize("size, chosen, more", [(64, 48, (64 / 48) ** 2), (32, 32, 1.0)])
+def test_a_small_folder_of_large_images_trades_pixels_for_steps(tmp_path, size, chosen, more):
+    data = load_data(str(small_folder(tmp_path / "f", 200, size)), image_size=AtMost(64))
+    n = len(data.splits["train"])
+
+    def steps(more: float, batch: int) -> int:  # 16 passes, at least 3,000 images, times `more`
+        return round(more * max(16 * n, IMAGES_SEEN[0]) / batch)
+
+    recipe = auto_settings(data, pick_machine("cpu"))
+    assert recipe["image_size"] == chosen  # at most 48 px on a CPU for fewer than 500 images a class ...
+    assert recipe["steps"] == steps(more, recipe["batch_size"])  # ... the time saved spent on (64/48)^2 x the steps
+    mine = auto_settings(data, pick_machine("cpu"), frozenset({"image_size"}))  # a size the user chose: as before
+    assert mine["image_size"] == size and mine["steps"] == steps(1.0, mine["batch_size"])
 
 
 def test_what_the_user_sets_wins_over_the_recipe(tmp_path):

@@ -31,7 +31,8 @@ AUTO_MAX_SIZE = {"cpu": 64, "gpu": 128}  # default image size cap: a 2-core CPU 
 SGD_LR_PER_IMAGE = 0.2 / 256  # peak SGD rate per image in the batch (cifar10-cpu-best's 0.2 at 256): linear rule
 PASSES = 16  # passes over the training images ...
 IMAGES_SEEN = (3_000, 270_000)  # ... within these bounds: a few-shot folder needs more passes, a big one fewer
-FEW_PER_CLASS = 500  # below this many training images per class, stronger augmentation pays
+FEW_PER_CLASS = 500  # below this many training images per class, stronger augmentation pays ...
+FEW_MAX_SIZE = {"cpu": 48, "gpu": 128}  # ... and fewer pixels: the time they cost buys more passes instead
 MIN_SIZE = 16  # smaller images are enlarged to this: fastcnn's stem and three poolings need at least 9 pixels
 MIN_BATCH = 16  # smaller batches make batch norm's statistics noise
 MIN_STEPS_PER_PASS = 16  # a small folder learns from more, smaller steps; on a CPU they cost about the same per image
@@ -75,21 +76,22 @@ def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = froze
     n, grey = len(data.splits["train"]), data.channels == 1
     few = n / len(data.classes) < FEW_PER_CLASS
     backbone = _backbone_at_hand(machine, few or data.image_size >= auto_size(machine), given)
+    more = 1.0  # times the images seen: what a smaller image size saves, spent on more steps
     if backbone:
         batch, passes, seen = fit_batch(64, n), FINE_TUNE_PASSES, FINE_TUNE_IMAGES_SEEN
         recipe = {**FINE_TUNE, "model": backbone, "image_size": FINE_TUNE_SIZE[_kind(machine)]}
     else:
+        size = max(data.image_size, MIN_SIZE)
+        if few and "image_size" not in given:  # a small folder is learned by heart long before its pixels run out
+            size = min(size, FEW_MAX_SIZE[_kind(machine)])
+            more = max(1.0, (data.image_size / size) ** 2)
         batch, passes, seen = fit_batch(128 if grey else 256, n), PASSES, IMAGES_SEEN
-        recipe = {
-            **AUTO_RECIPE,
-            "model": AUTO_MODEL[_kind(machine)],
-            "image_size": max(data.image_size, MIN_SIZE),
-            "lr": round(SGD_LR_PER_IMAGE * batch, 6),
-        }
+        recipe = {**AUTO_RECIPE, "model": AUTO_MODEL[_kind(machine)], "image_size": size}
+        recipe["lr"] = round(SGD_LR_PER_IMAGE * batch, 6)
     return {
         **recipe,
         "batch_size": batch,
-        "steps": max(1, round(min(max(passes * n, seen[0]), seen[1]) / batch)),
+        "steps": max(1, round(more * min(max(passes * n, seen[0]), seen[1]) / batch)),
         "label_smoothing": 0.1 if grey else 0.2,
         "flip": not grey,  # grey images are mostly glyphs and scans, where a mirror image is another symbol
         "tta": not grey,  # its views include the mirror image

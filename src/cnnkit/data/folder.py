@@ -30,7 +30,7 @@ from cnnkit.machine import is_main_process
 from cnnkit.progress import bar, say
 
 MAX_AUTO_SIZE = 128  # the default input size is the folder's most common size, but no larger than this
-CACHE_FORMAT = "3"  # 3: the resize rule in the key
+CACHE_FORMAT = "4"  # in the key: raise it whenever decoding changes a pixel, or old caches mislead eval and report
 THREADED_DECODE_PIXELS = 128 * 128  # above this mean image size, decoding runs on several threads
 DECODE_CHUNK = 256
 HASH_CHUNK = 1 << 20
