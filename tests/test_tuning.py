@@ -72,7 +72,7 @@ def test_lr_find_command_prints_the_rate_and_draws_the_curve(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing kept
 
 
-def test_search_spaces_are_parsed_and_checked():
+def test_search_spaces_are_parsed_and_checked(tmp_path):
     lr, batch = parse_search(["lr=1e-4..1e-1", "batch-size=32,64"])
     assert lr == Param("lr", low=1e-4, high=0.1) and lr.log_scale
     assert batch == Param("batch_size", choices=(32, 64))
@@ -90,8 +90,15 @@ def test_search_spaces_are_parsed_and_checked():
     ]:
         with pytest.raises(CnnkitError, match=message):
             parse_search(search)
-    with pytest.raises(CnnkitError, match="a grid needs values to list for lr"):
-        sweep(["lr=1e-3..1e-2"], method="grid", out="unused")
+    for search, options, message in [
+        (["lr=1e-3..1e-2"], {}, "a grid needs values to list for lr"),
+        (["lr=1e-3,1e-2"], {"trials": 3}, "--trials 3: give 1 or more, for --method random or tpe"),
+        (["lr=1e-3,1e-2"], {"method": "random", "trials": 0}, "--trials 0: give 1 or more"),
+        (["lr=1e-3,1e-2"], {"method": "bayes"}, "--method bayes must be one of grid, random, tpe"),
+    ]:
+        with pytest.raises(CnnkitError, match=message):
+            sweep(search, out=str(tmp_path / "unused"), **options)
+    assert not (tmp_path / "unused").exists()  # refused before any folder was made
 
 
 SWEEP_ARGS = ["--search", "lr=0.001,0.003,0.01,0.03", "--search", "batch-size=32,64", "--model", "small-cnn"]

@@ -63,7 +63,12 @@ def sweep(
     base = TrainConfig.from_dict({**settings, "out": None})  # every shared setting is checked before any trial
     if base.val_fraction == 0:
         raise CnnkitError("a sweep ranks its trials by validation accuracy: --val-fraction must be above 0")
+    if trials is not None and (trials < 1 or method == "grid"):
+        raise CnnkitError(f"--trials {trials}: give 1 or more, for --method random or tpe (a grid trains every point)")
     count = trials if trials is not None else DEFAULT_TRIALS
+    points = grid_points(params) if method == "grid" else random_points(params, count, base.seed)  # checked first
+    if method == "tpe":
+        import_optuna()  # a missing extra is said before any folder is made
     folder, _ = new_run_dir(settings.pop("out", None), f"sweep-{data_name(base.data)}")
     state = _open(
         folder,
@@ -78,7 +83,6 @@ def sweep(
         if method == "tpe":
             _run_tpe(folder, state, params, count, settings, base.seed)
         else:
-            points = grid_points(params) if method == "grid" else random_points(params, count, base.seed)
             for i, point in enumerate(points):
                 _trial(folder, state, i, point, settings, TrialWatch())
         _test_winner(folder, state, base.report)
