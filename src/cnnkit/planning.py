@@ -47,7 +47,7 @@ def plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float)
     cfg, splits = ctx.cfg, ctx.data.splits
     assert cfg.budget is not None
     eval_images = (len(splits["val"]), len(splits["test"]) if cfg.test else 0)
-    steps = plan_steps(trainer, eval_images, cfg.budget, cfg.budget - elapsed, cfg.tta)
+    steps = ctx.machine.share(plan_steps(trainer, eval_images, cfg.budget, cfg.budget - elapsed, cfg.tta))  # one plan
     trainer.plan(steps)
     ctx.cfg = dataclasses.replace(cfg, steps=steps, budget=None)
     ctx.folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())
