@@ -8,8 +8,7 @@ from pathlib import Path
 
 from cnnkit.cli_flags import add_config_flags, given_settings
 from cnnkit.errors import CnnkitError
-from cnnkit.files import atomic_write
-from cnnkit.plots import DPI, lr_find_figure, pyplot
+from cnnkit.plots import lr_find_figure, save_figure
 from cnnkit.progress import printable
 from cnnkit.search import METHODS
 from cnnkit.session import lr_find
@@ -60,9 +59,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     except CnnkitError as e:  # no plotting library: the suggestion still stands
         print(f"cnnkit: {e}", file=sys.stderr)
         return 0
-    atomic_write(Path(args.plot), lambda tmp: figure.savefig(tmp, format="png", dpi=DPI))
-    pyplot().close(figure)
-    print(f"curve written to {args.plot}")
+    print(f"curve written to {save_figure(figure, Path(args.plot))}")
     return 0
 
 

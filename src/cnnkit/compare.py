@@ -4,12 +4,11 @@ their learning curves overlaid in one plot."""
 from __future__ import annotations
 
 import csv
-from functools import partial
 from pathlib import Path
 
 from cnnkit.errors import CnnkitError
-from cnnkit.files import atomic_write, read_json, read_yaml
-from cnnkit.plots import DPI, pyplot
+from cnnkit.files import read_json, read_yaml
+from cnnkit.plots import pyplot, save_figure
 from cnnkit.progress import columns
 from cnnkit.report import shown
 from cnnkit.rundir import CONFIG, METRICS, SUMMARY
@@ -74,6 +73,4 @@ def write_curves(runs: list[Compared], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, partial(fig.savefig, dpi=DPI, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -29,6 +29,7 @@ ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion ma
 GRID_IMAGES = 36  # test images drawn at random (the same each time), six by six, with their predicted labels
 TOP_LOSSES = 16  # the most confidently wrong test images
 DPI = 110
+Predictions = tuple[ImageSet, torch.Tensor, torch.Tensor]  # the test images, their logits and their labels
 
 
 def pyplot() -> Any:
@@ -186,10 +187,9 @@ def _show(ax: Any, image: torch.Tensor, title: str, colour: str) -> None:
             spine.set(color="red", linewidth=2)
 
 
-def write_plots(run_dir: Path, predictions: tuple[ImageSet, torch.Tensor, torch.Tensor] | None) -> dict[str, Path]:
+def write_plots(run_dir: Path, predictions: Predictions | None) -> dict[str, Path]:
     """Every figure of a finished run as a PNG in RUN/plots/; returns them by name. `predictions` (the test
     images, their logits and labels: `Run.test_predictions()`) add the image grid and the top losses."""
-    plt = pyplot()
     summary, cfg = read_json(run_dir / SUMMARY), TrainConfig.from_yaml(run_dir / CONFIG)
     classes = summary["classes"]
     with (run_dir / METRICS).open(newline="") as f:
@@ -217,9 +217,11 @@ def write_plots(run_dir: Path, predictions: tuple[ImageSet, torch.Tensor, torch.
         )
     folder = run_dir / PLOTS
     folder.mkdir(exist_ok=True)
-    paths = {}
-    for name, fig in figures.items():
-        paths[name] = folder / f"{name}.png"
-        atomic_write(paths[name], partial(fig.savefig, dpi=DPI, format="png"))
-        plt.close(fig)
-    return paths
+    return {name: save_figure(fig, folder / f"{name}.png") for name, fig in figures.items()}
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """`fig` as a PNG at `path` (whole or not at all), then closed."""
+    atomic_write(path, partial(fig.savefig, dpi=DPI, format="png"))
+    pyplot().close(fig)
+    return path

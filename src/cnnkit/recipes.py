@@ -142,8 +142,8 @@ def fitted_preset(cfg: TrainConfig, n_train: int) -> dict:
     batch = fit_batch(cfg.batch_size, n_train)
     ratio = batch / cfg.batch_size
     rates = {}
-    if not isinstance(cfg.lr, str):  # --lr auto is found for the batch the run takes
-        rates["lr"] = cfg.lr * (math.sqrt(ratio) if cfg.optimizer in ("adam", "adamw") else ratio)  # Adam: sqrt rule
+    if cfg.lr != AUTO:  # --lr auto is found for the batch the run takes; Adam's rate scales by the square root
+        rates["lr"] = cfg.peak_lr * (math.sqrt(ratio) if cfg.optimizer in ("adam", "adamw") else ratio)
     if cfg.head_lr is not None:
         rates["head_lr"] = cfg.head_lr * ratio
     return {"batch_size": batch, **{k: round(v, 8) for k, v in rates.items()}} if ratio < 1 else {}

@@ -10,7 +10,7 @@ from pathlib import Path
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, read_yaml
 from cnnkit.inspection import format_summary, run_summary
-from cnnkit.plots import write_plots
+from cnnkit.plots import Predictions, write_plots
 from cnnkit.run import Run, load
 from cnnkit.rundir import CONFIG, SUMMARY
 
@@ -46,17 +46,22 @@ img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;over
 .warning{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;margin:.5em 0}"""
 
 
-def write_report(run_dir: Path, run: Run | None = None) -> tuple[Path, str | None]:
-    """Draw the run's plots and write RUN/report.html (from `run`, the run just trained, if given); returns its
-    path, and why the test images are not in it when they are not (the data moved or changed since the run)."""
+def write_report(
+    run_dir: Path, run: Run | None = None, predictions: Predictions | None = None
+) -> tuple[Path, str | None]:
+    """Draw the run's plots and write RUN/report.html; returns its path, and why the test images are not in it
+    when they are not (the data moved or changed since the run). A run just trained passes itself and its test
+    `predictions`; otherwise the run is loaded and its test split predicted again."""
     summary, settings = read_json(run_dir / SUMMARY), read_yaml(run_dir / CONFIG)
     if summary.get("test_accuracy") is None:
         raise CnnkitError(f"{run_dir} was trained with --no-test, and a report shows the test results")
     run = run or load(run_dir, device="cpu")
-    try:
-        predictions, missing = run.test_predictions(), None
-    except CnnkitError as e:
-        predictions, missing = None, f"the test images are not drawn: {e}"
+    missing = None
+    if predictions is None:
+        try:
+            predictions = run.test_predictions()
+        except CnnkitError as e:
+            missing = f"the test images are not drawn: {e}"
     plots = write_plots(run_dir, predictions)
     title, model = run_summary(run)
     sections = [

@@ -24,6 +24,7 @@ from cnnkit.files import WriteFailed
 from cnnkit.machine import pick_machine
 from cnnkit.models import AUTO, CUSTOM, num_parameters
 from cnnkit.planning import find_lr, plan_budget, train_batches
+from cnnkit.plots import Predictions
 from cnnkit.progress import say
 from cnnkit.report import write_report
 from cnnkit.reporting import EpochReport, TensorBoardLog, closing_line, opening_line, run_summary
@@ -118,7 +119,7 @@ def _run(
     ctx.folder.ensure_free_space(8 * 4 * num_parameters(ctx.model) + 8 * len(ctx.data.splits["train"]))
     ctx.model.to(ctx.machine.device, memory_format=ctx.machine.memory_format)  # type: ignore[call-overload]
     try:
-        summary = _train_and_test(ctx, callbacks, resume_state, started or time.perf_counter())
+        summary, predictions = _train_and_test(ctx, callbacks, resume_state, started or time.perf_counter())
     except TrainingInterrupted as e:
         raise TrainingInterrupted(f"{e}. Resume with: cnnkit train --resume {ctx.folder}") from None
     except WriteFailed as e:
@@ -129,15 +130,16 @@ def _run(
         ) from None
     say(closing_line(summary, ctx.folder))
     run = Run(ctx.folder.path, ctx.model, ctx.info, ctx.cfg, ctx.machine)
-    if ctx.cfg.report and ctx.cfg.test and ctx.folder.writer:  # the report shows the test
-        add_report(run)
+    if ctx.cfg.report and predictions is not None and ctx.folder.writer:  # the report shows the test
+        add_report(run, predictions)
     return run
 
 
-def add_report(run: Run) -> None:
-    """report.html at the end of a run; the run is whole without it, so a missing extra is only a note."""
+def add_report(run: Run, predictions: Predictions) -> None:
+    """report.html at the end of a run, from the test `predictions` just made; the run is whole without it, so
+    a missing extra is only a note."""
     try:
-        path, missing = write_report(run.dir, run)
+        path, missing = write_report(run.dir, run, predictions)
     except CnnkitError as e:
         say(f"note: no report ({e}); draw it later with: cnnkit report {run.dir}")
         return
@@ -160,7 +162,9 @@ class KeepBest(Callback):
             self.folder.save_weights(trainer.kept_model)
 
 
-def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None, started: float) -> dict:
+def _train_and_test(
+    ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None, started: float
+) -> tuple[dict, Predictions | None]:
     say(opening_line(ctx))
     step_model: nn.Module = torch.compile(ctx.model) if ctx.cfg.compile else ctx.model  # type: ignore[assignment]
     record = resume_state["run"] if resume_state else {"best_score": -1.0, "best_epoch": 0, "train_seconds": 0.0}
@@ -168,22 +172,26 @@ def _train_and_test(ctx: RunContext, callbacks: Sequence[Callback], resume_state
     ctx.machine.barrier()  # the best weights are on disk before any process reads them
     load_weights(ctx.model, ctx.folder / WEIGHTS)
     tested = time.perf_counter()
-    metrics = _test(ctx, step_model) if ctx.cfg.test else {"classes": ctx.data.classes, "test_accuracy": None}
+    untested = ({"classes": ctx.data.classes, "test_accuracy": None}, None)
+    metrics, predictions = _test(ctx, step_model) if ctx.cfg.test else untested
     timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - tested}
     summary = run_summary(ctx, metrics, record, timings)
     for warning in summary["warnings"]:
         say(f"warning: {warning}")
     summary["seconds_used"] = round(time.perf_counter() - started, 3)  # of this call: a resumed one counts anew
     ctx.folder.write_json(SUMMARY, summary)
-    return summary
+    return summary, predictions
 
 
-def _test(ctx: RunContext, step_model: nn.Module) -> dict:
-    test = DeviceBatches(ctx.data.splits["test"], eval_batch(ctx.data.image_size), ctx.preprocess)
-    metrics = test_metrics(*predict_logits(step_model, test, ctx.machine, ctx.cfg.tta), ctx.data.classes)
+def _test(ctx: RunContext, step_model: nn.Module) -> tuple[dict, Predictions]:
+    """The test metrics, and the test images with their logits and labels (what the report draws)."""
+    images = ctx.data.splits["test"]
+    test = DeviceBatches(images, eval_batch(ctx.data.image_size), ctx.preprocess)
+    logits, labels = predict_logits(step_model, test, ctx.machine, ctx.cfg.tta)
+    metrics = test_metrics(logits, labels, ctx.data.classes)
     if not math.isfinite(metrics["test_loss"]):
         raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
-    return metrics
+    return metrics, (images, logits, labels)
 
 
 def _train(

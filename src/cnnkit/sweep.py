@@ -17,6 +17,7 @@ from cnnkit.checkpoint import CHECKPOINT
 from cnnkit.config import TrainConfig
 from cnnkit.data import data_name
 from cnnkit.errors import CnnkitError
+from cnnkit.evaluation import test_metrics
 from cnnkit.files import read_json, write_json
 from cnnkit.progress import columns, say
 from cnnkit.run import load
@@ -24,7 +25,7 @@ from cnnkit.rundir import SUMMARY, new_run_dir
 from cnnkit.search import METHODS, Param, grid_points, import_optuna, parse_search, random_points, readable
 from cnnkit.session import add_report, resume, train
 from cnnkit.training.events import Callback, EpochResult
-from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
+from cnnkit.training.stopping import TrainingInterrupted
 from cnnkit.training.trainer import Trainer
 
 SWEEP = "sweep.json"
@@ -66,9 +67,13 @@ def sweep(
     if trials is not None and (trials < 1 or method == "grid"):
         raise CnnkitError(f"--trials {trials}: give 1 or more, for --method random or tpe (a grid trains every point)")
     count = trials if trials is not None else DEFAULT_TRIALS
-    points = grid_points(params) if method == "grid" else random_points(params, count, base.seed)  # checked first
     if method == "tpe":
         import_optuna()  # a missing extra is said before any folder is made
+    points = []  # tpe draws its points one at a time, from the trials before
+    if method == "grid":
+        points = grid_points(params)
+    elif method == "random":
+        points = random_points(params, count, base.seed)
     folder, _ = new_run_dir(settings.pop("out", None), f"sweep-{data_name(base.data)}")
     state = _open(
         folder,
@@ -136,7 +141,7 @@ def _trial(folder: Path, state: dict, index: int, point: dict, settings: dict, w
         }
     except (TrainingInterrupted, KeyboardInterrupt):
         raise TrainingInterrupted(f"the sweep stopped in {name}; give the same command again to go on") from None
-    except (TrainingDiverged, CnnkitError) as e:  # one bad point (a rate too high) does not end the sweep
+    except CnnkitError as e:  # one bad point (a rate so high the loss diverged) does not end the sweep
         say(f"{name} failed: {e}")
         record = {"settings": point, "status": "failed", "error": str(e)}
     state["trials"][name] = record
@@ -194,13 +199,14 @@ def _test_winner(folder: Path, state: dict, report: bool) -> None:
         first = f" (the first: {best['error']})" if best else ""
         raise CnnkitError(f"no trial of the sweep in {folder} trained{first}; every error is in {folder / SWEEP}")
     run = load(folder / best["trial"])
-    metrics = run.evaluate()
+    predictions = run.test_predictions()  # the one look at the test split
+    metrics = test_metrics(*predictions[1:], run.classes)
     write_json(folder / best["trial"] / SUMMARY, {**run.summary, **metrics})
     state["winner"] = best["trial"]
     state["trials"][best["trial"]]["test_accuracy"] = metrics["test_accuracy"]
     write_json(folder / SWEEP, state)
     if report:
-        add_report(run)
+        add_report(run, predictions)
 
 
 def format_ranking(rows: list[dict]) -> str:

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnkit.config import TrainConfig
 from cnnkit.machine import Machine
-from cnnkit.models import ModelSpec
+from cnnkit.models import ModelSpec, num_parameters
 from cnnkit.optimizers import build_optimizer
 
 PROBE_BATCHES = (2, 4)  # saved activations grow linearly with the batch: two small ones give the slope
@@ -88,7 +88,7 @@ def summarize(
     )
     return ModelSummary(
         layers=layers,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=num_parameters(model),
         trainable=sum(p.numel() for p in trainable),
         macs=sum(layer.macs for layer in layers),
         memory=memory,
