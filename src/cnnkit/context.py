@@ -65,7 +65,7 @@ def prepare(
     if chosen:
         say(chosen)
     if cfg.image_size is not None and cfg.image_size != data.image_size:  # the recipe chose another size
-        data = _load(cfg, cfg.image_size)
+        data = _load(cfg, cfg.image_size, listed=False)  # its skipped files were listed by the first read
     spec = model_spec(cfg.model, module)
     cfg = resolved(cfg, data)
     if cfg.translate is not None and cfg.translate >= data.image_size:  # a crop cannot shift past the image
@@ -105,7 +105,7 @@ def prepare(
     return RunContext(cfg, data, net, spec, machine, folder, preprocess, info)
 
 
-def _load(cfg: TrainConfig, image_size: int | None) -> Dataset:
+def _load(cfg: TrainConfig, image_size: int | None, listed: bool = True) -> Dataset:
     return load_data(
         cfg.data,
         data_dir=cfg.data_dir,
@@ -113,7 +113,7 @@ def _load(cfg: TrainConfig, image_size: int | None) -> Dataset:
         val_fraction=cfg.val_fraction,
         split=cfg.split,
         seed=cfg.seed,
-        reading=folder_reading(cfg, cfg.resize),
+        reading=dataclasses.replace(folder_reading(cfg, cfg.resize), listed=listed),
     )
 
 

@@ -51,6 +51,7 @@ class Reading:
     skip_bad_images: bool = False
     resize: str = "squash"
     memory_budget: int | None = None  # bytes of decoded images kept in memory (None: default_memory_budget())
+    listed: bool = True  # say which files were skipped (a second read of the folder, at another size, need not)
 
 
 PLAIN_READING = Reading()
@@ -72,7 +73,7 @@ def load_folder(root: Path, image_size: int | None, reading: Reading, cache_dir:
             f"{len(raw.skipped)} image file(s) cannot be decoded:\n{listing}\n"
             "Fix or remove them, or pass --skip-bad-images to train without them."
         )
-    for line in raw.skipped:
+    for line in raw.skipped if reading.listed else ():
         say(f"skipped bad image {line}")
     return raw
 
