@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_session.sh pack    # here: fills the ignored .devdata/ (data + the records' scripts)
 #   bash benchmarks/gpu_session.sh cifar   # there, through the device tool with carry [".devdata"], 600 s
 #   bash benchmarks/gpu_session.sh mnist   # there, in a second call (same carry)
+#   bash benchmarks/gpu_session.sh throughput   # there: training images/s at batch 256 .. 4096 on one GPU (issue 12)
 #
 # pack needs ../shared/data and the two record repositories fetched into /work/.mirror (the `fetch` tool:
 # github:hiverge/cifar10-speedrun and github:KellerJordan/cifar10-airbench). Their scripts are only
@@ -50,4 +51,9 @@ mnist() {
   timeout 300 python3 benchmarks/gpu.py mnist --data "$data" 2>&1 | tee "$out/cnnkit_mnist.log"
 }
 
-"${1:?usage: gpu_session.sh pack|cifar|mnist}"
+throughput() {
+  unpack cifar10-jpeg
+  timeout 500 python3 benchmarks/throughput.py --data "$data/cifar10-jpeg" 2>&1 | tee "$out/throughput.log" | grep "^batch"
+}
+
+"${1:?usage: gpu_session.sh pack|cifar|mnist|throughput}"

@@ -10,7 +10,7 @@ from test_resume import assert_identical
 
 import cnnkit
 from cnnkit.checkpoint import load_checkpoint
-from cnnkit.data.augment import Augment, erase_boxes, jitter_colours, rotate_and_zoom
+from cnnkit.data.augment import Augment, Draws, erase_boxes, jitter_colours, rotate_and_zoom
 from cnnkit.data.loader import DeviceBatches, mirror_where, random_translate
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
@@ -53,7 +53,8 @@ def test_all_off_gives_the_same_batches_and_draws_as_crop_and_flip_alone():
         order = torch.randperm(300, generator=generator)
         for start in range(0, 256, 64):
             index = order[start : start + 64]
-            x = mirror_where(random_translate(images[index], 2, generator), mirror_first[index] ^ (epoch % 2 == 0))
+            moved = random_translate(images[index], 2, Draws(generator, 64))
+            x = mirror_where(moved, mirror_first[index] ^ (epoch % 2 == 0))
             expected.append(preprocess(x))
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
     assert torch.equal(batches.generator.get_state(), generator.get_state())  # no extra draws either
@@ -96,10 +97,10 @@ def test_zoom_above_one_magnifies_about_the_centre():
 
 def test_random_rotation_and_zoom_stay_in_their_ranges_per_image():
     augment, generator = Augment(rotate=30, scale=0.2), torch.Generator().manual_seed(0)
-    angle, radius = dot_polar(augment.pixels(dots(400), generator))
+    angle, radius = dot_polar(augment.pixels(dots(400), Draws(generator, 400)))
     assert angle.abs().max() < 30.5 and angle.min() < -25 and angle.max() > 25  # each its own angle, all of them
     assert (radius / 8).min() > 0.79 and (radius / 8).max() < 1.21 and (radius / 8).min() < 0.85
-    centre = augment.pixels(colour_images(50, size=9), generator)[:, :, 4, 4]
+    centre = augment.pixels(colour_images(50, size=9), Draws(generator, 50))[:, :, 4, 4]
     assert torch.allclose(centre, colour_images(50, size=9)[:, :, 4, 4].float(), atol=1e-3)  # the pivot stays
 
 
@@ -114,7 +115,7 @@ def test_jitter_changes_brightness_by_its_factor_and_keeps_grey_where_it_should(
     one_channel = images[:, :1]
     assert torch.allclose(jitter_colours(one_channel, *torch.ones(2, 400), torch.zeros(400)), one_channel)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    jittered = Augment(jitter=0.4).pixels(images, torch.Generator().manual_seed(2))
+    jittered = Augment(jitter=0.4).pixels(images, Draws(torch.Generator().manual_seed(2), 400))
     ratio = (jittered * luma).sum(1).mean((1, 2)) / (images * luma).sum(1).mean((1, 2))  # contrast and saturation
     assert ratio.min() > 0.6 - 1e-4 and ratio.max() < 1.4 + 1e-4  # keep the mean grey: only brightness moves it
     assert ratio.min() < 0.65 and ratio.max() > 1.35 and len(ratio.unique()) == 400
@@ -122,7 +123,7 @@ def test_jitter_changes_brightness_by_its_factor_and_keeps_grey_where_it_should(
 
 def test_erasing_blanks_one_rectangle_of_2_to_33_percent_in_the_chosen_share():
     x = torch.ones(1000, 3, 64, 64)
-    erased = Augment(erase=1.0).normalised(x.clone(), torch.Generator().manual_seed(0))
+    erased = Augment(erase=1.0).normalised(x.clone(), Draws(torch.Generator().manual_seed(0), 1000))
     zero = erased == 0
     assert torch.equal(zero.all(1), zero.any(1))  # every channel of the box
     zero = zero[:, 0]
@@ -132,9 +133,9 @@ def test_erasing_blanks_one_rectangle_of_2_to_33_percent_in_the_chosen_share():
     assert area.min() > 0.017 and area.max() < 0.37 and area.min() < 0.03 and area.max() > 0.3
     aspect = rows.sum(1) / cols.sum(1)
     assert aspect.min() < 0.4 and aspect.max() > 2.5  # tall and wide boxes both
-    half = Augment(erase=0.5).normalised(x.clone(), torch.Generator().manual_seed(0))
+    half = Augment(erase=0.5).normalised(x.clone(), Draws(torch.Generator().manual_seed(0), 1000))
     assert 430 < (half == 0).flatten(1).any(1).sum() < 570
-    assert torch.equal(Augment(erase=0.0).normalised(x.clone(), torch.Generator()), x)
+    assert torch.equal(Augment(erase=0.0).normalised(x.clone(), Draws(torch.Generator(), 1000)), x)
 
 
 def test_erase_boxes_zeroes_exactly_the_given_box():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnkit.data.augment import Augment
+from cnnkit.data.augment import Augment, Draws
 from cnnkit.data.loader import DeviceBatches, random_translate
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
@@ -19,7 +19,7 @@ def dot_images(n: int, size: int = 9) -> torch.Tensor:
 
 def test_translate_moves_each_image_by_at_most_the_padding():
     images = dot_images(500)
-    moved = random_translate(images, 2, torch.Generator().manual_seed(0))
+    moved = random_translate(images, 2, Draws(torch.Generator().manual_seed(0), len(images)))
     assert moved.shape == images.shape and moved.dtype == torch.uint8
     where = moved.flatten(1).argmax(1)
     dy, dx = where // 9 - 4, where % 9 - 4

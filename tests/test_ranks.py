@@ -1,80 +1,203 @@
-"""Rank-aware runs: in a run of several processes only the main one prints, writes and names the run
-folder. Two real processes in a gloo process group on this CPU, started as torchrun would start them."""
+"""Data-parallel runs: real processes started by torchrun (--standalone: no port to race for) on this CPU with
+gloo, each test under a hard timeout that kills the whole process group. Two processes train exactly as one
+process does, only the main one writes, a run killed with its launcher resumes exactly (with as many
+processes, or another number), and stop signals and a dead process end every process."""
 
 from __future__ import annotations
 
 import json
-import socket
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit import CnnkitError
+from cnnkit.checkpoint import load_checkpoint
+from cnnkit.training.stopping import ECHO_SECONDS, stop_on_signals
 
-PROCESS = textwrap.dedent("""
-    import os, sys
+SETTINGS = {  # fp32: the two runs then differ only in the order of float sums
+    "model": "simplecnn",
+    "epochs": 6,
+    "batch_size": 32,
+    "precision": "fp32",
+    "rotate": 10.0,
+    "erase": 0.5,
+    "checkpoint_every": 5,
+    "report": False,
+}
+TRAIN = textwrap.dedent("""
+    import json, sys
     import torch.distributed as dist
+    from safetensors.torch import save_file
     import cnnkit
-    rank, port = int(sys.argv[1]), sys.argv[2]
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    run = cnnkit.train(epochs=2, checkpoint_every=10)
-    if rank:
-        print(run.dir, file=sys.stderr)  # where rank 1 found the folder (only read by the test)
-    dist.destroy_process_group()
+    from cnnkit.models import unwrap
+
+    class KeepFinalWeights(cnnkit.Callback):  # each process's own weights at the end of training
+        def on_train_end(self, trainer):
+            weights = {k: v.contiguous() for k, v in unwrap(trainer.model).state_dict().items()}
+            save_file(weights, f"{sys.argv[2]}/rank{dist.get_rank()}.safetensors")
+
+    cnnkit.train(callbacks=[KeepFinalWeights()], **json.loads(sys.argv[1]))
 """)
+LIMIT = 180  # seconds for any one launch, after which its whole process group is killed
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def torchrun(args: list[str], cwd: Path, logs: Path | None = None) -> subprocess.Popen:
+    """torchrun with 2 processes, in a session of its own; with `logs`, each process's output goes to its own
+    files there."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    if logs:
+        launcher += ["--log-dir", str(logs), "--redirects", "3"]
+    return subprocess.Popen(
+        [*launcher, *args], cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
-def test_only_the_main_process_prints_writes_and_names_the_run_folder(tmp_path):
-    port, script = free_port(), tmp_path / "process.py"
-    script.write_text(PROCESS)
-    cwds = [tmp_path / f"rank{rank}" for rank in (0, 1)]
-    processes = []
-    for rank, cwd in enumerate(cwds):
-        cwd.mkdir()
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(rank), str(port)],
-                cwd=cwd,
-                text=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        )
-    (out0, err0), (out1, err1) = (p.communicate(timeout=300) for p in processes)
-    assert [p.returncode for p in processes] == [0, 0], err0 + err1
-    assert "test accuracy" in out0 and "epoch 2/2" in out0
-    assert out1 == ""  # rank 1 printed nothing ...
-    (run_dir,) = (cwds[0] / "runs").iterdir()
-    assert Path(err1.strip().splitlines()[-1]) == run_dir.resolve()  # ... was told the main process's folder
-    assert list(cwds[1].iterdir()) == []  # ... and wrote nothing
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["test_accuracy"] > 0.8
-    assert {p.name for p in run_dir.iterdir()} == {
-        "config.yaml",
-        "model.json",
-        "metrics.csv",
-        "weights.safetensors",
-        "summary.json",
-        "checkpoint.safetensors",
-        "report.html",
-        "plots",
-    }
+def finish(process: subprocess.Popen, limit: float = LIMIT) -> str:
+    try:
+        return process.communicate(timeout=limit)[0]
+    except subprocess.TimeoutExpired:
+        for pid in [*workers(process), process.pid]:
+            os.kill(pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"torchrun did not end within {limit}s: a process hung")
 
 
-def test_torchrun_variables_without_a_process_group_are_refused(monkeypatch, tmp_path):
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + LIMIT
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def workers(launcher: subprocess.Popen) -> list[int]:
+    """The processes torchrun started (in sessions of their own: a signal to its group misses them)."""
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in children]
+
+
+def rank_output(logs: Path, rank: int, stream: str) -> str:
+    (path,) = logs.glob(f"*/attempt_0/{rank}/{stream}.log")
+    return path.read_text()
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    """The digits trained by two processes, each one's final weights kept beside the run folder."""
+    cwd = tmp_path_factory.mktemp("two")
+    script = cwd / "train.py"
+    script.write_text(TRAIN)
+    output = finish(torchrun([str(script), json.dumps(SETTINGS), str(cwd)], cwd, logs=cwd / "logs"))
+    assert "ChildFailedError" not in output, output
+    return cwd
+
+
+def test_two_processes_train_as_one_process_does_and_only_the_main_one_writes(two_process_run, tmp_path):
+    cwd = two_process_run
+    (run_dir,) = (cwd / "runs").iterdir()  # one run folder, named by the main process
+    assert "test accuracy" in rank_output(cwd / "logs", 0, "stderr") + rank_output(cwd / "logs", 0, "stdout")
+    assert rank_output(cwd / "logs", 1, "stdout") == "" and rank_output(cwd / "logs", 1, "stderr") == ""
+    rank0, rank1 = weights(cwd / "rank0.safetensors"), weights(cwd / "rank1.safetensors")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # DDP kept both processes' weights the same
+    one = cnnkit.train(out=str(tmp_path / "one"), **SETTINGS)  # the same global batch, in one process
+    assert largest_difference(weights(run_dir / "weights.safetensors"), weights(one.dir / "weights.safetensors")) < 1e-4
+    two = json.loads((run_dir / "summary.json").read_text())
+    assert two["test_accuracy"] > 0.9
+    assert abs(two["test_accuracy"] - one.summary["test_accuracy"]) <= 0.005
+    assert two["num_test_images"] == one.summary["num_test_images"] == 359  # each test image counted once
+    with open(run_dir / "metrics.csv") as f:
+        assert len(f.readlines()) == 1 + SETTINGS["epochs"]
+
+
+def test_a_run_killed_with_its_launcher_resumes_exactly_with_any_number_of_processes(two_process_run, tmp_path):
+    killed = tmp_path / "killed"
+    launcher = torchrun(["-m", "cnnkit", "train", *flags(SETTINGS), "--out", str(killed)], tmp_path)
+    wait_for(killed / "checkpoint.safetensors")
+    for pid in [*workers(launcher), launcher.pid]:  # the whole job at once, mid-run, as a scheduler kills it
+        os.kill(pid, signal.SIGKILL)
+    launcher.communicate()
+    assert (killed / "checkpoint.safetensors").is_file() and not (killed / "summary.json").exists()
+    again = tmp_path / "again"
+    shutil.copytree(killed, again)
+    output = finish(torchrun(["-m", "cnnkit", "train", "--resume", str(killed)], tmp_path))
+    assert "resuming" in output and "test accuracy" in output, output
+    uninterrupted = weights(next((two_process_run / "runs").iterdir()) / "weights.safetensors")
+    assert largest_difference(weights(killed / "weights.safetensors"), uninterrupted) < 1e-6
+    cnnkit.resume(again)  # one process takes the same global batches up, shared one way
+    assert largest_difference(weights(again / "weights.safetensors"), uninterrupted) < 1e-4
+
+
+def test_sigterm_to_the_launcher_stops_every_process_with_one_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    launcher = torchrun(["-m", "cnnkit", "train", *flags({**SETTINGS, "epochs": 500}), "--out", str(out)], tmp_path)
+    wait_for(out / "checkpoint.safetensors")
+    launcher.send_signal(signal.SIGTERM)  # what a cluster sends before it preempts a job
+    output = finish(launcher)
+    assert output.count("a checkpoint is saved. Resume with: cnnkit train --resume") == 1, output
+    state = load_checkpoint(out / "checkpoint.safetensors")
+    assert state["processes"] == 2 and state["rng"]["torch"].shape[0] == 2  # each process's own random state
+    assert not (out / "summary.json").exists()
+
+
+def test_a_process_that_dies_stops_the_others(tmp_path):
+    out = tmp_path / "run"
+    launcher = torchrun(["-m", "cnnkit", "train", *flags({**SETTINGS, "epochs": 500}), "--out", str(out)], tmp_path)
+    wait_for(out / "checkpoint.safetensors")
+    os.kill(workers(launcher)[-1], signal.SIGKILL)
+    output = finish(launcher, limit=90)  # torchrun ends the other process: no hang
+    assert launcher.returncode != 0 and "SIGKILL" in output
+    assert (out / "checkpoint.safetensors").is_file() and not (out / "summary.json").exists()
+
+
+def test_processes_from_python_train_data_parallel_and_report_a_process_error(tmp_path):
+    run = cnnkit.train(model="simplecnn", epochs=2, report=False, out=str(tmp_path / "run"), processes=2)
+    assert run.dir == tmp_path / "run" and run.summary["test_accuracy"] > 0.85
+    with pytest.raises(CnnkitError, match=r"process \d of 2 failed: --batch-size 63 is the global batch.*try 62 or 64"):
+        cnnkit.train(batch_size=63, epochs=1, out=str(tmp_path / "odd"), processes=2)
+    with pytest.raises(CnnkitError, match="processes=0 must be"):
+        cnnkit.train(processes=0)
+
+
+def test_torchrun_variables_without_a_rendezvous_are_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(CnnkitError, match="process 1 of 2 .* does not train data-parallel yet"):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(CnnkitError, match="process 1 of 2 .* MASTER_ADDR and MASTER_PORT are not: start every process"):
         cnnkit.train(out=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_launcher_passing_on_ctrl_c_is_one_request_and_a_later_second_one_stops_at_once():
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C ...
+        os.kill(os.getpid(), signal.SIGINT)  # ... and torchrun passing it on: one request to stop
+        assert stop.is_set()
+        time.sleep(ECHO_SECONDS + 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # pressed again: stop now
+            time.sleep(1)
+
+
+def flags(settings: dict) -> list[str]:
+    given = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        given += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    return given

@@ -138,7 +138,9 @@ def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp
     )
     summary = run.summary
     assert summary["compile_seconds"] > 0 and summary["test_accuracy"] > 0.5
-    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    # the compiled bf16 kernels round unlike the eager ones that `load` runs: one borderline image may flip
+    one_image = 1 / summary["num_test_images"]
+    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=one_image)
 
 
 def test_muon_orthogonalizes_an_update_keeping_its_directions():

@@ -8,12 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from cnnkit import __version__
 from cnnkit.cli_flags import add_config_flags, given_settings
 from cnnkit.cli_inspect import add_inspection_commands
 from cnnkit.cli_tune import add_tuning_commands
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_json, read_yaml, to_json
+from cnnkit.machine import is_main_process, process_place
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
 from cnnkit.progress import printable
@@ -45,11 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except TrainingInterrupted as e:
-        print(f"cnnkit: {printable(str(e))}", file=sys.stderr)
+        if is_main_process():  # every process stopped together; one says so
+            print(f"cnnkit: {printable(str(e))}", file=sys.stderr)
         return 130
     except CnnkitError as e:
-        print(f"cnnkit: error: {printable(str(e))}", file=sys.stderr)
+        rank = process_place()[0]
+        where = f" (process {rank})" if rank else ""  # the others of a torchrun usually say the same: told apart
+        print(f"cnnkit: error{where}: {printable(str(e))}", file=sys.stderr)
         return 2
+    except dist.DistError as e:  # another process of the run died, or stopped answering
+        reason = printable(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        print(
+            f"cnnkit: error: another process of this run stopped ({reason}); its last checkpoint is whole: "
+            "start the same processes again with `cnnkit train --resume RUN`",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("cnnkit: interrupted", file=sys.stderr)
         return 130

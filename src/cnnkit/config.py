@@ -123,6 +123,7 @@ class TrainConfig:
         "auto", "one of " + ", ".join(PRECISIONS) + " (auto: bf16 autocast where the GPU or CPU computes bf16 natively)"
     )
     compile: bool = _knob(False, "compile the model with torch.compile (pays off on long GPU runs)")
+    sync_bn: bool = _knob(False, "with several GPU processes: batch norm statistics of the global batch, not a share")
     skip_nonfinite: bool = _knob(
         False,
         "skip a step whose loss is NaN or infinite and halve the learning rate, "

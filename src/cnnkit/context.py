@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cnnkit.models.whitening import whiten_conv
 from cnnkit.optimizers import PRETRAINED_HEAD_RATE
 from cnnkit.progress import say
 from cnnkit.recipes import auto_size, fit_to_data
+from cnnkit.rules import check_processes
 from cnnkit.rundir import WEIGHTS, RunFolder
 from cnnkit.schema import model_info_problem
 from cnnkit.weights import load_weights
@@ -57,17 +59,20 @@ def prepare(
     set, as in a resumed run). A resumed run, not `fresh`, skips --init-from: its checkpoint holds the
     weights, even after the source is gone."""
     auto = cfg.model == AUTO
-    data = _load(
-        cfg,
-        cfg.image_size or (AtMost(auto_size(machine)) if auto else model_spec(cfg.model, module).input_size),
-    )
+    with machine.main_first():  # the main process decodes into the cache (or downloads); the others read it
+        data = _load(
+            cfg,
+            cfg.image_size or (AtMost(auto_size(machine)) if auto else model_spec(cfg.model, module).input_size),
+        )
     cfg, chosen = fit_to_data(cfg, data, machine, given) if given is not None else (cfg, "")
     if chosen:
         say(chosen)
     if cfg.image_size is not None and cfg.image_size != data.image_size:  # the recipe chose another size
-        data = _load(cfg, cfg.image_size, listed=False)  # its skipped files were listed by the first read
+        with machine.main_first():
+            data = _load(cfg, cfg.image_size, listed=False)  # its skipped files were listed by the first read
     spec = model_spec(cfg.model, module)
     cfg = resolved(cfg, data)
+    check_processes(cfg, machine)
     if cfg.translate is not None and cfg.translate >= data.image_size:  # a crop cannot shift past the image
         raise CnnkitError(
             f"--translate {cfg.translate} must be smaller than the {data.image_size}-pixel images; "
@@ -102,6 +107,8 @@ def prepare(
     if module is not None:
         info["module"] = type(module).__name__
     preprocess = Preprocess(mean, std, machine.memory_format).to(machine.device)
+    if machine.rank:  # the same initial weights everywhere, then each further process its own dropout masks
+        torch.manual_seed(hash((cfg.seed, machine.rank)) % 2**63)
     return RunContext(cfg, data, net, spec, machine, folder, preprocess, info)
 
 
@@ -184,13 +191,23 @@ def check_same_run(recorded: dict, now: dict, what: str) -> None:
     differs = [
         f"{k}: {recorded[k]!r} there, {now.get(k)!r} here"
         for k in DESCRIPTION
-        if k in recorded and recorded[k] != now.get(k)
+        if k in recorded and not _same(recorded[k], now.get(k))
     ]
     if differs:
         raise CnnkitError(
             f"{what} was written for another model or preprocessing ({'; '.join(differs[:3])}); "
             "use the run folder it came from"
         )
+
+
+def _same(recorded, now) -> bool:
+    """Equal, but for the last bits of the data's mean and std, which depend on how many threads summed them."""
+    if isinstance(recorded, list) and isinstance(now, list) and len(recorded) == len(now):
+        return all(
+            math.isclose(a, b, rel_tol=1e-6) if isinstance(a, float) else a == b
+            for a, b in zip(recorded, now, strict=True)
+        )
+    return recorded == now
 
 
 def _sizes(info: dict) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 
 from cnnkit.data.preprocess import laid_out
 from cnnkit.data.sets import ImageSet
+from cnnkit.errors import CnnkitError
 from cnnkit.machine import Machine
 
 EVAL_PIXELS = 1024 * 32 * 32  # pixels per evaluation batch: 1,024 CIFAR-sized images, fewer large ones (memory)
@@ -25,6 +26,19 @@ def eval_batch_sizes(splits: dict[str, ImageSet]) -> set[int]:
     sizes = {len(splits[s]) for s in ("val", "test")} - {0}
     batch = eval_batch(splits["test"].images.shape[-1])
     return {size for n in sizes for size in (min(n, batch), n % batch)} - {0}
+
+
+def own_share(split: ImageSet, machine: Machine) -> ImageSet:
+    """This process's contiguous share of an evaluation split (all of it when there is one process); the
+    shares' logits, gathered in rank order, are the whole split's."""
+    if machine.world_size == 1 or len(split) == 0:  # no validation split (--val-fraction 0): nothing to share
+        return split
+    if len(split) < machine.world_size:
+        raise CnnkitError(
+            f"an evaluation split of {len(split)} images cannot give each of {machine.world_size} processes one; "
+            "use fewer processes, or a larger --val-fraction or test split"
+        )
+    return split.subset(torch.arange(len(split))[machine.rows(len(split))])
 
 
 @torch.no_grad()

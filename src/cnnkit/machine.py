@@ -3,17 +3,26 @@ multi-process run this is (rank, local rank and world size, as torchrun sets the
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from cnnkit.errors import CnnkitError
 
 T = TypeVar("T")
+
+# how long a process waits for the others at a collective before it gives up: long enough for the main process
+# to decode a large folder into the cache while the others wait, short enough that a hung peer is noticed
+PEER_TIMEOUT = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,58 @@ class Machine:
         if distributed():
             dist.barrier()
 
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """The main process runs the block first (decoding a folder into the cache, a download), the others
+        after it, reading what it left."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def rows(self, n: int) -> slice:
+        """This process's contiguous share of n rows (shares differ by at most one row; none is padded, so
+        no image counts twice in a metric)."""
+        return slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the processes (counts and sums, never means: shares differ in size)."""
+        if not distributed():
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every process's `rows`, concatenated in rank order: whole splits from contiguous shares."""
+        if not distributed():
+            return rows
+        counts = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world_size)]
+        dist.all_gather(counts, torch.tensor([len(rows)], device=self.device))
+        longest = int(max(counts).item())
+        padded = rows.new_zeros((longest, *rows.shape[1:]), device=self.device)  # all_gather takes equal sizes
+        padded[: len(rows)] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        whole = torch.cat([part[: int(count.item())] for part, count in zip(parts, counts, strict=True)])
+        return whole.to(rows.device)  # NCCL gathers on the GPU; an RNG state comes back to the CPU
+
+    def align_buffers(self, model: nn.Module) -> None:
+        """The main process's buffers (batch norm's running statistics, which each process updates from its
+        own share) on every process, so that the shares of an evaluation measure the one model it keeps."""
+        if distributed():
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def data_parallel(self, model: nn.Module) -> nn.Module:
+        """The model wrapped in DistributedDataParallel when there are several processes (gradients averaged
+        over them at each step, parameters broadcast from the main process at the start); else as it is."""
+        if not distributed():
+            return model
+        ids = [self.device] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
 
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -87,13 +148,10 @@ def is_main_process() -> bool:
 
 def pick_machine(device: str = "auto", precision: str = "auto") -> Machine:
     rank, local_rank, world_size = process_place()
-    if world_size > 1 and not distributed():
-        raise CnnkitError(
-            f"this is process {rank} of {world_size} (torchrun), but no torch.distributed process "
-            "group is set up and cnnkit does not train data-parallel yet; run one process"
-        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if world_size > 1 and not distributed():
+        join_process_group(device, rank, local_rank, world_size)
     if device == "cuda" and not torch.cuda.is_available():
         raise CnnkitError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device auto or cpu")
     if device == "mps" and not torch.backends.mps.is_available():
@@ -104,6 +162,32 @@ def pick_machine(device: str = "auto", precision: str = "auto") -> Machine:
     place = torch.device(f"cuda:{local_rank}") if device == "cuda" and world_size > 1 else torch.device(device)
     # channels-last is faster for convolutions on both cuDNN and oneDNN (measured: 1.3-2x on a 2-core EPYC)
     return Machine(place, bf16, device in ("cuda", "cpu"), rank, local_rank, world_size)
+
+
+def join_process_group(device: str, rank: int, local_rank: int, world_size: int) -> None:
+    """Join the run's other processes, as torchrun describes them in the environment: NCCL between GPUs, gloo
+    between CPUs. Left when the process exits."""
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise CnnkitError(
+            f"this is process {rank} of {world_size} (RANK and WORLD_SIZE are set), but MASTER_ADDR and MASTER_PORT "
+            "are not: start every process with torchrun (see the README's 'Several processes')"
+        )
+    if device == "mps":
+        raise CnnkitError("several processes train on CUDA GPUs or CPUs, not on an Apple GPU; use --device cpu")
+    if device == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise CnnkitError(
+                f"process {local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} "
+                "here); give torchrun --nproc-per-node at most that many"
+            )
+        torch.cuda.set_device(local_rank)  # before NCCL starts: each process drives its own GPU
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=PEER_TIMEOUT)
+    atexit.register(_leave_process_group)
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def native_bf16(device: str) -> bool:

@@ -17,14 +17,20 @@ from cnnkit.training.trainer import Trainer
 
 
 def train_batches(ctx: RunContext) -> DeviceBatches:
-    """The shuffled, augmented training batches, on the run's device."""
+    """The shuffled, augmented training batches, on the run's device: this process's share of each one."""
     cfg = ctx.cfg
     # every augmentation setting is filled in by `prepare`
     assert cfg.translate is not None and cfg.flip is not None and cfg.rotate is not None and cfg.scale is not None
     assert cfg.jitter is not None and cfg.erase is not None
     augment = Augment(cfg.translate, cfg.flip, cfg.rotate, cfg.scale, cfg.jitter, cfg.erase)
     return DeviceBatches(
-        ctx.data.splits["train"], cfg.batch_size, ctx.preprocess, shuffle=True, augment=augment, seed=cfg.seed
+        ctx.data.splits["train"],
+        cfg.batch_size,
+        ctx.preprocess,
+        shuffle=True,
+        augment=augment,
+        seed=cfg.seed,
+        share=(ctx.machine.rank, ctx.machine.world_size),
     )
 
 
@@ -46,7 +52,8 @@ def plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float)
     resumed or repeated run takes exactly these steps, on any machine."""
     cfg, splits = ctx.cfg, ctx.data.splits
     assert cfg.budget is not None
-    eval_images = (len(splits["val"]), len(splits["test"]) if cfg.test else 0)
+    processes = ctx.machine.world_size  # each evaluates its share
+    eval_images = (-(-len(splits["val"]) // processes), -(-len(splits["test"]) // processes) if cfg.test else 0)
     steps = ctx.machine.share(plan_steps(trainer, eval_images, cfg.budget, cfg.budget - elapsed, cfg.tta))  # one plan
     trainer.plan(steps)
     ctx.cfg = dataclasses.replace(cfg, steps=steps, budget=None)

@@ -11,6 +11,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, read_yaml
 from cnnkit.inspection import format_summary, run_summary
 from cnnkit.plots import Predictions, write_plots
+from cnnkit.progress import say
 from cnnkit.run import Run, load
 from cnnkit.rundir import CONFIG, SUMMARY
 
@@ -108,3 +109,14 @@ def _image(path: Path) -> str:
 
 def _text(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+def add_report(run: Run, predictions: Predictions) -> None:
+    """report.html at the end of a run, from the test `predictions` just made; the run is whole without it, so
+    a missing extra is only a note."""
+    try:
+        path, missing = write_report(run.dir, run, predictions)
+    except CnnkitError as e:
+        say(f"note: no report ({e}); draw it later with: cnnkit report {run.dir}")
+        return
+    say(f"report: {path}" + (f" ({missing})" if missing else ""))

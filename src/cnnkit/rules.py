@@ -15,6 +15,7 @@ from cnnkit.training.schedule import SCHEDULES
 
 if TYPE_CHECKING:
     from cnnkit.config import TrainConfig
+    from cnnkit.machine import Machine
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -78,6 +79,19 @@ def check_settings(cfg: TrainConfig) -> None:
     preset_settings(cfg.preset)  # an unknown preset is named with the valid ones
     if cfg.split is not None:
         parse_split(cfg.split)
+
+
+def check_processes(cfg: TrainConfig, machine: Machine) -> None:
+    """What several processes need: a global batch that shares out evenly, and GPUs for --sync-bn."""
+    processes = machine.world_size
+    if processes > 1 and cfg.batch_size % processes:
+        low = cfg.batch_size - cfg.batch_size % processes
+        raise CnnkitError(
+            f"--batch-size {cfg.batch_size} is the global batch, shared by {processes} processes, so it must divide "
+            f"by {processes}; try {low or processes} or {low + processes}"
+        )
+    if cfg.sync_bn and processes > 1 and machine.device.type != "cuda":
+        raise CnnkitError("--sync-bn synchronises batch norm between GPU processes; on CPUs leave it off")
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:

@@ -19,16 +19,17 @@ from cnnkit.context import RunContext, check_same_run, prepare, require_module
 from cnnkit.data import data_name
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.errors import CnnkitError
-from cnnkit.evaluation import eval_batch, eval_batch_sizes, predict_logits, test_metrics
+from cnnkit.evaluation import eval_batch, eval_batch_sizes, own_share, predict_logits, test_metrics
 from cnnkit.files import WriteFailed
+from cnnkit.launch import check_launch, launch_train
 from cnnkit.machine import pick_machine
 from cnnkit.models import AUTO, CUSTOM, num_parameters
 from cnnkit.planning import find_lr, plan_budget, train_batches
 from cnnkit.plots import Predictions
 from cnnkit.progress import say
-from cnnkit.report import write_report
+from cnnkit.report import add_report
 from cnnkit.reporting import EpochReport, TensorBoardLog, closing_line, opening_line, run_summary
-from cnnkit.run import Run
+from cnnkit.run import Run, load
 from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.schema import read_model_info
 from cnnkit.training.events import Callback, EpochResult
@@ -44,16 +45,21 @@ def train(
     *,
     model: nn.Module | str | None = None,
     callbacks: Sequence[Callback] = (),
+    processes: int = 1,
     **settings,
 ) -> Run:
     """Train a classifier and write its run folder. `model` is a registered name or any nn.Module;
-    `callbacks` watch the training loop (see `cnnkit.Callback`).
+    `callbacks` watch the training loop (see `cnnkit.Callback`); `processes` above 1 trains data-parallel
+    with that many processes of this machine, as torchrun would start them.
 
     Example: `cnnkit.train(data="mnist", model="simplecnn", epochs=1)`.
     """
     started = time.perf_counter()  # a --budget counts from here: loading the data is part of the run
     module, values = _settings(config, model, settings)
-    cfg = TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict(values)  # checked here, before any process is started
+    if processes != 1:
+        check_launch(processes)
+        return load(launch_train(processes, config, model, settings, callbacks), model=module, device=cfg.device)
     machine = pick_machine(cfg.device, cfg.precision)
     model_name = type(module).__name__.lower() if module is not None else cfg.model
     # made and claimed first: an unwritable or busy folder fails before any data is loaded
@@ -107,9 +113,18 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
         require_module(read_model_info(run_dir / MODEL_INFO), model)
         ctx = prepare(cfg, model, machine, folder, fresh=False)
         check_same_run(state["model_info"], ctx.info, f"the checkpoint in {run_dir}")
-        position = state["position"]
+        position, then = state["position"], state.get("processes", 1)
         say(f"resuming {run_dir} at epoch {position['epoch']}, step {position['step']}")
+        if then != machine.world_size:  # the order and augmentation are global: only the shares change
+            say(
+                f"the checkpoint was written by {_processes(then)} and this run has {_processes(machine.world_size)}: "
+                f"it takes up the same global batches of {ctx.cfg.batch_size} images, shared anew"
+            )
         return _run(ctx, callbacks, state)
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" + ("es" if n > 1 else "")
 
 
 def _run(
@@ -135,17 +150,6 @@ def _run(
     return run
 
 
-def add_report(run: Run, predictions: Predictions) -> None:
-    """report.html at the end of a run, from the test `predictions` just made; the run is whole without it, so
-    a missing extra is only a note."""
-    try:
-        path, missing = write_report(run.dir, run, predictions)
-    except CnnkitError as e:
-        say(f"note: no report ({e}); draw it later with: cnnkit report {run.dir}")
-        return
-    say(f"report: {path}" + (f" ({missing})" if missing else ""))
-
-
 class KeepBest(Callback):
     """The best weights by validation accuracy (the last epoch's without validation), on disk as soon as they
     exist; `record` travels in every checkpoint."""
@@ -166,6 +170,8 @@ def _train_and_test(
     ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None, started: float
 ) -> tuple[dict, Predictions | None]:
     say(opening_line(ctx))
+    if ctx.cfg.sync_bn and ctx.machine.world_size > 1:  # batch statistics over the global batch, not each share
+        ctx.model = nn.SyncBatchNorm.convert_sync_batchnorm(ctx.model)
     step_model: nn.Module = torch.compile(ctx.model) if ctx.cfg.compile else ctx.model  # type: ignore[assignment]
     record = resume_state["run"] if resume_state else {"best_score": -1.0, "best_epoch": 0, "train_seconds": 0.0}
     compile_seconds = _train(ctx, step_model, callbacks, record, resume_state, started)
@@ -184,10 +190,11 @@ def _train_and_test(
 
 
 def _test(ctx: RunContext, step_model: nn.Module) -> tuple[dict, Predictions]:
-    """The test metrics, and the test images with their logits and labels (what the report draws)."""
+    """The test metrics, and the test images with their logits and labels (what the report draws); each
+    process predicts its share, and every one gets the whole."""
     images = ctx.data.splits["test"]
-    test = DeviceBatches(images, eval_batch(ctx.data.image_size), ctx.preprocess)
-    logits, labels = predict_logits(step_model, test, ctx.machine, ctx.cfg.tta)
+    test = DeviceBatches(own_share(images, ctx.machine), eval_batch(ctx.data.image_size), ctx.preprocess)
+    logits, labels = (ctx.machine.gather_rows(t) for t in predict_logits(step_model, test, ctx.machine, ctx.cfg.tta))
     metrics = test_metrics(logits, labels, ctx.data.classes)
     if not math.isfinite(metrics["test_loss"]):
         raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
@@ -207,8 +214,8 @@ def _train(
     train, data = train_batches(ctx), ctx.data
     if ctx.cfg.lr == AUTO:
         find_lr(ctx, train)
-    cfg = ctx.cfg
-    val = DeviceBatches(data.splits["val"], eval_batch(data.image_size), ctx.preprocess) if data.splits["val"] else None
+    cfg, shares = ctx.cfg, {name: own_share(data.splits[name], ctx.machine) for name in ("val", "test")}
+    val = DeviceBatches(shares["val"], eval_batch(data.image_size), ctx.preprocess) if data.splits["val"] else None
     trainer = Trainer(step_model, ctx.spec, train, cfg, ctx.machine)
     if resume_state:
         try:
@@ -220,7 +227,7 @@ def _train(
             ) from None
     compile_seconds = 0.0
     if cfg.compile:  # compiled before the clock starts, and reported on its own
-        compile_seconds = compile_warmup(trainer, eval_batch_sizes(data.splits), cfg.tta)
+        compile_seconds = compile_warmup(trainer, eval_batch_sizes(shares), cfg.tta)
         say(f"compiled the model in {compile_seconds:.1f}s")
     if cfg.budget is not None and cfg.steps is None:
         plan_budget(ctx, trainer, record, time.perf_counter() - started)

@@ -20,10 +20,11 @@ from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import test_metrics
 from cnnkit.files import read_json, write_json
 from cnnkit.progress import columns, say
+from cnnkit.report import add_report
 from cnnkit.run import load
 from cnnkit.rundir import SUMMARY, new_run_dir
 from cnnkit.search import METHODS, Param, grid_points, import_optuna, parse_search, random_points, readable
-from cnnkit.session import add_report, resume, train
+from cnnkit.session import resume, train
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.stopping import TrainingInterrupted
 from cnnkit.training.trainer import Trainer

@@ -2,13 +2,14 @@
 
 Each image gets its own random parameters, drawn as one tensor per batch from the batches' generator (so a
 checkpoint that stores that generator resumes bit for bit); no per-image Python. The draws are separated
-from the transforms, which are plain functions of their parameters.
+from the transforms, which are plain functions of their parameters. With several processes, each draws for
+the whole global batch and keeps its own rows (`Draws`), so every image is augmented as one process would.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,30 @@ import torch.nn.functional as F
 ERASE_AREA = (0.02, 0.33)  # RandomErasing's defaults: a share of the image ...
 ERASE_ASPECT = (0.3, 1 / 0.3)  # ... in a box neither too thin nor too flat
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 grey, as torchvision's rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Random numbers for a global batch of `total` images, of which this process keeps `rows`: every process
+    advances the generator alike, so the next batch's draws agree too."""
+
+    generator: torch.Generator
+    total: int
+    rows: slice = field(default_factory=lambda: slice(None))  # one process: all of them
+
+    def uniform(self, *leading: int) -> torch.Tensor:
+        """Uniform in [0, 1), of shape (*leading, this process's images)."""
+        shape = (*leading, self.total)
+        return torch.rand(shape, device=self.generator.device, generator=self.generator)[..., self.rows]
+
+    def integers(self, high: int, *leading: int) -> torch.Tensor:
+        """Whole numbers in [0, high), likewise."""
+        shape = (*leading, self.total)
+        return torch.randint(0, high, shape, device=self.generator.device, generator=self.generator)[..., self.rows]
+
+    def signed(self, *leading: int) -> torch.Tensor:
+        """Uniform in [-1, 1), likewise."""
+        return self.uniform(*leading) * 2 - 1
 
 
 @dataclass(frozen=True)
@@ -30,30 +55,24 @@ class Augment:
     jitter: float = 0.0
     erase: float = 0.0
 
-    def pixels(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def pixels(self, images: torch.Tensor, draws: Draws) -> torch.Tensor:
         """Rotation, zoom and jitter, in pixel space (0 to 255, before normalising); untouched when all are off."""
         if not (self.rotate or self.scale or self.jitter):
             return images
         # resampling and blending need floats, kept unrounded (preprocess takes floats too) and contiguous
         x = images.to(torch.float32, memory_format=torch.contiguous_format)
-        n = len(x)
         if self.rotate or self.scale:
-            u = uniform_signed((2, n), x.device, generator)
+            u = draws.signed(2)
             x = rotate_and_zoom(x, self.rotate * u[0], 1 + self.scale * u[1])
         if self.jitter:
-            x = jitter_colours(x, *(1 + self.jitter * uniform_signed((3, n), x.device, generator)))
+            x = jitter_colours(x, *(1 + self.jitter * draws.signed(3)))
         return x
 
-    def normalised(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def normalised(self, x: torch.Tensor, draws: Draws) -> torch.Tensor:
         """Random erasing, after normalising: the erased box holds 0, the data's mean, in place."""
         if not self.erase:
             return x
-        return erase_boxes(x, *draw_boxes(x.shape, self.erase, generator))
-
-
-def uniform_signed(shape: tuple[int, ...], device: torch.device, generator: torch.Generator) -> torch.Tensor:
-    """Uniform in [-1, 1), one value per image and parameter."""
-    return torch.rand(shape, device=device, generator=generator) * 2 - 1
+        return erase_boxes(x, *draw_boxes(x.shape, self.erase, draws))
 
 
 def rotate_and_zoom(images: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
@@ -88,12 +107,11 @@ def jitter_colours(
     return torch.baddbmm(offset, matrix, images.reshape(n, channels, -1)).view(images.shape).clamp_(0, 255)
 
 
-def draw_boxes(shape: torch.Size, chance: float, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+def draw_boxes(shape: torch.Size, chance: float, draws: Draws) -> tuple[torch.Tensor, ...]:
     """RandomErasing's rectangles, one per image (height 0 where the image is left whole): area a share of
     ERASE_AREA and aspect in ERASE_ASPECT, log-uniform, narrowed so that the box always fits (no retries)."""
-    n, _, h, w = shape
-    device = generator.device
-    erased, area, aspect, top, left = torch.rand(5, n, device=device, generator=generator)
+    h, w = shape[-2:]
+    erased, area, aspect, top, left = draws.uniform(5)
     area = ERASE_AREA[0] + area * (ERASE_AREA[1] - ERASE_AREA[0])
     low = torch.clamp(area.log(), min=math.log(ERASE_ASPECT[0]))  # a box taller than the image cannot fit ...
     high = torch.clamp(-area.log(), max=math.log(ERASE_ASPECT[1]))  # ... nor one wider

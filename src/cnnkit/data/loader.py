@@ -3,6 +3,9 @@
 No DataLoader, no worker processes, no PIL, no per-sample Python: one gather, one normalise and one
 vectorised crop/flip per batch (and, when asked, rotation, zoom, jitter and erasing: augment.py). That is
 most of the speed-up over the tutorials' input pipeline.
+
+With several processes, every one draws the same global order from the same seed and takes its contiguous
+share of each global batch, so together they train on exactly the batches one process would.
 """
 
 from __future__ import annotations
@@ -11,20 +14,20 @@ from collections.abc import Iterator
 
 import torch
 
-from cnnkit.data.augment import Augment
+from cnnkit.data.augment import Augment, Draws
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 
 NO_AUGMENT = Augment()  # evaluation batches, and training without augmentation
 
 
-def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+def random_translate(images: torch.Tensor, pad: int, draws: Draws) -> torch.Tensor:
     """Random crop with mirrored borders, a different shift per image, as one gather over the padded batch."""
     if pad == 0:
         return images
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")  # no black edges to learn
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), device=images.device, generator=generator)
+    dy, dx = draws.integers(2 * pad + 1, 2).unsqueeze(2)  # each (n, 1)
     rows = dy + torch.arange(h, device=images.device)  # (n, h)
     cols = dx + torch.arange(w, device=images.device)  # (n, w)
     batch = torch.arange(n, device=images.device).view(n, 1, 1)
@@ -47,9 +50,12 @@ class DeviceBatches:
         shuffle: bool = False,
         augment: Augment = NO_AUGMENT,
         seed: int = 0,
+        share: tuple[int, int] = (0, 1),
     ):
-        """Batches on the device that `preprocess` lives on; `shuffle` and `augment` for training."""
+        """Batches on the device that `preprocess` lives on; `shuffle` and `augment` for training; `share`:
+        (this process, processes), each taking its share of every global batch of `batch_size`."""
         device = preprocess.scale.device
+        self.rank, self.processes = share
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.preprocess, self.shuffle = batch_size, preprocess, shuffle
@@ -81,13 +87,21 @@ class DeviceBatches:
         stop = self._stop() if stop_step is None else min(self._stop(), stop_step * self.batch_size)
         augment = self.augment
         for start in range(start_step * self.batch_size, stop, self.batch_size):
-            index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
+            end = min(start + self.batch_size, stop)
+            mine = self._share(start, end)
+            draws = Draws(self.generator, end - start, slice(mine.start - start, mine.stop - start))
+            index = mine if order is None else order[mine]
             images, labels = self.images[index], self.labels[index]
-            images = random_translate(images, augment.translate, self.generator) if augment.translate else images
+            images = random_translate(images, augment.translate, draws) if augment.translate else images
             if self.mirror_first is not None:
                 images = mirror_where(images, self.mirror_first[index] ^ (epoch % 2 == 0))
-            images = augment.pixels(images, self.generator)  # rotation, zoom, jitter: off leaves it as it was
-            yield augment.normalised(self.preprocess(images), self.generator), labels
+            images = augment.pixels(images, draws)  # rotation, zoom, jitter: off leaves it as it was
+            yield augment.normalised(self.preprocess(images), draws), labels
+
+    def _share(self, start: int, end: int) -> slice:
+        """This process's contiguous rows of the global batch [start, end)."""
+        n = end - start
+        return slice(start + self.rank * n // self.processes, start + (self.rank + 1) * n // self.processes)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iterate(self.new_order())

@@ -21,12 +21,13 @@ MEMORY_FRACTION = 0.25  # by default, decoded images may take this share of the 
 
 
 def default_memory_budget() -> int:
-    """Bytes of decoded images held in memory before a folder is kept on disk instead."""
+    """Bytes of decoded images one process holds in memory before a folder is kept on disk instead."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume a small machine
         total = 8 << 30
-    return int(total * MEMORY_FRACTION)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's processes on this machine each hold a copy
+    return int(total * MEMORY_FRACTION) // max(1, processes)
 
 
 def loaded(images: torch.Tensor | DiskImages) -> torch.Tensor:

@@ -62,7 +62,10 @@ def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
     for _ in range(TIMED_WINDOWS):  # the median window: a hiccup of a busy machine in one does not count
         trainer.machine.sync()
         started, steps = time.perf_counter(), 0
-        while steps < MIN_TIMED_STEPS or time.perf_counter() - started < seconds / TIMED_WINDOWS:
+        # every process takes as many steps as the slowest needs (the steps are in lockstep under DDP)
+        while steps < MIN_TIMED_STEPS or trainer.machine.any_rank(
+            time.perf_counter() - started < seconds / TIMED_WINDOWS
+        ):
             trainer.train_step(*next(batches))
             steps += 1
             if steps >= MIN_TIMED_STEPS:

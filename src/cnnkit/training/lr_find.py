@@ -51,7 +51,9 @@ def range_test(trainer: Trainer, steps: int = STEPS, rates: tuple[float, float] 
             rate = rates[0] * (rates[1] / rates[0]) ** (step / max(1, steps - 1))
             for group, peak in zip(trainer.optimizer.param_groups, peaks, strict=True):
                 group["lr"] = peak * rate
-            loss = float(trainer.train_step(*next(batches)))
+            step_loss = float(trainer.train_step(*next(batches)))
+            # the global batch's loss (the shares are equal): every process stops at the same step
+            loss = trainer.machine.sum([step_loss])[0] / trainer.machine.world_size
             progress.update()
             taken.append(rate)
             losses.append(loss)

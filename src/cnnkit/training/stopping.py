@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cnnkit.errors import CnnkitError
+
+ECHO_SECONDS = 2.0  # a second stop signal sooner than this after the first is the same request, passed on
 
 
 class TrainingInterrupted(CnnkitError):
@@ -33,10 +36,14 @@ def stop_on_signals() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    asked = [0.0]
 
     def ask(signum, frame):
-        if stop.is_set():
+        # torchrun passes a terminal's Ctrl-C on to processes that had it already: an echo, not a second press
+        if stop.is_set() and time.monotonic() - asked[0] > ECHO_SECONDS:
             raise KeyboardInterrupt
+        if not stop.is_set():
+            asked[0] = time.monotonic()
         stop.set()
 
     previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}

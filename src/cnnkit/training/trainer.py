@@ -1,5 +1,8 @@
 """The training loop, readable top to bottom: `Trainer.train_step` is one optimiser step, `Trainer.fit`
-runs the epochs around it, writes checkpoints and tells its callbacks what happened."""
+runs the epochs around it, writes checkpoints and tells its callbacks what happened.
+
+With several processes (torchrun), the model is wrapped in DistributedDataParallel, each process steps on
+its share of every global batch, and the epoch's numbers are summed over the processes."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -23,8 +25,11 @@ from cnnkit.models import ModelSpec, unwrap
 from cnnkit.optimizers import build_optimizer
 from cnnkit.progress import bar, say
 from cnnkit.training.events import Callback, EpochResult
+from cnnkit.training.position import Position, check_finite, restore_rng
 from cnnkit.training.schedule import default_warmup, lr_factor
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
+
+AGREE_EVERY = 16  # with several processes, a stop is agreed on every this many steps: each check is a collective
 
 
 def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -32,34 +37,12 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
 
 
-@dataclass
-class Position:
-    """Where training stands inside an epoch: with weights, optimiser and RNG states, all a resume needs."""
-
-    epoch: int = 1
-    step: int = 0  # batches of this epoch done
-    order: torch.Tensor | None = None  # this epoch's shuffled order of the training images
-    loss_sum: torch.Tensor | float = 0.0  # running sums stay on the device: reading them each step stalls a GPU
-    correct: torch.Tensor | int = 0
-    seen: int = 0
-    seconds: float = 0.0
-    lr: float = 0.0  # the learning rate the epoch started with
-    first_bad_step: torch.Tensor | int = -1  # the first step whose loss was not finite
-
-    def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        bad = torch.as_tensor(self.first_bad_step, device=loss.device)  # recorded on the device: no sync
-        self.first_bad_step = torch.where((bad < 0) & ~loss.isfinite(), self.step, bad)
-        self.loss_sum = self.loss_sum + loss * len(labels)
-        self.correct = self.correct + (logits.argmax(1) == labels).sum()
-        self.seen += len(labels)
-        self.step += 1
-
-
 class Trainer:
     """A model, its optimiser, schedule and weight average, and where training stands."""
 
     def __init__(self, model: nn.Module, spec: ModelSpec, train: DeviceBatches, cfg: TrainConfig, machine: Machine):
-        self.model, self.train_batches, self.cfg, self.machine = model, train, cfg, machine
+        self.net, self.train_batches, self.cfg, self.machine = model, train, cfg, machine
+        self.model = machine.data_parallel(model)  # steps through DDP; evaluates the plain `net`, with no collectives
         self.optimizer = build_optimizer(unwrap(model), cfg, spec)
         # an average of recent weights generalises better than the last step's (and smooths the end of training)
         self.ema = (
@@ -90,7 +73,7 @@ class Trainer:
     @property
     def kept_model(self) -> nn.Module:
         """The model to validate and keep: the weight average with --ema, else the trained model."""
-        return self.ema.module if self.ema is not None else self.model
+        return self.ema.module if self.ema is not None else self.net
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimiser step on one batch: forward, loss, backward, update, schedule and weight average.
@@ -106,7 +89,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
+            self.ema.update_parameters(self.net)
         self.pos.record(loss.detach(), logits, labels)
         return loss.detach()
 
@@ -129,6 +112,7 @@ class Trainer:
             self.pos = Position(epoch=self.pos.epoch + 1)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, result)
+            self.stop_training = self.machine.any_rank(self.stop_training)  # a callback on one process stops all
             self._save(save)
         for callback in self.callbacks:
             callback.on_train_end(self)
@@ -149,15 +133,26 @@ class Trainer:
                     progress.set_postfix(loss=f"{float(pos.loss_sum) / max(1, pos.seen):.4f}")
                 for callback in self.callbacks:
                     callback.on_step_end(self, loss)
-                self._checkpoint_if_due(save, stop, last=pos.step == steps)
-                if self.stop_training:
+                interrupted, stopped = self._stops(stop, last=pos.step == steps)
+                self._checkpoint_if_due(save, interrupted, last=pos.step == steps)
+                if stopped:
+                    self.stop_training = True
                     break
         self._lap()
 
-    def _checkpoint_if_due(self, save: Callable[[dict], None] | None, stop: threading.Event | None, last: bool) -> None:
-        """Checkpoint every cfg.checkpoint_every steps (the epoch's end has its own) and when asked to stop,
-        which every process decides together."""
-        interrupted = self.machine.any_rank(stop is not None and stop.is_set())
+    def _stops(self, stop: threading.Event | None, last: bool) -> tuple[bool, bool]:
+        """(asked to stop by a signal, stopped by a callback), the same on every process: with several, agreed
+        on every AGREE_EVERY steps and at the epoch's end (a collective, and on a GPU a sync), else not yet."""
+        flags = [stop is not None and stop.is_set(), self.stop_training]
+        if self.machine.world_size == 1:
+            return flags[0], flags[1]
+        if self.pos.step % AGREE_EVERY and not last:
+            return False, False
+        interrupted, stopped = self.machine.sum([float(flag) for flag in flags])
+        return interrupted > 0, stopped > 0
+
+    def _checkpoint_if_due(self, save: Callable[[dict], None] | None, interrupted: bool, last: bool) -> None:
+        """Checkpoint every cfg.checkpoint_every steps (the epoch's end has its own), and when asked to stop."""
         every = self.cfg.checkpoint_every
         if interrupted or (every and self.scheduler.last_epoch % every == 0 and not last):
             self._lap()
@@ -184,16 +179,25 @@ class Trainer:
         self._clock = time.perf_counter()
 
     def _epoch_result(self, val: DeviceBatches | None) -> EpochResult:
+        """The epoch's numbers, the same on every process: `val` is this process's share of the validation
+        split, whose logits are gathered whole."""
         val_loss = val_accuracy = None
         if val is not None:
-            logits, labels = predict_logits(self.kept_model, val, self.machine)  # TTA's six views: for the test alone
+            self.machine.align_buffers(self.kept_model)
+            predicted = predict_logits(self.kept_model, val, self.machine)  # TTA's six views: for the test alone
+            logits, labels = (self.machine.gather_rows(t) for t in predicted)
             val_loss = nn.functional.cross_entropy(logits, labels).item()
             val_accuracy = (logits.argmax(1) == labels).float().mean().item()
+        loss_sum, correct, seen = self._totals()
+        seen = max(1, seen)  # every step of the epoch may have been skipped
         pos = self.pos
-        seen = max(1, pos.seen)  # every step of the epoch may have been skipped
-        return EpochResult(
-            pos.epoch, float(pos.loss_sum) / seen, int(pos.correct) / seen, val_loss, val_accuracy, pos.lr, pos.seconds
-        )
+        return EpochResult(pos.epoch, loss_sum / seen, correct / seen, val_loss, val_accuracy, pos.lr, pos.seconds)
+
+    def _totals(self) -> tuple[float, int, int]:
+        """The epoch's loss sum, right answers and images so far, over every process."""
+        pos = self.pos
+        loss_sum, correct, seen = self.machine.sum([float(pos.loss_sum), float(pos.correct), float(pos.seen)])
+        return loss_sum, round(correct), round(seen)
 
     def _skip_step(self, loss: torch.Tensor) -> None:
         """Leave the weights as they are, halve the rate for the rest of the run, and move on."""
@@ -203,46 +207,40 @@ class Trainer:
         say(f"skipped epoch {self.pos.epoch}, step {self.pos.step}: the loss was {loss.item()}; learning rate halved")
 
     def _check_finite(self) -> None:
-        """Stop on a non-finite loss, or on weights gone non-finite while such steps were skipped: nothing
-        poisoned is ever checkpointed or kept. One device sync, at checkpoints and epoch ends only."""
-        bad = int(self.pos.first_bad_step)
-        weights_bad = not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
-        if not self.machine.any_rank(bad >= 0 or weights_bad):  # every process stops together, whichever saw it
-            return
-        epoch = self.pos.epoch
-        if bad >= 0:
-            what = f"the training loss became NaN or infinite at epoch {epoch}, step {bad + 1}"
-        elif weights_bad:
-            what = f"the weights became NaN or infinite by epoch {epoch}, step {self.pos.step}"
-        else:
-            what = f"training on another process became NaN or infinite at epoch {epoch}"
-        raise TrainingDiverged(what)
+        check_finite(self.pos, self.model, self.machine)
 
     def _parts(self) -> dict:
         parts = {"model": unwrap(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler, "ema": self.ema}
         return {name: part for name, part in parts.items() if part is not None}
 
     def state_dict(self) -> dict:
-        """Everything an exact resume needs: weights, optimiser, schedule, average, position and every RNG."""
+        """Everything an exact resume needs: weights, optimiser, schedule, average, position and every RNG. The
+        same on every process but for the epoch's sums (summed here) and each process's own model RNG (one row
+        each); the data's order and augmentation are global, so any number of processes can take it up."""
+        position = dataclasses.asdict(self.pos)
+        if self.machine.world_size > 1:
+            position["loss_sum"], position["correct"], position["seen"] = self._totals()
+        cuda = self.machine.device.type == "cuda"
         return {
             **{name: part.state_dict() for name, part in self._parts().items()},
-            "position": dataclasses.asdict(self.pos),
+            "position": position,
+            "processes": self.machine.world_size,
             "rng": {
-                "torch": torch.get_rng_state(),
+                "torch": self.machine.gather_rows(torch.get_rng_state()[None]),
                 "data": self.train_batches.generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "cuda": self.machine.gather_rows(torch.cuda.get_rng_state(self.machine.device)[None]) if cuda else [],
             },
         }
 
     def load_state_dict(self, state: dict) -> None:
         for name, part in self._parts().items():
             part.load_state_dict(state[name])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.train_batches.generator.set_state(state["rng"]["data"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        step = self.scheduler.last_epoch
+        restore_rng(state["rng"], self.train_batches.generator, self.machine, (self.cfg.seed, step))
         device = self.train_batches.labels.device
         pos = Position(**state["position"])
+        if not self.machine.is_main:  # the epoch's sums so far are every process's: the main one carries them
+            pos.loss_sum, pos.correct, pos.seen = 0.0, 0, 0
         pos.order = pos.order.to(device) if pos.order is not None else None
         pos.loss_sum = torch.as_tensor(pos.loss_sum).to(device)
         pos.correct = torch.as_tensor(pos.correct).to(device)

@@ -47,9 +47,8 @@ def compile_warmup(trainer: Trainer, eval_sizes: set[int], tta: bool) -> float:
     batches = trainer.train_batches
     with undone(trainer):
         trainer.model.train()
-        trainer.train_step(*sample_batch(batches, min(batches.batch_size, len(batches.labels))))
-        predict_logits(
-            trainer.model, [sample_batch(batches, size) for size in sorted(eval_sizes)], trainer.machine, tta
-        )
+        share = batches.batch_size // batches.processes  # each process steps on its share of the global batch
+        trainer.train_step(*sample_batch(batches, min(share, len(batches.labels))))
+        predict_logits(trainer.net, [sample_batch(batches, size) for size in sorted(eval_sizes)], trainer.machine, tta)
     trainer.machine.sync()
     return time.perf_counter() - started

@@ -1,0 +1,65 @@
+"""Several processes started from Python (a notebook, a script): `cnnkit.train(..., processes=N)` starts them
+with torch's own elastic launcher, as `torchrun --standalone --nproc-per-node N` would, on this machine."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from cnnkit.config import TrainConfig
+from cnnkit.errors import CnnkitError
+from cnnkit.machine import distributed
+from cnnkit.training.events import Callback
+
+
+def check_launch(processes: int) -> None:
+    if not isinstance(processes, int) or processes < 1:
+        raise CnnkitError(f"processes={processes!r} must be a whole number of processes, 1 or more")
+    if distributed():
+        raise CnnkitError("processes= starts a run's processes, so it cannot be given inside one (torchrun)")
+
+
+def launch_train(
+    processes: int,
+    config: TrainConfig | None,
+    model: nn.Module | str | None,
+    settings: dict,
+    callbacks: Sequence[Callback],
+) -> Path:
+    """`cnnkit.train(config, model=model, callbacks=callbacks, **settings)` in `processes` processes of this
+    machine; returns the run folder the main one wrote. Everything travels to each process by pickling."""
+    launch = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port of this machine's, as torchrun --standalone takes
+        max_restarts=0,  # a failed run is reported, not started again from scratch
+        monitor_interval=0.2,
+        start_method="spawn",  # a fresh interpreter each: fork would copy this process's threads and CUDA state
+    )
+    try:
+        results = elastic_launch(launch, _train_process)(config, model, settings, list(callbacks))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+        reason = message.strip().removeprefix(f"{CnnkitError.__name__}: ") or "see its output above"
+        raise CnnkitError(f"process {rank} of {processes} failed: {reason}") from None
+    return Path(results[0])
+
+
+@record  # a failing process writes its error where the launcher reads it, so the caller sees the reason
+def _train_process(config: TrainConfig | None, model: nn.Module | str | None, settings: dict, callbacks: list) -> str:
+    from cnnkit.session import train  # imported here: the session imports this module
+
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: the processes share the cores, not oversubscribe
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return str(train(config, model=model, callbacks=callbacks, **settings).dir)
