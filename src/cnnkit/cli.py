@@ -1,4 +1,4 @@
-"""The `cnnkit` command: train, eval, predict, models, presets, summary, report, compare, lr-find, sweep. User
+"""The `cnnkit` command: train, eval, predict, models, presets, summary, report, compare, lr-find, sweep, export. User
 mistakes end in one line, never a traceback."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch.distributed as dist
 from cnnkit import __version__
 from cnnkit.cli_flags import add_config_flags, given_settings
 from cnnkit.cli_inspect import add_inspection_commands
+from cnnkit.cli_ship import add_shipping_commands
 from cnnkit.cli_tune import add_tuning_commands
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_json, read_yaml, to_json
@@ -40,6 +41,7 @@ EXAMPLES = """examples:
   cnnkit compare runs/RUN1 runs/RUN2              # settings that differ, results, curves
   cnnkit lr-find --model simplecnn                # the learning-rate range test (train --lr auto uses it)
   cnnkit sweep --search lr=0.001,0.01 --search batch-size=32,64   # 4 runs, best by validation, tested once
+  cnnkit export runs/RUN --format onnx            # uint8 images in, probabilities out; checked against the run
 """
 
 
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_inspection_commands(commands)
     add_tuning_commands(commands)
+    add_shipping_commands(commands)
     return parser
 
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.data.preprocess import laid_out
 from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
+from cnnkit.inference import six_view_logits
 from cnnkit.machine import Machine
 
 EVAL_PIXELS = 1024 * 32 * 32  # pixels per evaluation batch: 1,024 CIFAR-sized images, fewer large ones (memory)
@@ -47,30 +47,15 @@ def predict_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (float32) and labels of an evaluation pass, still on the device.
 
-    With `tta`, each image's logits are averaged over six views (airbench): the image and two copies
-    shifted by one pixel (up-left, down-right), each with its mirror image; the unshifted pair counts
-    half. A free gain for data whose classes do not depend on left and right (photos, not digits).
+    With `tta`, each image's logits are averaged over six views (`six_view_logits`).
     """
     model.eval()
     logits, labels = [], []
     for images, y in batches:
         with machine.autocast():
-            logits.append(_six_view_average(model, images, machine) if tta else model(images).float())
+            logits.append(six_view_logits(model, images, machine.memory_format) if tta else model(images).float())
         labels.append(y)
     return torch.cat(logits), torch.cat(labels)
-
-
-def _six_view_average(model: nn.Module, images: torch.Tensor, machine: Machine) -> torch.Tensor:
-    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
-    h, w = images.shape[-2:]
-    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
-    return (_mirror_average(model, images, machine) + sum(_mirror_average(model, s, machine) for s in shifted) / 2) / 2
-
-
-def _mirror_average(model: nn.Module, images: torch.Tensor, machine: Machine) -> torch.Tensor:
-    # every view in the batches' own memory layout: a compiled model would recompile for other strides
-    views = [laid_out(v.shape, v.device, machine.memory_format).copy_(v) for v in (images, images.flip(3))]
-    return sum(model(v).float() for v in views) / 2
 
 
 def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:

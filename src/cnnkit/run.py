@@ -3,7 +3,6 @@ every image exactly as training did."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import eval_batch, predict_logits, test_metrics
 from cnnkit.files import read_json
+from cnnkit.inference import Classifier
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model
 from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS
@@ -56,10 +56,11 @@ class Run:
     def preprocess(self) -> Preprocess:
         return Preprocess(self.info["mean"], self.info["std"], self.machine.memory_format).to(self.machine.device)
 
-    def inference_model(self) -> nn.Sequential:
-        """The model with its preprocessing in front: uint8 (N, C, H, W) images of the run's channels and size
-        in, logits out. What an export or a server needs, with no recipe kept beside it."""
-        return nn.Sequential(OrderedDict(preprocess=self.preprocess(), model=self.model)).eval()
+    def inference_model(self) -> Classifier:
+        """The whole prediction as one module in float32: uint8 (N, C, H, W) images of the run's channels and
+        size in, class probabilities out (preprocessing and the run's TTA built in). What `predict`, an export
+        and a server run, with no recipe kept beside it."""
+        return Classifier(self.preprocess(), self.model, self.config.tta).eval()
 
     def evaluate(self, data: str | None = None, data_dir: str | None = None) -> dict:
         """Test metrics from the saved weights: the run's own test split, or the test split of `data`."""
@@ -70,6 +71,18 @@ class Run:
         self, data: str | None = None, data_dir: str | None = None
     ) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
         """The test images (uint8, as the model saw them), their logits and their labels in the run's classes."""
+        test = self.test_split(data, data_dir)
+        logits, labels = predict_logits(
+            self.model,
+            DeviceBatches(test, eval_batch(self.info["image_size"]), self.preprocess()),
+            self.machine,
+            self.config.tta,
+        )
+        return test, logits, labels
+
+    def test_split(self, data: str | None = None, data_dir: str | None = None) -> ImageSet:
+        """The run's own test split (refused if its data changed), or the test split of `data`, in the run's
+        classes, channels and size."""
         cfg = self.config
         dataset = load_data(
             data or cfg.data,
@@ -82,33 +95,23 @@ class Run:
         )
         if data is None:  # the run's own test split: the same images it was tested on, or a clear refusal
             check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, "its test split")
-        test = self._conform(dataset.splits["test"], dataset.classes, data or cfg.data)
-        logits, labels = predict_logits(
-            self.model,
-            DeviceBatches(test, eval_batch(self.info["image_size"]), self.preprocess()),
-            self.machine,
-            cfg.tta,
-        )
-        return test, logits, labels
+        return self._conform(dataset.splits["test"], dataset.classes, data or cfg.data)
 
     def predict_images(
         self, images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, top_k: int = 3
     ) -> list[list[dict]]:
         """For each image in memory (a PIL image, or a uint8 tensor (C, H, W) or batch (N, C, H, W) of any size
-        and 1 or 3 channels): its top-k classes with probabilities, preprocessed exactly as in training."""
+        and 1 or 3 channels): its top-k classes with probabilities, preprocessed exactly as in training, in
+        float32 (the test metrics are computed at the run's own precision)."""
         if top_k < 1:
             raise CnnkitError(f"--top-k {top_k} must be at least 1")
         if len(images) == 0:
             return []
-        batch = torch.stack([self._as_input(image) for image in images])
-        unlabelled = ImageSet(batch, torch.zeros(len(batch), dtype=torch.long))
-        logits, _ = predict_logits(
-            self.model,
-            DeviceBatches(unlabelled, eval_batch(self.info["image_size"]), self.preprocess()),
-            self.machine,
-            self.config.tta,
-        )
-        probs, index = logits.softmax(1).topk(min(top_k, len(self.classes)), dim=1)
+        batch = torch.stack([self._as_input(image) for image in images]).to(self.machine.device)
+        classifier = self.inference_model()
+        with torch.no_grad():  # in float32, as an export runs: the same probabilities from either
+            probabilities = torch.cat([classifier(part) for part in batch.split(eval_batch(self.info["image_size"]))])
+        probs, index = probabilities.topk(min(top_k, len(self.classes)), dim=1)
         return [
             [
                 {"class": self.classes[i], "probability": round(p, 6)}
