@@ -41,6 +41,7 @@ def test_the_export_gives_the_probabilities_cnnkit_predict_gives(family_run, fmt
     assert main(["export", str(family_run.dir), "--format", fmt]) == 0
     assert "gives the run's probabilities within" in capsys.readouterr().out
     path = family_run.dir / f"model.{fmt}"
+    assert not list(family_run.dir.glob(".*"))  # nothing left beside it: no temporary file, no external weights
     if fmt == "onnx":
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (images_input,) = session.get_inputs()

@@ -1,5 +1,5 @@
-"""The `cnnkit` command: train, eval, predict, models, presets, summary, report, compare, lr-find, sweep, export. User
-mistakes end in one line, never a traceback."""
+"""The `cnnkit` command: train, eval, predict, models, presets, summary, report, compare, lr-find, sweep,
+export, serve. User mistakes end in one line, never a traceback."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ EXAMPLES = """examples:
   cnnkit lr-find --model simplecnn                # the learning-rate range test (train --lr auto uses it)
   cnnkit sweep --search lr=0.001,0.01 --search batch-size=32,64   # 4 runs, best by validation, tested once
   cnnkit export runs/RUN --format onnx            # uint8 images in, probabilities out; checked against the run
+  cnnkit serve runs/RUN --port 8000               # POST an image to /predict, get its top classes as JSON
 """
 
 

@@ -1,17 +1,19 @@
-"""The `cnnkit` commands that take a trained model elsewhere: export (cli.py wires them in)."""
+"""The `cnnkit` commands that take a trained model elsewhere: export and serve (cli.py wires them in)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from cnnkit.errors import CnnkitError
 from cnnkit.export import CHECKED_BATCHES, FORMATS, PARITY, export_run
 from cnnkit.progress import printable
 from cnnkit.run import load
+from cnnkit.serve import MAX_BYTES, create_app
 
 
 def add_shipping_commands(commands) -> None:
-    """Add export to the `cnnkit` command's sub-commands."""
+    """Add export and serve to the `cnnkit` command's sub-commands."""
     export = commands.add_parser(
         "export",
         help="a run's model as ONNX or a torch.export program, checked against the run",
@@ -26,6 +28,20 @@ def add_shipping_commands(commands) -> None:
     export.add_argument("--out", metavar="FILE", help="where to write it (default RUN/model.onnx or RUN/model.pt2)")
     export.set_defaults(command=cmd_export)
 
+    serve = commands.add_parser(
+        "serve",
+        help="a run behind HTTP: POST an image to /predict, get its top classes as JSON",
+        description="Serve a run: POST an image file's bytes to /predict (curl --data-binary @cat.jpg "
+        "http://127.0.0.1:8000/predict); GET /health. Requests that arrive together are predicted as one batch. "
+        "Needs pip install 'cnnkit[serve]'; with onnxruntime and RUN/model.onnx (cnnkit export), ONNX answers.",
+    )
+    serve.add_argument("run", help="run folder written by `cnnkit train`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--top-k", type=int, default=3, help="classes in each answer (default 3)")
+    serve.add_argument("--max-mb", type=float, default=MAX_BYTES / 2**20, help="largest upload in MiB (default 10)")
+    serve.set_defaults(command=cmd_serve)
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     exported = export_run(load(args.run, device="cpu"), args.format, Path(args.out) if args.out else None)
@@ -36,4 +52,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"the run's probabilities within {exported.largest_difference:.1e}"
         )
     )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.top_k < 1 or not 0 < args.port < 65536 or not args.max_mb > 0:
+        raise CnnkitError("--top-k must be 1 or more, --port between 1 and 65535, and --max-mb above 0")
+    app = create_app(load(args.run), args.top_k, int(args.max_mb * 2**20))
+    import uvicorn  # there: create_app checked it
+
+    print(printable(f"serving {args.run} on http://{args.host}:{args.port}: POST an image to /predict; Ctrl-C stops"))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

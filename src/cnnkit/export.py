@@ -43,7 +43,7 @@ def export_run(run: Run, fmt: str, path: Path | None = None) -> Exported:
     classifier = run.inference_model().cpu()
     images = run.test_split().images[: sum(CHECKED_BATCHES)]
     images = images if isinstance(images, torch.Tensor) else images[: len(images)]  # kept on disk: read them
-    example = images[:EXAMPLE_BATCH].contiguous()
+    example = images[:EXAMPLE_BATCH].clone()  # a copy: the program keeps it, and a view keeps all the images
     path = path or run.dir / FORMATS[fmt]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with torch.no_grad():
@@ -86,8 +86,15 @@ def _write_pt2(program: torch.export.ExportedProgram, path: Path) -> Predict:
 def _write_onnx(program: torch.export.ExportedProgram, path: Path) -> Predict:
     import onnxruntime
 
-    torch.onnx.export(
-        program, (), str(path), dynamo=True, input_names=["images"], output_names=["probabilities"], verbose=False
+    torch.onnx.export(  # the weights inside the one file (up to ONNX's 2 GB), not in a file beside it
+        program,
+        (),
+        str(path),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["probabilities"],
+        external_data=False,
+        verbose=False,
     )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda images: session.run(None, {"images": images.numpy()})[0]
