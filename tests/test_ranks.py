@@ -166,6 +166,14 @@ def test_a_process_that_dies_stops_the_others(tmp_path):
     assert (out / "checkpoint.safetensors").is_file() and not (out / "summary.json").exists()
 
 
+def test_a_loss_gone_infinite_on_the_processes_stops_them_all_with_one_message(tmp_path):
+    out = tmp_path / "run"
+    settings = {**SETTINGS, "lr": 1e30, "optimizer": "sgd", "checkpoint_every": 0}
+    output = finish(torchrun(["-m", "cnnkit", "train", *flags(settings), "--out", str(out)], tmp_path))
+    assert output.count("NaN or infinite") == 1 and "process 1" not in output, output  # said once, by the main one
+    assert not (out / "summary.json").exists()
+
+
 def test_processes_from_python_train_data_parallel_and_report_a_process_error(tmp_path):
     run = cnnkit.train(model="simplecnn", epochs=2, report=False, out=str(tmp_path / "run"), processes=2)
     assert run.dir == tmp_path / "run" and run.summary["test_accuracy"] > 0.85

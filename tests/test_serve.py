@@ -80,3 +80,10 @@ def test_bad_uploads_get_a_clear_4xx_and_the_server_goes_on(served, body, status
     refused = client.post("/predict", content=body)
     assert refused.status_code == status and message in refused.json()["detail"]
     assert client.post("/predict", content=files[1]).status_code == 200
+
+
+def test_an_upload_past_the_decompression_bomb_limit_is_refused(served, monkeypatch):
+    run, files = served
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 32)  # the 8x8 digits are 64 pixels: past it
+    refused = testclient.TestClient(create_app(run)).post("/predict", content=files[0])
+    assert refused.status_code == 415 and "decompression bombs" in refused.json()["detail"]

@@ -25,7 +25,7 @@ from cnnkit.run import load
 from cnnkit.rundir import MODEL_INFO
 from cnnkit.schema import model_info_problem
 from cnnkit.session import resume, train
-from cnnkit.training.stopping import TrainingInterrupted
+from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
 
 EXAMPLES = """examples:
   cnnkit train                                   # 8x8 digits from scikit-learn, no download
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except CnnkitError as e:
         rank = process_place()[0]
+        if rank and isinstance(e, TrainingDiverged):  # every process stopped on it together; the main one says so
+            return 2
         where = f" (process {rank})" if rank else ""  # the others of a torchrun usually say the same: told apart
         print(f"cnnkit: error{where}: {printable(str(e))}", file=sys.stderr)
         return 2
