@@ -17,7 +17,7 @@ from cnnkit.cli_ship import add_shipping_commands
 from cnnkit.cli_tune import add_tuning_commands
 from cnnkit.errors import CnnkitError
 from cnnkit.files import read_json, read_yaml, to_json
-from cnnkit.machine import is_main_process, process_place
+from cnnkit.machine import process_place
 from cnnkit.models import describe_models
 from cnnkit.presets import PRESETS
 from cnnkit.progress import printable
@@ -51,15 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except TrainingInterrupted as e:
-        if is_main_process():  # every process stopped together; one says so
-            print(f"cnnkit: {printable(str(e))}", file=sys.stderr)
+        _complain("cnnkit", e)
         return 130
     except CnnkitError as e:
-        rank = process_place()[0]
-        if rank and isinstance(e, TrainingDiverged):  # every process stopped on it together; the main one says so
-            return 2
-        where = f" (process {rank})" if rank else ""  # the others of a torchrun usually say the same: told apart
-        print(f"cnnkit: error{where}: {printable(str(e))}", file=sys.stderr)
+        _complain("cnnkit: error", e)
         return 2
     except dist.DistError as e:  # another process of the run died, or stopped answering
         reason = printable(str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -78,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # whoever read the output stopped early (`cnnkit eval RUN | head`): not a fault
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so Python's exit flush stays quiet
         return 141
+
+
+def _complain(prefix: str, error: CnnkitError) -> None:
+    """The error in one line. A stop every process takes together is told by the main one alone; another
+    error of a torchrun process is told with its rank, since the others often say the same."""
+    rank = process_place()[0]
+    if rank and isinstance(error, (TrainingInterrupted, TrainingDiverged)):
+        return
+    where = f" (process {rank})" if rank else ""
+    print(f"{prefix}{where}: {printable(str(error))}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

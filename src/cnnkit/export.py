@@ -41,8 +41,7 @@ def export_run(run: Run, fmt: str, path: Path | None = None) -> Exported:
     if fmt == "onnx":
         _require("onnx", "onnxscript", "onnxruntime")
     classifier = run.inference_model().cpu()
-    images = run.test_split().images[: sum(CHECKED_BATCHES)]
-    images = images if isinstance(images, torch.Tensor) else images[: len(images)]  # kept on disk: read them
+    images = run.test_split().images[: sum(CHECKED_BATCHES)]  # a tensor, even from images kept on disk
     example = images[:EXAMPLE_BATCH].clone()  # a copy: the program keeps it, and a view keeps all the images
     path = path or run.dir / FORMATS[fmt]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)

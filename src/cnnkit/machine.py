@@ -83,9 +83,7 @@ class Machine:
             self.barrier()
 
     def rows(self, n: int) -> slice:
-        """This process's contiguous share of n rows (shares differ by at most one row; none is padded, so
-        no image counts twice in a metric)."""
-        return slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
+        return share_rows(n, self.rank, self.world_size)
 
     def sum(self, values: list[float]) -> list[float]:
         """Each value summed over the processes (counts and sums, never means: shares differ in size)."""
@@ -123,6 +121,12 @@ class Machine:
             return model
         ids = [self.device] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def share_rows(n: int, rank: int, processes: int) -> slice:
+    """Process `rank`'s contiguous share of n rows (shares differ by at most one row and none is padded, so no
+    image counts twice in a metric)."""
+    return slice(rank * n // processes, (rank + 1) * n // processes)
 
 
 def distributed() -> bool:

@@ -7,13 +7,12 @@ ONNX model answers, else the run's own `Classifier`: the same probabilities eith
 
 import asyncio
 import importlib.util
-import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
-from cnnkit.data.images import DECODE_ERRORS, image_to_tensor, open_image
+from cnnkit.data.images import DECODE_ERRORS, decode_bytes
 from cnnkit.errors import CnnkitError
 from cnnkit.export import FORMATS
 from cnnkit.run import Run
@@ -28,11 +27,11 @@ Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, C, H, W) -> (N, cl
 
 
 class Batcher:
-    """Images queued by concurrent requests and predicted together, off the event loop; `sizes` keeps the size
-    of every batch predicted (what /health reports)."""
+    """Images queued by concurrent requests and predicted together, off the event loop; it counts the batches
+    and the largest one (what /health reports)."""
 
     def __init__(self, predict: Predict):
-        self.predict, self.sizes = predict, list[int]()
+        self.predict, self.batches, self.largest = predict, 0, 0
         self.queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
@@ -53,7 +52,7 @@ class Batcher:
                     waiting.append(await asyncio.wait_for(self.queue.get(), left))
                 except TimeoutError:
                     break
-            self.sizes.append(len(waiting))
+            self.batches, self.largest = self.batches + 1, max(self.largest, len(waiting))
             try:
                 probabilities = await asyncio.to_thread(self.predict, torch.stack([image for image, _ in waiting]))
             except Exception as error:  # every request of the batch gets the error; the server goes on
@@ -86,8 +85,7 @@ def predictor(run: Run) -> tuple[str, Predict]:
 def decode_upload(body: bytes, run: Run) -> torch.Tensor:
     """An uploaded file's bytes as the run's input image; a ValueError says what is wrong with them."""
     try:
-        with open_image(io.BytesIO(body)) as img:
-            return image_to_tensor(img, run.info["image_size"], run.info["in_channels"], run.resize)
+        return decode_bytes(body, run.info["image_size"], run.info["in_channels"], run.resize)
     except DECODE_ERRORS as e:
         raise ValueError(f"the body is not an image this server can read ({type(e).__name__}: {e})") from None
 
@@ -104,11 +102,11 @@ def create_app(run: Run, top_k: int = 3, max_bytes: int = MAX_BYTES) -> "FastAPI
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "run": run.dir.name, "engine": engine, "classes": run.classes,
-                "batches": len(batcher.sizes), "largest_batch": max(batcher.sizes, default=0)}  # fmt: skip
+                "batches": batcher.batches, "largest_batch": batcher.largest}  # fmt: skip
 
     @app.post("/predict")
     async def predict_image(request: Request) -> dict:
-        body = await _read_body(request, max_bytes, HTTPException)
+        body = await _read_body(request, max_bytes)
         try:
             image = await asyncio.to_thread(decode_upload, body, run)
         except ValueError as e:
@@ -121,12 +119,14 @@ def create_app(run: Run, top_k: int = 3, max_bytes: int = MAX_BYTES) -> "FastAPI
     return app
 
 
-async def _read_body(request, max_bytes: int, error: type[Exception]) -> bytes:
+async def _read_body(request, max_bytes: int) -> bytes:
     """The request's body, refused (413) as soon as it is past `max_bytes`, and (400) when empty."""
+    from fastapi import HTTPException
+
     declared = request.headers.get("content-length", "0")
     if not declared.isdigit():
-        raise error(400, "Content-Length must be a whole number of bytes")
-    too_large = error(413, f"the image is over the {max_bytes:,}-byte limit of this server (--max-mb)")
+        raise HTTPException(400, "Content-Length must be a whole number of bytes")
+    too_large = HTTPException(413, f"the image is over the {max_bytes:,}-byte limit of this server (--max-mb)")
     if int(declared) > max_bytes:
         raise too_large
     body = bytearray()
@@ -135,7 +135,8 @@ async def _read_body(request, max_bytes: int, error: type[Exception]) -> bytes:
         if len(body) > max_bytes:
             raise too_large
     if not body:
-        raise error(400, "the body is empty: POST the image file's bytes, e.g. curl --data-binary @cat.jpg URL/predict")
+        message = "the body is empty: POST the image file's bytes, e.g. curl --data-binary @cat.jpg URL/predict"
+        raise HTTPException(400, message)
     return bytes(body)
 
 

@@ -56,20 +56,24 @@ def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
 
 
 def decode_image(path: str | Path, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
-    """Decode an image file to a uint8 (channels, size, size) tensor. A JPEG already at the size decodes with
-    libjpeg-turbo through torchvision.io (several times faster than PIL for small ones, pixel for pixel the
-    same); every other file goes through PIL and `image_to_tensor`, whose resize earlier runs were trained
+    """Decode an image file to a uint8 (channels, size, size) tensor (see `decode_bytes`)."""
+    return decode_bytes(Path(path).read_bytes(), size, channels, resize)
+
+
+def decode_bytes(data: bytes, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
+    """Decode an image file's bytes to a uint8 (channels, size, size) tensor. A JPEG already at the size decodes
+    with libjpeg-turbo through torchvision.io (several times faster than PIL for small ones, pixel for pixel
+    the same); every other file goes through PIL and `image_to_tensor`, whose resize earlier runs were trained
     on. `resize` makes a non-square image square (see RESIZE_RULES)."""
-    data = _jpeg_bytes(path)
-    header = jpeg_header(data) if data else None
-    if decode_jpeg and data and header and header[:2] == (size, size) and header[2] in (1, 3):
-        try:
-            pixels = decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), apply_exif_orientation=True)
+    header = jpeg_header(data) if data[:2] == b"\xff\xd8" else None
+    if decode_jpeg and header and header[:2] == (size, size) and header[2] in (1, 3):
+        try:  # from writable memory: torch.frombuffer warns on read-only bytes
+            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True)
             if pixels.shape[-2:] == (size, size):  # an EXIF rotation of a square keeps it square
                 return to_channels(pixels[None], channels)[0]
         except RuntimeError:  # libjpeg-turbo refuses it: PIL decides, and names what is wrong
             pass
-    with open_image(io.BytesIO(data) if data else path) as img:  # a JPEG's bytes are read already
+    with open_image(io.BytesIO(data)) as img:
         img.load()  # decode now, so that a truncated file fails here rather than later
         return image_to_tensor(img, size, channels, resize)
 
@@ -84,13 +88,6 @@ def jpeg_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
             return (width, height, data[i + 9]) if width and height else None
         i += 1 if marker == 0xFF else 2 + int.from_bytes(data[i + 2 : i + 4], "big")  # a fill byte, or a segment
     return None
-
-
-def _jpeg_bytes(path: str | Path) -> bytearray | None:
-    """A JPEG file's bytes (writable: torch.frombuffer warns on read-only memory), or None for other files."""
-    with open(path, "rb") as f:
-        start = f.read(2)
-        return bytearray(start + f.read()) if start == b"\xff\xd8" else None
 
 
 def image_to_tensor(img: Image.Image, size: int, channels: int, resize: str = "squash") -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from cnnkit.data.augment import Augment, Draws
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
+from cnnkit.machine import share_rows
 
 NO_AUGMENT = Augment()  # evaluation batches, and training without augmentation
 
@@ -88,20 +89,16 @@ class DeviceBatches:
         augment = self.augment
         for start in range(start_step * self.batch_size, stop, self.batch_size):
             end = min(start + self.batch_size, stop)
-            mine = self._share(start, end)
-            draws = Draws(self.generator, end - start, slice(mine.start - start, mine.stop - start))
-            index = mine if order is None else order[mine]
+            mine = share_rows(end - start, self.rank, self.processes)  # this process's rows of the global batch
+            draws = Draws(self.generator, end - start, mine)
+            rows = slice(start + mine.start, start + mine.stop)
+            index = rows if order is None else order[rows]
             images, labels = self.images[index], self.labels[index]
             images = random_translate(images, augment.translate, draws) if augment.translate else images
             if self.mirror_first is not None:
                 images = mirror_where(images, self.mirror_first[index] ^ (epoch % 2 == 0))
             images = augment.pixels(images, draws)  # rotation, zoom, jitter: off leaves it as it was
             yield augment.normalised(self.preprocess(images), draws), labels
-
-    def _share(self, start: int, end: int) -> slice:
-        """This process's contiguous rows of the global batch [start, end)."""
-        n = end - start
-        return slice(start + self.rank * n // self.processes, start + (self.rank + 1) * n // self.processes)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iterate(self.new_order())

@@ -103,7 +103,7 @@ class Trainer:
             if self.pos.step == 0:
                 self.pos.order, self.pos.lr = self.train_batches.new_order(), self.optimizer.param_groups[0]["lr"]
             self._train_epoch(save, stop)
-            self._check_finite()  # before anything of this epoch is validated, kept or checkpointed
+            check_finite(self.pos, self.model, self.machine)  # before this epoch is validated, kept or saved
             result = self._epoch_result(val)
             if self.pos.seen == 0 or not math.isfinite(result.val_loss if result.val_loss is not None else 0.0):
                 # finite weights whose every step or validation overflows are no model either
@@ -170,7 +170,7 @@ class Trainer:
         self._clock = now
 
     def _checkpoint(self, save: Callable[[dict], None] | None) -> None:
-        self._check_finite()  # never a checkpoint of poisoned weights
+        check_finite(self.pos, self.model, self.machine)  # never a checkpoint of poisoned weights
         self._save(save)
 
     def _save(self, save: Callable[[dict], None] | None) -> None:
@@ -205,9 +205,6 @@ class Trainer:
         self.scheduler.step()
         self.pos.step += 1
         say(f"skipped epoch {self.pos.epoch}, step {self.pos.step}: the loss was {loss.item()}; learning rate halved")
-
-    def _check_finite(self) -> None:
-        check_finite(self.pos, self.model, self.machine)
 
     def _parts(self) -> dict:
         parts = {"model": unwrap(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler, "ema": self.ema}
