@@ -73,12 +73,12 @@ def _batches(images: torch.Tensor) -> list[torch.Tensor]:
 
 def _write_pt2(program: torch.export.ExportedProgram, path: Path) -> Predict:
     archive = io.BytesIO()  # through memory: torch.export reads and writes only files named *.pt2, or buffers
-    torch.export.save(program, archive)
-    path.write_bytes(archive.getvalue())
-    archive.seek(0)
-    with warnings.catch_warnings():  # read back (the check runs what was written); its weights are on the CPU
+    with warnings.catch_warnings():  # torch warns of weights that may not be on the CPU: these are
         warnings.filterwarnings("ignore", message="No complete tensor found")
-        module = torch.export.load(archive).module()
+        torch.export.save(program, archive)
+        path.write_bytes(archive.getvalue())
+        archive.seek(0)
+        module = torch.export.load(archive).module()  # read back: the check runs what was written
     return lambda images: module(images).detach().numpy()
 
 
