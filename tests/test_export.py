@@ -1,6 +1,6 @@
-"""`cnnkit export`: for a model of every built-in family, the ONNX file (run by onnxruntime) and the .pt2
-program (loaded by torch.export) give the probabilities `cnnkit predict` gives, on real images, at batch sizes
-1 and 3; an export that would disagree is never written."""
+"""`cnnkit export`: for a model of every built-in family (and of each family of torchvision's backbones), the
+ONNX file (run by onnxruntime) and the .pt2 program (loaded by torch.export) give the probabilities `cnnkit
+predict` gives, on real images, at batch sizes 1 and 3; an export that would disagree is never written."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ FAMILIES = {  # one model of each family, with what each adds to the exported gr
     "simplecnn": {},  # the tutorials' nets
     "resnet9-small": {"tta": True},  # residual nets; the six views of test-time augmentation
     "fastcnn-small": {"whiten": True},  # airbench's net, its patch-whitening layer
-    "mobilenet_v3_small": {},  # torchvision's backbones
+    "resnet18": {},  # torchvision's backbones, each family of them:
+    "mobilenet_v3_small": {},  # hard-swish, squeeze-excitation
+    "efficientnet_b0": {},  # SiLU, stochastic depth
+    "convnext_tiny": {},  # layer norm over permuted channels, layer scale
 }
 
 
@@ -50,7 +53,7 @@ def test_the_export_gives_the_probabilities_cnnkit_predict_gives(family_run, fmt
     else:
         module = torch.export.load(str(path)).module()
         exported = lambda images: module(images).detach().numpy()  # noqa: E731
-    images = family_run.test_split().images[10:14]
+    images = family_run.split().images[10:14]
     for batch in (images[:1], images[1:4]):
         assert np.abs(exported(batch) - predicted(family_run, batch)).max() < 1e-4
 

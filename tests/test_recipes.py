@@ -105,6 +105,8 @@ def test_batches_shrink_until_a_pass_is_several_steps():
     assert fit_batch(256, 900) == 32
     assert fit_batch(256, 40) == 16
     assert fit_batch(256, 10) == 10
+    assert fit_batch(16, 900, processes=3) == 15  # shared evenly by 3 processes
+    assert fit_batch(256, 10, processes=4) == 8
 
 
 @pytest.mark.parametrize("preset", ["mnist-fast", "cifar10-cpu", "cifar10-cpu-best"])

@@ -14,6 +14,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
+from cnnkit.compress import prune, quantize  # noqa: E402
 from cnnkit.config import TrainConfig  # noqa: E402
 from cnnkit.errors import CnnkitError  # noqa: E402
 from cnnkit.models import create_model, model_names, register  # noqa: E402
@@ -32,6 +33,8 @@ __all__ = [
     "load",
     "lr_find",
     "model_names",
+    "prune",
+    "quantize",
     "register",
     "resume",
     "sweep",

@@ -76,6 +76,11 @@ class TrainConfig:
     whiten: bool = _knob(
         False, "start the first conv as a fixed whitening of the training images' patches (model fastcnn)"
     )
+    prune: float = _knob(
+        0.0,
+        "share of the conv and linear weights set to zero, the smallest first, and kept at zero while training "
+        "(with --init-from: a pruned fine-tune, as `cnnkit compress --prune` makes)",
+    )
     # optimisation
     epochs: int | None = _knob(None, "passes over the training split (default: 15 for a named model)")
     steps: int | None = _knob(None, "optimiser steps in all, instead of --epochs (the last pass may be partial)")

@@ -4,7 +4,6 @@ probabilities on the run's real test images."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import itertools
 import warnings
@@ -15,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, require_extra
 from cnnkit.files import atomic_write
+from cnnkit.inference import OnnxClassifier
 from cnnkit.run import Run
+from cnnkit.rundir import ONNX
 
-FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
+FORMATS = {"onnx": ONNX, "pt2": "model.pt2"}
 PARITY = 1e-4  # the largest difference in any probability an export may show against the run itself
 CHECKED_BATCHES = (1, 3, 64)  # batch sizes the check runs: one image, an odd few, a full batch
 EXAMPLE_BATCH = 2  # exported from a batch of 2: an example of 1 would freeze the batch size (pytorch #157621)
@@ -39,9 +40,10 @@ def export_run(run: Run, fmt: str, path: Path | None = None) -> Exported:
     if fmt not in FORMATS:
         raise CnnkitError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
     if fmt == "onnx":
-        _require("onnx", "onnxscript", "onnxruntime")
+        require_extra("exporting to ONNX", "export", "onnx", "onnxscript", "onnxruntime")
+    run.network("export again (its model.onnx is the export)")
     classifier = run.inference_model().cpu()
-    images = run.test_split().images[: sum(CHECKED_BATCHES)]  # a tensor, even from images kept on disk
+    images = run.split().images[: sum(CHECKED_BATCHES)]  # a tensor, even from images kept on disk
     example = images[:EXAMPLE_BATCH].clone()  # a copy: the program keeps it, and a view keeps all the images
     path = path or run.dir / FORMATS[fmt]
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -83,8 +85,6 @@ def _write_pt2(program: torch.export.ExportedProgram, path: Path) -> Predict:
 
 
 def _write_onnx(program: torch.export.ExportedProgram, path: Path) -> Predict:
-    import onnxruntime
-
     torch.onnx.export(  # the weights inside the one file (up to ONNX's 2 GB), not in a file beside it
         program,
         (),
@@ -95,11 +95,5 @@ def _write_onnx(program: torch.export.ExportedProgram, path: Path) -> Predict:
         external_data=False,
         verbose=False,
     )
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda images: session.run(None, {"images": images.numpy()})[0]
-
-
-def _require(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise CnnkitError(f"exporting to ONNX needs {' and '.join(missing)}: pip install 'cnnkit[export]'")
+    classifier = OnnxClassifier(path)
+    return lambda images: classifier(images).numpy()

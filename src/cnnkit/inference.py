@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.data.ondisk import DiskImages
 from cnnkit.data.preprocess import Preprocess, laid_out
+from cnnkit.errors import require_extra
+from cnnkit.progress import bar
 
 
 class Classifier(nn.Module):
@@ -39,3 +44,32 @@ def _mirror_average(model: nn.Module, images: torch.Tensor, memory_format: torch
     # every view in the batches' own memory layout: a compiled model would recompile for other strides
     views = [laid_out(v.shape, v.device, memory_format).copy_(v) for v in (images, images.flip(3))]
     return sum(model(v).float() for v in views) / 2
+
+
+def probabilities(
+    classifier: nn.Module, images: torch.Tensor | DiskImages, batch: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """A classifier's (N, classes) probabilities for uint8 images (N, C, H, W), in memory or on disk, `batch` at
+    a time on `device`, back on the CPU."""
+    parts = []
+    with torch.no_grad(), bar(len(images), "predicting", "img") as shown:
+        for start in range(0, len(images), batch):
+            parts.append(classifier(images[start : start + batch].to(device)).cpu())
+            shown.update(len(parts[-1]))
+    return torch.cat(parts)
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX file of a whole prediction (`cnnkit export`, or an int8 model from `cnnkit compress`) run by
+    onnxruntime on the CPU, as a module with the Classifier's contract: uint8 images in, probabilities out."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        require_extra(f"running {path}", "export", "onnxruntime")
+        import onnxruntime
+
+        self.path = path
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"images": images.cpu().contiguous().numpy()})[0])

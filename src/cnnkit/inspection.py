@@ -52,7 +52,7 @@ def run_summary(run: Run, given: dict[str, Any] | None = None) -> tuple[str, Mod
     info = run.info
     shape = (info["in_channels"], info["image_size"], info["image_size"])
     title = f"{info['model']} from {run.dir}: {_shape(shape)}, {len(info['classes'])} classes"
-    return title, _summarize(run.model, info["model"], shape, run.config, given or {})
+    return title, _summarize(run.network("summarise"), info["model"], shape, run.config, given or {})
 
 
 def _summarize(

@@ -61,7 +61,7 @@ def fit_to_data(cfg: TrainConfig, data: Dataset, machine: Machine, given: frozen
         chosen, line = {**auto_settings(data, machine, given), **_source_run(cfg)}, "automatic recipe"
         given = given - {"model"}  # `--model auto` asks for the recipe's model
     elif cfg.preset is not None and "batch_size" not in given:
-        chosen, line = fitted_preset(cfg, len(data.splits["train"])), f"preset {cfg.preset}"
+        chosen, line = fitted_preset(cfg, len(data.splits["train"]), machine.world_size), f"preset {cfg.preset}"
     else:
         return cfg, ""
     chosen = {k: v for k, v in chosen.items() if k not in given}
@@ -78,14 +78,14 @@ def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = froze
     backbone = _backbone_at_hand(machine, few or data.image_size >= auto_size(machine), given)
     more = 1.0  # times the images seen: what a smaller image size saves, spent on more steps
     if backbone:
-        batch, passes, seen = fit_batch(64, n), FINE_TUNE_PASSES, FINE_TUNE_IMAGES_SEEN
+        batch, passes, seen = fit_batch(64, n, machine.world_size), FINE_TUNE_PASSES, FINE_TUNE_IMAGES_SEEN
         recipe = {**FINE_TUNE, "model": backbone, "image_size": FINE_TUNE_SIZE[_kind(machine)]}
     else:
         size = max(data.image_size, MIN_SIZE)
         if few and "image_size" not in given:  # a small folder is learned by heart long before its pixels run out
             size = min(size, FEW_MAX_SIZE[_kind(machine)])
             more = max(1.0, (data.image_size / size) ** 2)
-        batch, passes, seen = fit_batch(128 if grey else 256, n), PASSES, IMAGES_SEEN
+        batch, passes, seen = fit_batch(128 if grey else 256, n, machine.world_size), PASSES, IMAGES_SEEN
         recipe = {**AUTO_RECIPE, "model": AUTO_MODEL[_kind(machine)], "image_size": size}
         recipe["lr"] = round(SGD_LR_PER_IMAGE * batch, 6)
     return {
@@ -131,7 +131,7 @@ def _kind(machine: Machine) -> str:
     return "cpu" if machine.device.type == "cpu" else "gpu"
 
 
-def fitted_preset(cfg: TrainConfig, n_train: int) -> dict:
+def fitted_preset(cfg: TrainConfig, n_train: int, processes: int = 1) -> dict:
     """A preset's batch size, with its rates rescaled, cut down to fit `n_train` images; its steps stay (the
     recipe's length in updates). Too few images for any batch: refused before training, with what to do."""
     if n_train < PRESET_MIN_IMAGES:
@@ -139,7 +139,7 @@ def fitted_preset(cfg: TrainConfig, n_train: int) -> dict:
             f"preset {cfg.preset} needs at least {PRESET_MIN_IMAGES} training images to fit its recipe, and this "
             f"data has {n_train}; leave out --preset for the automatic recipe, or add images"
         )
-    batch = fit_batch(cfg.batch_size, n_train)
+    batch = fit_batch(cfg.batch_size, n_train, processes)
     ratio = batch / cfg.batch_size
     rates = {}
     if cfg.lr != AUTO:  # --lr auto is found for the batch the run takes; Adam's rate scales by the square root
@@ -149,11 +149,13 @@ def fitted_preset(cfg: TrainConfig, n_train: int) -> dict:
     return {"batch_size": batch, **{k: round(v, 8) for k, v in rates.items()}} if ratio < 1 else {}
 
 
-def fit_batch(batch: int, n_train: int) -> int:
-    """Halve `batch` until a pass over `n_train` images takes at least MIN_STEPS_PER_PASS steps."""
+def fit_batch(batch: int, n_train: int, processes: int = 1) -> int:
+    """Halve `batch` until a pass over `n_train` images takes at least MIN_STEPS_PER_PASS steps; then round it
+    down to a multiple of `processes`, which share every batch evenly."""
     while batch > MIN_BATCH and n_train < MIN_STEPS_PER_PASS * batch:
         batch = max(MIN_BATCH, batch // 2)
-    return max(1, min(batch, n_train))
+    batch = max(1, min(batch, n_train))
+    return max(processes, batch - batch % processes)
 
 
 def describe(cfg: TrainConfig, n_train: int) -> str:

@@ -57,6 +57,7 @@ def write_report(
     if summary.get("test_accuracy") is None:
         raise CnnkitError(f"{run_dir} was trained with --no-test, and a report shows the test results")
     run = run or load(run_dir, device="cpu")
+    run.network("draw a report of")  # it shows the network's layers
     missing = None
     if predictions is None:
         try:

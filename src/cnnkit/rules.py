@@ -62,6 +62,7 @@ def check_settings(cfg: TrainConfig) -> None:
     _require(0 <= cfg.val_fraction < 1, "val_fraction", cfg.val_fraction, "must be in [0, 1)")
     _require(cfg.warmup is None or 0 <= cfg.warmup < 1, "warmup", cfg.warmup, "must be in [0, 1)")
     _require(cfg.dropout is None or 0 <= cfg.dropout < 1, "dropout", cfg.dropout, "must be in [0, 1)")
+    _require(0 <= cfg.prune < 1, "prune", cfg.prune, "must be in [0, 1): the share of weights set to zero, e.g. 0.5")
     _require(
         cfg.image_size is None or 4 <= cfg.image_size <= 1024,
         "image_size",

@@ -16,16 +16,16 @@ from cnnkit.context import check_same_run, data_fingerprint, folder_reading, req
 from cnnkit.data import load_data
 from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels, to_square
 from cnnkit.data.loader import DeviceBatches
-from cnnkit.data.ondisk import loaded
+from cnnkit.data.ondisk import DiskImages, loaded
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import eval_batch, predict_logits, test_metrics
 from cnnkit.files import read_json
-from cnnkit.inference import Classifier
+from cnnkit.inference import Classifier, OnnxClassifier, probabilities
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model
-from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS
+from cnnkit.rundir import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS
 from cnnkit.schema import read_model_info
 from cnnkit.weights import load_weights
 
@@ -56,11 +56,32 @@ class Run:
     def preprocess(self) -> Preprocess:
         return Preprocess(self.info["mean"], self.info["std"], self.machine.memory_format).to(self.machine.device)
 
-    def inference_model(self) -> Classifier:
+    @property
+    def quantized(self) -> bool:
+        """An int8 run from `cnnkit compress`: its model is the whole prediction in one ONNX file."""
+        return "quantized" in self.info
+
+    def inference_model(self) -> nn.Module:
         """The whole prediction as one module in float32: uint8 (N, C, H, W) images of the run's channels and
         size in, class probabilities out (preprocessing and the run's TTA built in). What `predict`, an export
         and a server run, with no recipe kept beside it."""
+        if self.quantized:
+            return self.model  # already the whole prediction, in onnxruntime
         return Classifier(self.preprocess(), self.model, self.config.tta).eval()
+
+    def network(self, purpose: str) -> nn.Module:
+        """The trained torch network, for work that needs one (a summary, an export, a compression)."""
+        if self.quantized:
+            raise CnnkitError(
+                f"{self.dir} holds an int8 ONNX model from `cnnkit compress`, which cnnkit can predict with, evaluate "
+                f"and serve, but cannot {purpose}; use the run it was made from, {self.info['quantized']['from']}"
+            )
+        return self.model
+
+    def probabilities(self, images: torch.Tensor | DiskImages) -> torch.Tensor:
+        """uint8 images (N, C, H, W) of the run's channels and size, in memory or on disk -> (N, classes) class
+        probabilities in float32, from `inference_model()`."""
+        return probabilities(self.inference_model(), images, eval_batch(self.info["image_size"]), self.machine.device)
 
     def evaluate(self, data: str | None = None, data_dir: str | None = None) -> dict:
         """Test metrics from the saved weights: the run's own test split, or the test split of `data`."""
@@ -71,7 +92,9 @@ class Run:
         self, data: str | None = None, data_dir: str | None = None
     ) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
         """The test images (uint8, as the model saw them), their logits and their labels in the run's classes."""
-        test = self.test_split(data, data_dir)
+        test = self.split("test", data, data_dir)
+        if self.quantized:  # the ONNX model answers in probabilities, whose logs are logits with the same softmax
+            return test, self.probabilities(test.images).clamp_min(torch.finfo().tiny).log(), test.labels
         logits, labels = predict_logits(
             self.model,
             DeviceBatches(test, eval_batch(self.info["image_size"]), self.preprocess()),
@@ -80,9 +103,9 @@ class Run:
         )
         return test, logits, labels
 
-    def test_split(self, data: str | None = None, data_dir: str | None = None) -> ImageSet:
-        """The run's own test split (refused if its data changed), or the test split of `data`, in the run's
-        classes, channels and size."""
+    def split(self, name: str = "test", data: str | None = None, data_dir: str | None = None) -> ImageSet:
+        """The run's own split `name` (train, val or test; refused if its data changed), or that split of `data`,
+        in the run's classes, channels and size."""
         cfg = self.config
         dataset = load_data(
             data or cfg.data,
@@ -94,8 +117,8 @@ class Run:
             reading=folder_reading(cfg, self.resize),
         )
         if data is None:  # the run's own test split: the same images it was tested on, or a clear refusal
-            check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, "its test split")
-        return self._conform(dataset.splits["test"], dataset.classes, data or cfg.data)
+            check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, f"its {name} split")
+        return self._conform(dataset.splits[name], dataset.classes, data or cfg.data)
 
     def predict_images(
         self, images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, top_k: int = 3
@@ -107,10 +130,8 @@ class Run:
             raise CnnkitError(f"--top-k {top_k} must be at least 1")
         if len(images) == 0:
             return []
-        batch = torch.stack([self._as_input(image) for image in images]).to(self.machine.device)
-        classifier = self.inference_model()
-        with torch.no_grad():  # in float32, as an export runs: the same probabilities from either
-            probabilities = torch.cat([classifier(part) for part in batch.split(eval_batch(self.info["image_size"]))])
+        # in float32, as an export runs: the same probabilities from either
+        probabilities = self.probabilities(torch.stack([self._as_input(image) for image in images]))
         probs, index = probabilities.topk(min(top_k, len(self.classes)), dim=1)
         return [
             [
@@ -167,17 +188,21 @@ class Run:
 
 
 def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "auto") -> Run:
-    """Open a run folder written by `train`; pass `model` for runs that trained a custom nn.Module."""
+    """Open a run folder written by `train` (or by `cnnkit compress`); pass `model` for runs that trained a
+    custom nn.Module."""
     run_dir = Path(run_dir)
-    if not (run_dir / MODEL_INFO).is_file() or not (run_dir / WEIGHTS).is_file():
+    info = read_model_info(run_dir / MODEL_INFO) if (run_dir / MODEL_INFO).is_file() else {}
+    weights = run_dir / (ONNX if "quantized" in info else WEIGHTS)
+    if not info or not weights.is_file():
         raise CnnkitError(
-            f"{run_dir} is not a finished cnnkit run folder (it needs {MODEL_INFO} and {WEIGHTS}); "
+            f"{run_dir} is not a finished cnnkit run folder (it needs {MODEL_INFO} and {weights.name}); "
             "pass the folder that `cnnkit train` printed at the end"
         )
-    info = read_model_info(run_dir / MODEL_INFO)
     require_module(info, model)
     config = TrainConfig.from_yaml(run_dir / CONFIG)
     machine = pick_machine(device, config.precision)
+    if "quantized" in info:
+        return Run(run_dir, OnnxClassifier(weights), info, config, machine)
     net = (
         model
         if model is not None
@@ -185,7 +210,7 @@ def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "aut
             info["model"], info["in_channels"], len(info["classes"]), info["image_size"], **info["model_options"]
         )
     )
-    load_weights(net, run_dir / WEIGHTS)
+    load_weights(net, weights)
     net.to(machine.device, memory_format=machine.memory_format)  # type: ignore[call-overload]
     return Run(run_dir, net.eval(), info, config, machine)
 

@@ -32,6 +32,7 @@ CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY, LR_FIND = (
     "summary.json",
     "lr_find.json",  # with --lr auto: the range test's curve
 )
+ONNX = "model.onnx"  # `cnnkit export`'s ONNX file; the model itself in an int8 run from `cnnkit compress`
 TENSORBOARD = "tensorboard"  # with --tensorboard: the event files
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 

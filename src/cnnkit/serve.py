@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from cnnkit.data.images import DECODE_ERRORS, decode_bytes
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import require_extra
 from cnnkit.export import FORMATS
+from cnnkit.inference import OnnxClassifier
 from cnnkit.run import Run
 
 if TYPE_CHECKING:
@@ -66,13 +67,11 @@ class Batcher:
 
 
 def predictor(run: Run) -> tuple[str, Predict]:
-    """(engine, predict): onnxruntime on RUN/model.onnx when both are there, else the run's own Classifier."""
+    """(engine, predict): onnxruntime on RUN/model.onnx when both are there (always for an int8 run), else the
+    run's own Classifier."""
     onnx = run.dir / FORMATS["onnx"]
-    if onnx.is_file() and importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-        return "onnxruntime", lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    if run.quantized or (onnx.is_file() and importlib.util.find_spec("onnxruntime") is not None):
+        return "onnxruntime", OnnxClassifier(onnx)
     classifier = run.inference_model()
 
     @torch.no_grad()
@@ -92,7 +91,7 @@ def decode_upload(body: bytes, run: Run) -> torch.Tensor:
 
 def create_app(run: Run, top_k: int = 3, max_bytes: int = MAX_BYTES) -> "FastAPI":
     """The server's routes: POST /predict (an image file's bytes as the body), GET /health."""
-    _require_serve_extra()
+    require_extra("cnnkit serve", "serve", "fastapi", "uvicorn")
     from fastapi import FastAPI, HTTPException, Request
 
     engine, predict = predictor(run)
@@ -138,9 +137,3 @@ async def _read_body(request, max_bytes: int) -> bytes:
         message = "the body is empty: POST the image file's bytes, e.g. curl --data-binary @cat.jpg URL/predict"
         raise HTTPException(400, message)
     return bytes(body)
-
-
-def _require_serve_extra() -> None:
-    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise CnnkitError(f"cnnkit serve needs {' and '.join(missing)}: pip install 'cnnkit[serve]'")

@@ -34,6 +34,7 @@ from cnnkit.rundir import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.schema import read_model_info
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.lr_find import RangeTest, range_test, unit_rate
+from cnnkit.training.pruning import KeepPruned
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted, stop_on_signals
 from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import compile_warmup
@@ -232,7 +233,8 @@ def _train(
     if cfg.budget is not None and cfg.steps is None:
         plan_budget(ctx, trainer, record, time.perf_counter() - started)
     ctx.folder.start_metrics(keep_before_epoch=trainer.pos.epoch)
-    trainer.callbacks = [EpochReport(ctx.folder, trainer.epochs), KeepBest(ctx.folder, record), *callbacks]
+    pruning = [KeepPruned(cfg.prune)] if cfg.prune else []  # zeros kept before any callback sees a step
+    trainer.callbacks = [*pruning, EpochReport(ctx.folder, trainer.epochs), KeepBest(ctx.folder, record), *callbacks]
     if cfg.tensorboard and ctx.folder.writer:
         trainer.callbacks.append(TensorBoardLog(ctx.folder))
 

@@ -29,6 +29,9 @@ class Callback:
     step or epoch; the run then tests and saves as usual.
     """
 
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first step (of a resumed run too)."""
+
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
         """After each optimiser step; `loss` is still on the device (reading it makes a GPU wait)."""
 

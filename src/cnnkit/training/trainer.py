@@ -99,6 +99,8 @@ class Trainer:
         """Train from the current position to the last epoch. `save(state)` gets the whole training state at
         every epoch's end, every cfg.checkpoint_every steps, and when `stop` is set (then TrainingInterrupted
         is raised); `load_state_dict(state)` continues from it exactly."""
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
         while self.pos.epoch <= self.epochs and not self.stop_training:
             if self.pos.step == 0:
                 self.pos.order, self.pos.lr = self.train_batches.new_order(), self.optimizer.param_groups[0]["lr"]
