@@ -70,7 +70,9 @@ def predictor(run: Run) -> tuple[str, Predict]:
     """(engine, predict): onnxruntime on RUN/model.onnx when both are there (always for an int8 run), else the
     run's own Classifier."""
     onnx = run.dir / FORMATS["onnx"]
-    if run.quantized or (onnx.is_file() and importlib.util.find_spec("onnxruntime") is not None):
+    if run.quantized:
+        return "onnxruntime", run.inference_model()
+    if onnx.is_file() and importlib.util.find_spec("onnxruntime") is not None:
         return "onnxruntime", OnnxClassifier(onnx)
     classifier = run.inference_model()
 
