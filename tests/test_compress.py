@@ -125,3 +125,12 @@ def test_a_quantisation_that_fails_half_way_leaves_no_folder(digits_run, tmp_pat
     with pytest.raises(OSError, match="No space left"):
         cnnkit.quantize(digits_run, tmp_path / "int8", calibration_images=32)
     assert not (tmp_path / "int8").exists()
+
+
+def test_a_folder_that_holds_files_is_refused_before_any_work(digits_run, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert main(["compress", str(digits_run.dir), "--quantize", "int8", "--out", str(tmp_path / "taken")]) == 2
+    captured = capsys.readouterr()
+    assert "already holds files" in captured.err and "calibrating" not in captured.out
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]

@@ -38,16 +38,19 @@ def quantize(run: Run, out: Path | None = None, calibration_images: int = CALIBR
     require_extra("int8 quantisation", "export", "onnx", "onnxscript", "onnx_ir", "onnxruntime")
     if calibration_images < 1:
         raise CnnkitError(f"--calibration-images {calibration_images} must be at least 1")
-    with tempfile.TemporaryDirectory() as scratch:
-        quantized = _int8_onnx(run, Path(scratch), _sample(run, calibration_images))
-        with RunFolder.create(str(out or _beside(run, "int8")), "", run.machine) as folder:
-            try:
-                return _write_int8(run, folder, quantized, calibration_images)
-            except BaseException:  # a folder half written is no run: it goes (or stays empty, if it was yours)
-                for name in (METRICS, ONNX, SUMMARY):
-                    (folder / name).unlink(missing_ok=True)
-                folder.abandon()
-                raise
+    # the folder first: one that holds files is refused before any work
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        RunFolder.create(str(out or _beside(run, "int8")), "", run.machine) as folder,
+    ):
+        try:
+            quantized = _int8_onnx(run, Path(scratch), _sample(run, calibration_images))
+            return _write_int8(run, folder, quantized, calibration_images)
+        except BaseException:  # a folder half written is no run: it goes (or stays empty, if it was yours)
+            for name in (METRICS, ONNX, SUMMARY):
+                (folder / name).unlink(missing_ok=True)
+            folder.abandon()
+            raise
 
 
 def _write_int8(run: Run, folder: RunFolder, quantized: Path, calibration_images: int) -> Run:
