@@ -134,3 +134,10 @@ def test_a_folder_that_holds_files_is_refused_before_any_work(digits_run, tmp_pa
     captured = capsys.readouterr()
     assert "already holds files" in captured.err and "calibrating" not in captured.out
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+def test_a_compression_that_costs_accuracy_says_so(digits_run, tmp_path, capsys):
+    pruned = cnnkit.prune(digits_run, 0.97, tmp_path / "gutted", steps=1)  # almost nothing left, nothing mended
+    warning = pruned.summary["warnings"][-1]
+    assert "the pruned model is" in warning and "points less accurate" in warning and "smaller --prune" in warning
+    assert f"warning: {warning}" in capsys.readouterr().out

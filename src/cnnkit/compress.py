@@ -27,6 +27,7 @@ CALIBRATION_BATCH = 32
 # the layers with weights, and what runs between them, so that activations stay int8 from one to the next
 # (1.3x faster than convs alone on resnet9-small, 1.7-2.4x faster than float); softmax stays float
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Add"]
+ACCURACY_LOST = 0.01  # a smaller model this much less accurate than its run is warned of, not just shown
 FINE_TUNE_STEPS = 0.1  # a pruned fine-tune's steps, as a share of the run's own: mending, not training anew
 FINE_TUNE_RATE = 0.1  # its peak rates, as a share of the run's own, decaying from the first step
 
@@ -61,8 +62,9 @@ def _write_int8(run: Run, folder: RunFolder, quantized: Path, calibration_images
     atomic_write(folder / ONNX, lambda tmp: tmp.write_bytes(quantized.read_bytes()))
     int8 = load(folder.path, device="cpu")
     record = _record(run, int8, "int8", **origin)
+    advice = "try more --calibration-images, or ship the float model (cnnkit export)"
     # the run's summary, with the int8 model's test results
-    folder.write_json(SUMMARY, {**run.summary, **int8.evaluate(), "compressed": record})
+    folder.write_json(SUMMARY, _with(record, {**run.summary, **int8.evaluate()}, advice))
     return int8
 
 
@@ -79,7 +81,7 @@ def prune(run: Run, fraction: float, out: Path | None = None, steps: int | None 
     details = {"fraction": fraction, "sparsity": round(sparsity(pruned.model), 6), "fine_tune_steps": cfg.steps}
     record = _record(run, pruned, "pruned", **details)
     with RunFolder.reopen(pruned.dir, pruned.machine) as folder:
-        folder.write_json(SUMMARY, {**pruned.summary, "compressed": record})
+        folder.write_json(SUMMARY, _with(record, pruned.summary, "try a smaller --prune, or more --steps"))
     return pruned
 
 
@@ -164,6 +166,19 @@ def _record(original: Run, compressed: Run, method: str, **details) -> dict:
         say(f"measuring the {name} model: size, CPU latency, test accuracy")
         versions[name] = footprint(run.inference_model().cpu(), file, test)
     return {"method": method, "from": str(original.dir.resolve()), **details, "versions": versions}
+
+
+def _with(record: dict, summary: dict, advice: str) -> dict:
+    """`summary` with the record, and a warning (said, and kept in `warnings`) if compressing cost accuracy."""
+    original, compressed = (record["versions"][name]["test_accuracy"] for name in ("original", record["method"]))
+    warnings = list(summary.get("warnings", []))
+    if original - compressed > ACCURACY_LOST:
+        warnings.append(
+            f"the {record['method']} model is {100 * (original - compressed):.1f} points less accurate on the test "
+            f"images than the run it came from ({compressed:.4f} against {original:.4f}); {advice}"
+        )
+        say(f"warning: {warnings[-1]}")
+    return {**summary, "warnings": warnings, "compressed": record}
 
 
 def _beside(run: Run, suffix: str) -> Path:
