@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnkit.data.sets import ImageSet
 from cnnkit.evaluation import eval_batch
-from cnnkit.inference import probabilities
+from cnnkit.inference import probabilities_of
 from cnnkit.progress import columns
 
 LATENCY_BATCHES = (1, 64)  # one image at a time, as a request comes; a full batch, as a job or a busy server runs
@@ -26,7 +26,7 @@ def footprint(classifier: nn.Module, file: Path, test: ImageSet) -> dict:
     """The size of `file` (the model), and the CPU latency and test accuracy of `classifier` (uint8 images in,
     probabilities out) on `test`."""
     data = file.read_bytes()
-    answers = probabilities(classifier, test.images, eval_batch(test.images.shape[-1])).argmax(1)
+    answers = probabilities_of(classifier, test.images, eval_batch(test.images.shape[-1])).argmax(1)
     return {
         "file": file.name,
         "bytes": len(data),

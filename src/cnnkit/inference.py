@@ -46,7 +46,7 @@ def _mirror_average(model: nn.Module, images: torch.Tensor, memory_format: torch
     return sum(model(v).float() for v in views) / 2
 
 
-def probabilities(
+def probabilities_of(
     classifier: nn.Module, images: torch.Tensor | DiskImages, batch: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """A classifier's (N, classes) probabilities for uint8 images (N, C, H, W), in memory or on disk, `batch` at

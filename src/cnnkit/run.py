@@ -22,7 +22,7 @@ from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.evaluation import eval_batch, predict_logits, test_metrics
 from cnnkit.files import read_json
-from cnnkit.inference import Classifier, OnnxClassifier, probabilities
+from cnnkit.inference import Classifier, OnnxClassifier, probabilities_of
 from cnnkit.machine import Machine, pick_machine
 from cnnkit.models import create_model
 from cnnkit.rundir import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS
@@ -81,7 +81,8 @@ class Run:
     def probabilities(self, images: torch.Tensor | DiskImages) -> torch.Tensor:
         """uint8 images (N, C, H, W) of the run's channels and size, in memory or on disk -> (N, classes) class
         probabilities in float32, from `inference_model()`."""
-        return probabilities(self.inference_model(), images, eval_batch(self.info["image_size"]), self.machine.device)
+        batch = eval_batch(self.info["image_size"])
+        return probabilities_of(self.inference_model(), images, batch, self.machine.device)
 
     def evaluate(self, data: str | None = None, data_dir: str | None = None) -> dict:
         """Test metrics from the saved weights: the run's own test split, or the test split of `data`."""

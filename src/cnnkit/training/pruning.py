@@ -28,8 +28,8 @@ def prune_smallest(model: nn.Module, fraction: float) -> dict[str, torch.Tensor]
     magnitudes = torch.cat([w.detach().abs().flatten() for w in weights.values()])
     kept = torch.ones_like(magnitudes, dtype=torch.bool)
     kept[magnitudes.topk(round(fraction * len(magnitudes)), largest=False).indices] = False  # exactly that many
-    masks = dict(zip(weights, kept.split([w.numel() for w in weights.values()]), strict=True))
-    masks = {name: mask.view(weights[name].shape) for name, mask in masks.items()}
+    parts = kept.split([w.numel() for w in weights.values()])
+    masks = {name: part.view(w.shape) for (name, w), part in zip(weights.items(), parts, strict=True)}
     with torch.no_grad():
         for name, weight in weights.items():
             weight.masked_fill_(~masks[name], 0)
@@ -54,7 +54,8 @@ class KeepPruned(Callback):
         params = dict(unwrap(trainer.net).named_parameters())
         masks = prune_smallest(trainer.net, self.fraction)  # (torch's own prune cannot read channels-last weights)
         averages = [dict(unwrap(trainer.ema.module).named_parameters())] if trainer.ema is not None else []
-        self.pruned = [(p[name], mask) for name, mask in masks.items() for p in (params, *averages)]
+        # (weight, where it is zero), the second made once: every step then zeroes in place, allocating nothing
+        self.pruned = [(p[name], ~mask) for name, mask in masks.items() for p in (params, *averages)]
         self._zero()
 
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
@@ -62,5 +63,5 @@ class KeepPruned(Callback):
 
     @torch.no_grad()
     def _zero(self) -> None:
-        for weight, mask in self.pruned:
-            weight.masked_fill_(~mask, 0)
+        for weight, zeroed in self.pruned:
+            weight.masked_fill_(zeroed, 0)
