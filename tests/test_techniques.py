@@ -38,7 +38,8 @@ def test_whitening_makes_the_first_layer_output_decorrelated_with_unit_variance(
     covariance = out.T @ out / len(out)
     assert torch.allclose(covariance, torch.eye(4), atol=1e-3)
     assert torch.equal(conv.weight[4:], -conv.weight[:4])  # the -W half keeps what a GELU would cut off
-    assert not conv.weight.requires_grad  # a fixed whitening, not a learned filter
+    assert not conv.weight.requires_grad and not conv.bias.requires_grad  # a fixed whitening, not a learned filter
+    assert not conv.bias.any()
 
 
 def test_whitening_refuses_a_first_layer_of_the_wrong_width():
@@ -121,6 +122,8 @@ def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folde
     )
     assert run.summary["test_accuracy"] >= 0.9
     assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+    stem = run.network("check").stem[0]  # trained and re-read: still a whitening, its bias still zero
+    assert torch.equal(stem.weight[12:], -stem.weight[:12]) and not stem.bias.any()
 
 
 def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp_path, monkeypatch):
