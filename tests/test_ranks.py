@@ -175,7 +175,9 @@ def test_a_loss_gone_infinite_on_the_processes_stops_them_all_with_one_message(t
 
 
 def test_processes_from_python_train_data_parallel_and_report_a_process_error(tmp_path):
-    run = cnnkit.train(model="simplecnn", epochs=2, report=False, out=str(tmp_path / "run"), processes=2)
+    source = cnnkit.train(model="simplecnn", epochs=1, report=False, out=str(tmp_path / "source"))
+    settings = {"init_from": str(source.dir), "freeze_epochs": 1, "epochs": 2, "report": False}  # head first, then all
+    run = cnnkit.train(out=str(tmp_path / "run"), processes=2, **settings)
     assert run.dir == tmp_path / "run" and run.summary["test_accuracy"] > 0.85
     with pytest.raises(CnnkitError, match=r"process \d of 2 failed: --batch-size 63 is the global batch.*try 62 or 64"):
         cnnkit.train(batch_size=63, epochs=1, out=str(tmp_path / "odd"), processes=2)

@@ -21,8 +21,7 @@ from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json
 from cnnkit.rundir import CONFIG, LR_FIND, METRICS, SUMMARY
-from cnnkit.training.schedule import default_warmup, lr_factor
-from cnnkit.training.trainer import planned_steps
+from cnnkit.training.schedule import default_warmup, lr_factor, planned_steps
 
 PLOTS = "plots"  # the run folder's sub-folder of PNG files
 ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion matrix shows its number

@@ -17,9 +17,8 @@ from cnnkit.errors import CnnkitError
 def whiten_conv(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> None:
     """Set a conv's filters to whiten `images`' patches (as +W and -W when it has twice the filters).
 
-    `images` are normalised float images (N, C, H, W). The layer is frozen, its bias at zero: it stays a
-    whitening, and as nothing before the next layer learns, the backward pass skips the gradient of that
-    layer's full-size input, the costliest in a small net (1.2-1.5x faster steps, as accurate: BENCHMARKS.md).
+    `images` are normalised float images (N, C, H, W). The filters are frozen: they stay a whitening. The bias
+    starts at zero and learns early in the run only (the trainer's EARLY_SHARE).
     """
     kh, kw = conv.kernel_size
     patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1)  # (N, C, H', W', kh, kw)
@@ -37,4 +36,4 @@ def whiten_conv(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4) -> Non
     conv.weight.copy_(weight.view_as(conv.weight))
     if conv.bias is not None:
         conv.bias.zero_()
-    conv.requires_grad_(False)
+    conv.weight.requires_grad_(False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cnnkit.checkpoint import save_checkpoint
 from cnnkit.evaluation import eval_batch, predict_logits
-from cnnkit.training.trainer import Trainer
+from cnnkit.training.trainer import EARLY_SHARE, Trainer
 from cnnkit.training.warmup import endless_batches, sample_batch, undone
 
 RESERVE = 0.04  # share of the budget kept back for what the plan cannot see: the closing writes, a busy machine
@@ -53,6 +53,19 @@ def _seconds_per_write(trainer: Trainer) -> float:
 
 
 def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
+    """Seconds per step over the run: steps after the whitening's bias stops learning are quicker, so with it
+    both kinds are timed, each as long, and weighed by their share of the run."""
+    if not trainer.learns_early:
+        return _seconds_per_step_now(trainer, seconds)
+    learning = _seconds_per_step_now(trainer, seconds)
+    trainer.learn(trainer.learns_early, False)
+    try:
+        return EARLY_SHARE * learning + (1 - EARLY_SHARE) * _seconds_per_step_now(trainer, seconds)
+    finally:
+        trainer.learn(trainer.learns_early, True)
+
+
+def _seconds_per_step_now(trainer: Trainer, seconds: float) -> float:
     """Seconds per real training step (augmentation included), after the untimed first ones."""
     trainer.model.train()
     batches = endless_batches(trainer.train_batches)

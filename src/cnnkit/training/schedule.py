@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from cnnkit.errors import CnnkitError
+
+if TYPE_CHECKING:
+    from cnnkit.config import TrainConfig
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 ONECYCLE_WARMUP = 0.25  # share of steps a one-cycle schedule spends rising to the peak rate, by default
 ONECYCLE_START = 0.04  # ... from this fraction of the peak (PyTorch's OneCycleLR starts at peak / 25)
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps in all: --steps, else --epochs whole passes (else one pass, until --budget plans)."""
+    return cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
 
 
 def lr_factor(schedule: str, warmup: float, total_steps: int, step: int) -> float:

@@ -41,14 +41,17 @@ def sample_batch(batches: DeviceBatches, size: int) -> tuple[torch.Tensor, torch
 
 
 def compile_warmup(trainer: Trainer, eval_sizes: set[int], tta: bool) -> float:
-    """Run one real training step at the training batch size and the evaluation pass at every evaluation
-    batch size, undone afterwards. Returns the seconds spent."""
+    """Run one real training step at the training batch size (with the whitening's bias learning and fixed:
+    two graphs) and the evaluation pass at every evaluation batch size, undone afterwards. Returns the seconds
+    spent."""
     started = time.perf_counter()
     batches = trainer.train_batches
     with undone(trainer):
         trainer.model.train()
         share = batches.batch_size // batches.processes  # each process steps on its share of the global batch
-        trainer.train_step(*sample_batch(batches, min(share, len(batches.labels))))
+        for learning in (True, False) if trainer.learns_early else (True,):  # the whitening's bias, early and late
+            trainer.learn(trainer.learns_early, learning)
+            trainer.train_step(*sample_batch(batches, min(share, len(batches.labels))))
         predict_logits(trainer.net, [sample_batch(batches, size) for size in sorted(eval_sizes)], trainer.machine, tta)
     trainer.machine.sync()
     return time.perf_counter() - started
