@@ -10,7 +10,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -68,7 +68,7 @@ class Trainer:
     def steps_in_epoch(self, epoch: int) -> int:
         return min(len(self.train_batches), self.total_steps - (epoch - 1) * len(self.train_batches))
 
-    def learn(self, params: list[torch.Tensor], learning: bool) -> None:
+    def learn(self, params: Sequence[torch.Tensor], learning: bool) -> None:
         """Start or stop `params` learning (DDP knows the parameters that learned when it wrapped the model)."""
         if any(p.requires_grad != learning for p in params):
             for p in params:
