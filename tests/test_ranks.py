@@ -185,6 +185,14 @@ def test_processes_from_python_train_data_parallel_and_report_a_process_error(tm
         cnnkit.train(processes=0)
 
 
+def test_a_script_starting_processes_without_a_main_guard_is_told_what_to_write(tmp_path):
+    script = tmp_path / "train.py"  # as most tutorials' scripts are: each process that imports it runs it again
+    script.write_text("import cnnkit\ncnnkit.train(model='simplecnn', epochs=1, report=False, processes=2)\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=LIMIT)
+    assert result.returncode != 0
+    assert result.stderr.strip().endswith('`if __name__ == "__main__":`, since each process imports the script anew')
+
+
 def test_torchrun_variables_without_a_rendezvous_are_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -18,6 +18,8 @@ from cnnkit.errors import CnnkitError
 from cnnkit.machine import distributed
 from cnnkit.training.events import Callback
 
+NOT_RECORDED = "To enable traceback"  # torch's message for a process that ended with no error recorded
+
 
 def check_launch(processes: int) -> None:
     if not isinstance(processes, int) or processes < 1:
@@ -51,7 +53,12 @@ def launch_train(
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
-        reason = message.strip().removeprefix(f"{CnnkitError.__name__}: ") or "see its output above"
+        reason = message.strip().removeprefix(f"{CnnkitError.__name__}: ")
+        if not reason or reason.startswith(NOT_RECORDED):  # it died before it could train: most often, this
+            reason = (  # script ran again in it, as each process imports the script it was started from
+                "it stopped before training (its output is above); in a script, call cnnkit.train(processes=...) "
+                'under `if __name__ == "__main__":`, since each process imports the script anew'
+            )
         raise CnnkitError(f"process {rank} of {processes} failed: {reason}") from None
     return Path(results[0])
 
