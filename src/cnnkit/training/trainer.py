@@ -55,8 +55,7 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.pos = Position()
         self.callbacks: list[Callback] = []
-        self.stop_training = False
-        self._clock = 0.0
+        self.stop_training, self._clock = False, 0.0
 
     def plan(self, total_steps: int) -> None:
         """Set the run's length and its schedule before the first step (--budget plans it from a warm-up)."""
