@@ -37,6 +37,7 @@ PARAMETERS = {
     ("resnet9-small", 3, 32): 412_954,
     ("fastcnn", 3, 32): 1_972_792,
     ("fastcnn-small", 3, 32): 76_280,
+    ("fastcnn-s2", 3, 32): 295_096,  # widths 32-64-128 behind a stride-2 stem
     # torchvision's ImageNet counts with the 1000-class head swapped for a 10-class one
     ("resnet18", 3, 32): 11_689_512 - 513_000 + 5_130,
     ("resnet50", 3, 32): 25_557_032 - 2_049_000 + 20_490,

@@ -43,6 +43,7 @@ def test_the_default_is_a_recipe_chosen_from_the_data_and_written_in_full(tmp_pa
     assert "automatic recipe: fastcnn-small" in said
     cfg = config(run.dir)
     assert cfg["model"] == "fastcnn-small" and cfg["steps"] > 0 and cfg["epochs"] is None
+    assert cfg["optimizer"] == "muon" and "muon lr 0.06 (sgd" in said  # filters by Muon, biases and head by SGD
     assert cfg["image_size"] == 16 and cfg["flip"] is False  # 8x8 digits enlarged for the net; no mirror images
     assert summary(run.dir)["test_accuracy"] >= 0.97
     again = cnnkit.train(report=False, config=TrainConfig.from_yaml(run.dir / "config.yaml"), out=str(tmp_path / "b"))
@@ -66,10 +67,10 @@ def test_a_small_folder_of_large_images_trades_pixels_for_steps(tmp_path, size, 
 
 
 def test_what_the_user_sets_wins_over_the_recipe(tmp_path):
-    run = cnnkit.train(report=False, out=str(tmp_path / "r"), batch_size=64, epochs=2, rotate=0)
+    run = cnnkit.train(report=False, out=str(tmp_path / "r"), batch_size=64, epochs=2, rotate=0, lr=0.05)
     cfg = config(run.dir)
-    assert (cfg["batch_size"], cfg["epochs"], cfg["steps"], cfg["rotate"]) == (64, 2, None, 0.0)
-    assert cfg["model"] == "fastcnn-small"
+    assert (cfg["batch_size"], cfg["epochs"], cfg["steps"], cfg["rotate"], cfg["lr"]) == (64, 2, None, 0.0, 0.05)
+    assert cfg["model"] == "fastcnn-small" and cfg["optimizer"] == "sgd"  # a rate of one's own: SGD's one rate
 
 
 def test_a_run_planned_in_steps_ends_inside_a_pass(tmp_path):

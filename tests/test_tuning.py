@@ -65,7 +65,7 @@ def test_lr_auto_mistakes_end_in_one_line(tmp_path, args, message):
 
 def test_lr_find_command_prints_the_rate_and_draws_the_curve(tmp_path):
     pytest.importorskip("matplotlib")
-    result = run_cnnkit("lr-find", "--model", "small-cnn", "--plot", "curve.png", cwd=tmp_path)
+    result = run_cnnkit("lr-find", "--plot", "curve.png", cwd=tmp_path)  # the automatic recipe's model, with SGD
     assert result.returncode == 0, result.stderr
     rate = float(result.stdout.split("suggested --lr ")[1].split(":")[0])
     assert 1e-5 < rate < 1 and (tmp_path / "curve.png").stat().st_size > 10_000

@@ -30,9 +30,9 @@ def orthogonalize(matrix: torch.Tensor, steps: int = 3) -> torch.Tensor:
     x = matrix.float() / (matrix.norm() + 1e-7)  # singular values <= 1, where the iteration converges
     wide = x.shape[0] <= x.shape[1]
     x = x if wide else x.T  # iterate on the smaller Gram matrix
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b G + c G^2) x with G = x x^T, in three fused matrix products
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x if wide else x.T).to(matrix.dtype)
 
 
@@ -55,22 +55,30 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
+        for group in self.param_groups:  # each group in a few multi-tensor ops: a small net's step is mostly overhead
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"] / group["peak_lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.add(p, alpha=decay) if decay else p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:  # not setdefault: that would allocate zeros every step
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buffer = state["momentum_buffer"]
-                buffer.mul_(momentum).add_(grad)
-                update = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
-                if group["orthogonalize"]:
-                    p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
-                    update = orthogonalize(update.reshape(len(p), -1)).view_as(p)
-                p.add_(update, alpha=-lr)
+            grads = [p.grad for p in params]
+            if decay:
+                grads = list(torch._foreach_add(grads, params, alpha=decay))
+            buffers = [self._momentum_buffer(p) for p in params]
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, grads)
+            updates = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+            if group["orthogonalize"]:
+                norms = torch.stack(torch._foreach_norm(params)).clamp_min(1e-12)
+                rows = torch.tensor([len(p) for p in params], dtype=norms.dtype, device=norms.device)
+                torch._foreach_mul_(params, list((rows.sqrt() / norms).unbind()))
+                updates = [orthogonalize(u.reshape(len(u), -1)).view_as(u) for u in updates]
+            torch._foreach_add_(params, updates, alpha=-lr)
+
+    def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:  # not setdefault: that would allocate zeros every step
+            state["momentum_buffer"] = torch.zeros_like(p)
+        return state["momentum_buffer"]
 
 
 # PyTorch's optimisers by name: (parameter groups, config) -> optimiser

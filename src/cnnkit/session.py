@@ -82,7 +82,8 @@ def lr_find(config: TrainConfig | None = None, *, model: nn.Module | str | None 
     cfg = TrainConfig.from_dict(values)
     machine = pick_machine(cfg.device, cfg.precision)
     with tempfile.TemporaryDirectory() as scratch, RunFolder.create(f"{scratch}/probe", "", machine) as folder:
-        ctx = prepare(cfg, module, machine, folder, given=frozenset(values))
+        # the rate is what it finds: given, so that the automatic recipe takes its one-rate optimiser
+        ctx = prepare(cfg, module, machine, folder, given=frozenset(values) | {"lr"})
         ctx.model.to(machine.device, memory_format=machine.memory_format)  # type: ignore[call-overload]
         return range_test(Trainer(ctx.model, ctx.spec, train_batches(ctx), unit_rate(ctx.cfg), machine))
 

@@ -31,10 +31,11 @@ class ConvGroup(nn.Sequential):
 
 
 class FastCNN(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, int, int]):
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, int, int], stem_stride: int = 1):
         super().__init__()
         patch = in_channels * 2 * 2
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 2 * patch, 2), nn.GELU())  # +/- whitened 2x2 patches
+        stem = nn.Conv2d(in_channels, 2 * patch, 2, stride=stem_stride)  # +/- whitened 2x2 patches
+        self.stem = nn.Sequential(stem, nn.GELU())
         self.features = nn.Sequential(
             ConvGroup(2 * patch, widths[0]),
             ConvGroup(widths[0], widths[1]),
@@ -49,10 +50,11 @@ class FastCNN(nn.Module):
         return self.head(self.features(self.stem(x)))
 
 
-def _fastcnn(in_channels, num_classes, image_size, widths):
-    if image_size < 9:
-        raise RuntimeError("a 2x2 stem and three 2x2 poolings need at least 9x9 pixels")
-    return FastCNN(in_channels, num_classes, widths)
+def _fastcnn(in_channels, num_classes, image_size, widths, stem_stride=1):
+    smallest = 16 if stem_stride == 2 else 9
+    if image_size < smallest:
+        raise RuntimeError(f"a 2x2 stem of stride {stem_stride} and three poolings need {smallest}x{smallest} pixels")
+    return FastCNN(in_channels, num_classes, widths, stem_stride)
 
 
 @register("fastcnn", first_conv="stem.0")
@@ -65,3 +67,10 @@ def fastcnn(in_channels, num_classes, image_size):
 def fastcnn_small(in_channels, num_classes, image_size):
     """The same design at widths 16-32-64: the fastest good CNN on a laptop CPU."""
     return _fastcnn(in_channels, num_classes, image_size, (16, 32, 64))
+
+
+@register("fastcnn-s2", first_conv="stem.0")
+def fastcnn_s2(in_channels, num_classes, image_size):
+    """fastcnn-small with a stride-2 stem at widths 32-64-128: a quarter of the pixels, twice the width; the CPU's
+    automatic recipe (as fast per image, more accurate in a budget)."""
+    return _fastcnn(in_channels, num_classes, image_size, (32, 64, 128), stem_stride=2)
