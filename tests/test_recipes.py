@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import save_image, shape_image
 from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig
-from cnnkit.data import AtMost, load_data
+from cnnkit.data import AtMost, Dataset, load_data
+from cnnkit.data.sets import ImageSet
 from cnnkit.machine import pick_machine
 from cnnkit.presets import PRESETS
 from cnnkit.recipes import IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
@@ -64,6 +66,16 @@ def test_a_small_folder_of_large_images_trades_pixels_for_steps(tmp_path, size, 
     assert recipe["steps"] == steps(more, recipe["batch_size"])  # ... the time saved spent on (64/48)^2 x the steps
     mine = auto_settings(data, pick_machine("cpu"), frozenset({"image_size"}))  # a size the user chose: as before
     assert mine["image_size"] == size and mine["steps"] == steps(1.0, mine["batch_size"])
+
+
+@pytest.mark.parametrize(
+    "n, channels, model", [(20_000, 3, "fastcnn-s2"), (19_999, 3, "fastcnn-small"), (60_000, 1, "fastcnn-small")]
+)
+def test_many_colour_images_get_the_wider_net_on_a_cpu(n, channels, model):
+    images = torch.zeros(1, channels, 32, 32, dtype=torch.uint8).expand(n, -1, -1, -1)  # n images, one in memory
+    splits = {"train": ImageSet(images, torch.zeros(n, dtype=torch.long))}
+    data = Dataset("photos", [f"c{i}" for i in range(10)], splits, [0.5] * channels, [0.25] * channels, [])
+    assert auto_settings(data, pick_machine("cpu"))["model"] == model
 
 
 def test_what_the_user_sets_wins_over_the_recipe(tmp_path):

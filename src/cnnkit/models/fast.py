@@ -1,7 +1,8 @@
 """Speed-record CNN in the airbench design (Keller Jordan, arXiv 2404.00498), written for cnnkit.
 
 A 2x2 patch-whitening stem, three blocks of conv -> max-pool -> batch norm -> GELU -> conv -> batch norm
--> GELU, and a global max-pool into one linear layer. Pair it with `--whiten` to initialise the stem.
+-> GELU, and a global max-pool into one linear layer. Pair it with `--whiten` to initialise the stem. With a
+stem of stride 2 (fastcnn-s2) the stem's whitened patches do not overlap: the blocks see a quarter of the pixels.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def fastcnn_small(in_channels, num_classes, image_size):
 
 @register("fastcnn-s2", first_conv="stem.0")
 def fastcnn_s2(in_channels, num_classes, image_size):
-    """fastcnn-small with a stride-2 stem at widths 32-64-128: a quarter of the pixels, twice the width; the CPU's
-    automatic recipe (as fast per image, more accurate in a budget)."""
+    """fastcnn with a stride-2 stem at widths 32-64-128: a quarter of the pixels, twice the width; many photos, CPU.
+
+    As fast per image as fastcnn-small at 32 px, and more accurate in a time budget on 20,000 or more colour
+    images (CIFAR-10 at 120 s: +1.3 points); less accurate on glyphs and on a few thousand photos."""
     return _fastcnn(in_channels, num_classes, image_size, (32, 64, 128), stem_stride=2)
