@@ -69,13 +69,15 @@ def test_a_small_folder_of_large_images_trades_pixels_for_steps(tmp_path, size, 
 
 
 @pytest.mark.parametrize(
-    "n, channels, model", [(20_000, 3, "fastcnn-s2"), (19_999, 3, "fastcnn-small"), (60_000, 1, "fastcnn-small")]
+    "n, channels, model, batch",
+    [(20_000, 3, "fastcnn-s2", 512), (19_999, 3, "fastcnn-small", 256), (60_000, 1, "fastcnn-small", 128)],
 )
-def test_many_colour_images_get_the_wider_net_on_a_cpu(n, channels, model):
+def test_many_colour_images_get_the_wider_net_on_a_cpu(n, channels, model, batch):
     images = torch.zeros(1, channels, 32, 32, dtype=torch.uint8).expand(n, -1, -1, -1)  # n images, one in memory
     splits = {"train": ImageSet(images, torch.zeros(n, dtype=torch.long))}
     data = Dataset("photos", [f"c{i}" for i in range(10)], splits, [0.5] * channels, [0.25] * channels, [])
-    assert auto_settings(data, pick_machine("cpu"))["model"] == model
+    recipe = auto_settings(data, pick_machine("cpu"))
+    assert (recipe["model"], recipe["batch_size"], recipe["lr"]) == (model, batch, 0.2 * batch / 256)
 
 
 def test_what_the_user_sets_wins_over_the_recipe(tmp_path):
