@@ -68,9 +68,10 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_(buffers, grads)
             updates = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
             if group["orthogonalize"]:
-                norms = torch.stack(torch._foreach_norm(params)).clamp_min(1e-12)
-                rows = torch.tensor([len(p) for p in params], dtype=norms.dtype, device=norms.device)
-                torch._foreach_mul_(params, list((rows.sqrt() / norms).unbind()))
+                norms = torch._foreach_norm(params)  # rescaled on the device: no copy from the host, no sync
+                torch._foreach_clamp_min_(norms, 1e-12)
+                torch._foreach_div_(params, norms)
+                torch._foreach_mul_(params, [len(p) ** 0.5 for p in params])
                 updates = [orthogonalize(u.reshape(len(u), -1)).view_as(u) for u in updates]
             torch._foreach_add_(params, updates, alpha=-lr)
 
