@@ -45,6 +45,15 @@ def test_user_mistakes_end_in_one_line(tmp_path, args, message, monkeypatch, cap
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-made
 
 
+def test_a_mistake_is_answered_without_waiting_for_torchvision(tmp_path):
+    """Importing torchvision takes seconds: only what needs it (images, backbones, named data sets) imports it."""
+    code = (
+        "import sys; from cnnkit.cli import main; main(['train', '--epochs', '0']); print('torchvision' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert "--epochs 0 must be at least 1" in result.stderr and result.stdout.strip() == "False"
+
+
 def test_train_then_eval_predict_and_repeat(tmp_path):
     result = cnnkit("train", "--epochs", "3", "--out", "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

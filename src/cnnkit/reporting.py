@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
-import torchvision
 
 from cnnkit import __version__
 from cnnkit.context import RunContext
@@ -146,7 +146,7 @@ def provenance(machine: Machine) -> dict:
     return {
         "cnnkit_version": __version__,
         "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        "torchvision_version": version("torchvision"),  # its installed release, without importing it (seconds)
         "device": str(machine.device),
         "device_name": device_name(machine.device),
         "bf16": machine.bf16,

@@ -3,20 +3,17 @@ so an image is preprocessed the same way whether it was seen in training or hand
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-try:
-    from torchvision.io import decode_jpeg
-except ImportError:  # a torchvision without its image codecs: PIL decodes everything
-    decode_jpeg = None
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # more than 8 bits per pixel
@@ -28,6 +25,17 @@ LUMA_WEIGHTS = (19595, 38470, 7471)  # PIL's RGB -> L weights, in 1/65536: 0.299
 # torchvision 0.29 warns on every decode that TorchCodec will take over image decoding; until it does, its
 # libjpeg-turbo decoder is the fastest at hand (and PIL takes over where it is gone)
 warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
+
+
+@functools.cache
+def jpeg_decoder() -> Callable[..., torch.Tensor] | None:
+    """torchvision's libjpeg-turbo decoder, imported at the first JPEG (importing torchvision takes seconds,
+    which every command would otherwise wait for); None where torchvision has no image codecs: PIL decodes all."""
+    try:
+        from torchvision.io import decode_jpeg
+    except ImportError:
+        return None
+    return decode_jpeg
 
 
 def is_image_file(name: str) -> bool:
@@ -66,7 +74,8 @@ def decode_bytes(data: bytes, size: int, channels: int, resize: str = "squash") 
     the same); every other file goes through PIL and `image_to_tensor`, whose resize earlier runs were trained
     on. `resize` makes a non-square image square (see RESIZE_RULES)."""
     header = jpeg_header(data) if data[:2] == b"\xff\xd8" else None
-    if decode_jpeg and header and header[:2] == (size, size) and header[2] in (1, 3):
+    decode_jpeg = jpeg_decoder() if header and header[:2] == (size, size) and header[2] in (1, 3) else None
+    if decode_jpeg:
         try:  # from writable memory: torch.frombuffer warns on read-only bytes
             pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True)
             if pixels.shape[-2:] == (size, size):  # an EXIF rotation of a square keeps it square

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.errors import CnnkitError
@@ -33,8 +33,17 @@ def load_digits(data_dir: Path) -> RawData:
     return RawData([str(i) for i in range(10)], {"all": ImageSet(images, labels)})
 
 
-def load_mnist_like(dataset: type[torchvision.datasets.MNIST]):
+def torchvision_set(name: str) -> Any:
+    """torchvision's class for a data set, imported when one is loaded: importing torchvision takes seconds, which
+    every other command (and a mistake's one-line message) would otherwise wait for."""
+    import torchvision
+
+    return getattr(torchvision.datasets, name)
+
+
+def load_mnist_like(name: str):
     def load(data_dir: Path) -> RawData:
+        dataset = torchvision_set(name)
         raw = data_dir / dataset.__name__ / "raw"
         if not all(_find_idx(raw, name) for pair in IDX_FILES.values() for name in pair):
             _download(dataset, data_dir, [f"{raw}/{name}.gz" for pair in IDX_FILES.values() for name in pair])
@@ -47,8 +56,9 @@ def load_mnist_like(dataset: type[torchvision.datasets.MNIST]):
     return load
 
 
-def load_cifar(dataset: type[torchvision.datasets.CIFAR10]):
+def load_cifar(name: str):
     def load(data_dir: Path) -> RawData:
+        dataset = torchvision_set(name)
         folder = data_dir / dataset.base_folder
         if not folder.is_dir():
             _download(dataset, data_dir, [f"{data_dir}/{dataset.filename} (or its unpacked folder {folder})"])
@@ -69,10 +79,10 @@ def load_cifar(dataset: type[torchvision.datasets.CIFAR10]):
 
 NAMED_SOURCES = {
     "digits": load_digits,
-    "mnist": load_mnist_like(torchvision.datasets.MNIST),
-    "fashion-mnist": load_mnist_like(torchvision.datasets.FashionMNIST),
-    "cifar10": load_cifar(torchvision.datasets.CIFAR10),
-    "cifar100": load_cifar(torchvision.datasets.CIFAR100),
+    "mnist": load_mnist_like("MNIST"),
+    "fashion-mnist": load_mnist_like("FashionMNIST"),
+    "cifar10": load_cifar("CIFAR10"),
+    "cifar100": load_cifar("CIFAR100"),
 }
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torchvision
 from torch import nn
 
 from cnnkit.models import register
@@ -19,38 +18,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = 224  # their training crop: the default image size, so pretrained filters see objects at their scale
 STRIDE = 32  # each shrinks its input 32-fold before pooling: smaller images vanish inside
 
-# name: (torchvision builder, its weights, head, first convolution, what it is)
-BACKBONES: dict[str, tuple[Callable[..., nn.Module], str, str, str, str]] = {
+# name (torchvision's builder's too): (its weights, head, first convolution, what it is)
+BACKBONES: dict[str, tuple[str, str, str, str]] = {
     "resnet18": (
-        torchvision.models.resnet18,
         "ResNet18_Weights.IMAGENET1K_V1",
         "fc",
         "conv1",
         "ResNet-18, the classic transfer-learning backbone",
     ),
     "resnet50": (
-        torchvision.models.resnet50,
         "ResNet50_Weights.IMAGENET1K_V2",
         "fc",
         "conv1",
         "ResNet-50, stronger features for 2.3x the compute of resnet18",
     ),
     "mobilenet_v3_small": (
-        torchvision.models.mobilenet_v3_small,
         "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
         "classifier.3",
         "features.0.0",
         "MobileNetV3-Small, the fastest on a CPU",
     ),
     "efficientnet_b0": (
-        torchvision.models.efficientnet_b0,
         "EfficientNet_B0_Weights.IMAGENET1K_V1",
         "classifier.1",
         "features.0.0",
         "EfficientNet-B0, accurate for its size",
     ),
     "convnext_tiny": (
-        torchvision.models.convnext_tiny,
         "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
         "classifier.2",
         "features.0.0",
@@ -59,11 +53,13 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], str, str, str, str]] = {
 }
 
 
-def _builder(name: str, build: Callable[..., nn.Module], first_conv: str, about: str) -> Callable[..., nn.Module]:
+def _builder(name: str, first_conv: str, about: str) -> Callable[..., nn.Module]:
     def backbone(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         if image_size < STRIDE:
             raise RuntimeError(f"{name} shrinks images {STRIDE}-fold")
-        net = build(num_classes=num_classes)
+        import torchvision  # here, not above: importing it takes seconds, which every command would wait for
+
+        net = getattr(torchvision.models, name)(num_classes=num_classes)
         if in_channels != 3:
             _remake_first_conv(net, first_conv, in_channels)
         return net
@@ -87,7 +83,7 @@ def _remake_first_conv(net: nn.Module, name: str, in_channels: int) -> None:
     setattr(net.get_submodule(parent) if parent else net, leaf, new)
 
 
-for _name, (_build, _weights, _head, _first_conv, _about) in BACKBONES.items():
+for _name, (_weights, _head, _first_conv, _about) in BACKBONES.items():
     register(
         _name,
         head=_head,
@@ -96,4 +92,4 @@ for _name, (_build, _weights, _head, _first_conv, _about) in BACKBONES.items():
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         weights=_weights,
-    )(_builder(_name, _build, _first_conv, _about))
+    )(_builder(_name, _first_conv, _about))

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import torch
-import torchvision
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -34,8 +33,14 @@ def cached_file(spec: ModelSpec) -> Path:
             f"model {spec.name!r} has no pretrained weights; models that have: "
             f"{', '.join(with_weights())}. Or pass --pretrained-weights FILE"
         )
-    url = torchvision.models.get_weight(spec.weights).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights_url(spec).rsplit("/", 1)[1]
+
+
+def weights_url(spec: ModelSpec) -> str:
+    """Where torchvision downloads the model's weights from."""
+    import torchvision  # here, not above: importing it takes seconds, which every command would wait for
+
+    return torchvision.models.get_weight(spec.weights).url
 
 
 def at_hand(name: str) -> bool:
@@ -48,7 +53,7 @@ def download(spec: ModelSpec) -> Path:
     path = cached_file(spec)
     if path.is_file():
         return path
-    url = torchvision.models.get_weight(spec.weights).url
+    url = weights_url(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     hash_prefix = re.search(r"-([a-f0-9]+)\.", path.name)
     try:
