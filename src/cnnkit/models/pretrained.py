@@ -26,6 +26,11 @@ def with_weights() -> list[str]:
     return [name for name in model_names() if model_spec(name).weights]
 
 
+def downloads() -> Path:
+    """The folder of downloaded weights files, $TORCH_HOME/hub/checkpoints as torch.hub keeps them."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def cached_file(spec: ModelSpec) -> Path:
     """Where torchvision's download of the model's weights is kept (under $TORCH_HOME, as torch.hub does)."""
     if not spec.weights:
@@ -33,7 +38,7 @@ def cached_file(spec: ModelSpec) -> Path:
             f"model {spec.name!r} has no pretrained weights; models that have: "
             f"{', '.join(with_weights())}. Or pass --pretrained-weights FILE"
         )
-    return Path(torch.hub.get_dir()) / "checkpoints" / weights_url(spec).rsplit("/", 1)[1]
+    return downloads() / weights_url(spec).rsplit("/", 1)[1]
 
 
 def weights_url(spec: ModelSpec) -> str:
@@ -44,8 +49,12 @@ def weights_url(spec: ModelSpec) -> str:
 
 
 def at_hand(name: str) -> bool:
-    """Whether the model's pretrained weights are on this machine already (nothing to download)."""
-    return bool(model_spec(name).weights) and cached_file(model_spec(name)).is_file()
+    """Whether the model's pretrained weights are on this machine already (nothing to download). Where nothing
+    was ever downloaded, that is known without asking torchvision for the file's name (its import takes seconds)."""
+    folder = downloads()
+    if not model_spec(name).weights or not folder.is_dir() or not any(folder.iterdir()):
+        return False
+    return cached_file(model_spec(name)).is_file()
 
 
 def download(spec: ModelSpec) -> Path:
