@@ -4,6 +4,8 @@ that end badly saying so."""
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,12 +164,33 @@ def test_a_run_that_learns_says_nothing_wrong(tmp_path):
     assert summary(run.dir)["warnings"] == []
 
 
-def test_a_budget_is_planned_into_steps_that_config_yaml_keeps(tmp_path, capsys):
-    run = cnnkit.train(report=False, budget=6, out=str(tmp_path / "r"))
-    assert "budget 6s:" in capsys.readouterr().out
+class SlowWarmUp(cnnkit.Callback):
+    """A machine that slows down once the budget's first plan is made: every step of the schedule's warm-up takes
+    SECONDS more than the steps that plan timed."""
+
+    SECONDS = 0.02
+
+    def on_step_end(self, trainer, loss):
+        if trainer.scheduler.last_epoch <= trainer.cfg.warmup * trainer.total_steps:
+            time.sleep(self.SECONDS)
+
+
+def test_a_budget_is_planned_again_after_the_warm_up_and_config_yaml_repeats_the_run(tmp_path, capsys):
+    run = cnnkit.train(report=False, budget=6, out=str(tmp_path / "r"), callbacks=[SlowWarmUp()])
+    out = capsys.readouterr().out
+    first = int(re.search(r"budget 6s: (\d+) steps", out)[1])
+    second, warmup_steps = map(
+        int, re.search(r"budget: (\d+) steps in all, planned again after the warm-up's (\d+)", out).groups()
+    )
     cfg, result = config(run.dir), summary(run.dir)
-    assert cfg["budget"] is None and cfg["steps"] == result["steps"] > 0  # a repeat takes exactly these steps
+    assert second < first and warmup_steps == round(0.25 * first)  # slower steps: fewer of them, after the same warm-up
+    assert cfg["budget"] is None and cfg["steps"] == result["steps"] == second  # a repeat takes exactly these steps ...
+    assert round(cfg["warmup"] * second) == warmup_steps  # ... and warms up over the same ones
     assert result["budget_seconds"] == 6 and result["seconds_used"] > 0
+    repeat = cnnkit.train(**{**cfg, "out": str(tmp_path / "repeat")})
+    assert summary(repeat.dir)["test_accuracy"] == result["test_accuracy"]
+    for name, weights in load_file(run.dir / "weights.safetensors").items():
+        assert torch.equal(weights, load_file(repeat.dir / "weights.safetensors")[name]), name
 
 
 def test_fine_tuning_keeps_the_source_runs_model_and_image_size(tmp_path):

@@ -26,12 +26,12 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when cnnkit r
 class EpochReport(Callback):
     """Each epoch's numbers: a row of metrics.csv and a line on the console."""
 
-    def __init__(self, folder: RunFolder, epochs: int):
-        self.folder, self.epochs = folder, epochs
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         self.folder.append_metrics(dataclasses.asdict(result))
-        say(epoch_line(result, self.epochs))
+        say(epoch_line(result, trainer.epochs))  # the trainer's: --budget's second plan may change them
 
 
 class TensorBoardLog(Callback):

@@ -231,11 +231,12 @@ def _train(
     if cfg.compile:  # compiled before the clock starts, and reported on its own
         compile_seconds = compile_warmup(trainer, eval_batch_sizes(shares), cfg.tta)
         say(f"compiled the model in {compile_seconds:.1f}s")
+    planning = []
     if cfg.budget is not None and cfg.steps is None:
-        plan_budget(ctx, trainer, record, time.perf_counter() - started)
+        planning = plan_budget(ctx, trainer, record, time.perf_counter() - started)
     ctx.folder.start_metrics(keep_before_epoch=trainer.pos.epoch)
     pruning = [KeepPruned(cfg.prune)] if cfg.prune else []  # zeros kept before any callback sees a step
-    trainer.callbacks = [*pruning, EpochReport(ctx.folder, trainer.epochs), KeepBest(ctx.folder, record), *callbacks]
+    trainer.callbacks = [*pruning, *planning, EpochReport(ctx.folder), KeepBest(ctx.folder, record), *callbacks]
     if cfg.tensorboard and ctx.folder.writer:
         trainer.callbacks.append(TensorBoardLog(ctx.folder))
 

@@ -1,14 +1,15 @@
-"""A time budget: how many optimiser steps fit in it, planned from a short warm-up measured on this machine.
+"""A time budget: how many optimiser steps fit in it, planned from a short warm-up measured on this machine,
+and planned again once the schedule's own warm-up has run, from the time its steps really took.
 
-The plan is made once, before the first step, and written to config.yaml as `steps`: the run then repeats
-exactly, anywhere, and the learning-rate schedule knows its length from the start.
+Each plan is written to config.yaml as `steps` (the second with the warm-up's share of them): the run then
+repeats exactly, anywhere, and the learning-rate schedule knows its length from the start.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cnnkit.checkpoint import save_checkpoint
@@ -25,22 +26,48 @@ MIN_TIMED_STEPS = 3  # a window
 EVAL_TIMINGS = 2  # the quicker of two: one timed TTA test batch after the untimed one still ran 1.4x slow
 
 
-def plan_steps(trainer: Trainer, eval_images: tuple[int, int], budget: float, seconds_left: float, tta: bool) -> int:
-    """The steps that end training and testing within `seconds_left` of a `budget` in seconds. `eval_images`:
-    the validation images evaluated after every pass, and the test images at the end."""
+@dataclass(frozen=True)
+class Costs:
+    """What a run's parts take on this machine, in seconds: a step while the whitening's bias learns (the first
+    EARLY_SHARE of the steps) and one after, the validation and checkpoints that end each pass, and the test."""
+
+    early_step: float
+    late_step: float
+    per_pass: float
+    test: float
+    steps_per_pass: int
+
+    def training(self, first: int, last: int, total: int) -> float:
+        """Seconds of steps `first` to `last` (not included) of a run of `total` steps."""
+        early_end = min(max(EARLY_SHARE * total, first), last)
+        steps = (early_end - first) * self.early_step + (last - early_end) * self.late_step
+        return steps + (last - first) * self.per_pass / self.steps_per_pass
+
+    def most_steps(self, seconds: float, done: int = 0, least: int = 1) -> int:
+        """The longest run (at least `least` steps) whose steps after the first `done` and test fit in `seconds`."""
+        fits = lambda total: self.training(done, total, total) + self.test <= seconds  # noqa: E731
+        low, high = least, least * 2
+        while fits(high):  # a run's time grows with its steps: find one too long ...
+            low, high = high, high * 2
+        while high - low > 1:  # ... then halve the gap between the longest that fits and the shortest that does not
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
+
+
+def measure_costs(trainer: Trainer, eval_images: tuple[int, int], budget: float, tta: bool) -> Costs:
+    """Time the run's parts on this machine, spending about TIMED_SHARE of the `budget`. `eval_images`: the
+    validation images evaluated after every pass, and the test images at the end."""
     batch = eval_batch(trainer.train_batches.images.shape[-1])
     passes = [(eval_images[0], False), (eval_images[1], tta)]  # validation sees the plain model, the test TTA's views
     kinds = {(min(batch, n), views) for n, views in passes if n}  # validation and test often share one
-    started = time.perf_counter()
     with undone(trainer):  # the run trains as if nothing had been measured
-        step = _seconds_per_step(trainer, min(max(TIMED_SHARE * budget, TIMING[0]), TIMING[1]))
+        early, late = _seconds_per_step(trainer, min(max(TIMED_SHARE * budget, TIMING[0]), TIMING[1]))
         per_batch = {kind: _seconds_per_eval_batch(trainer, *kind) for kind in kinds}
     validate, test = (per_batch[min(batch, n), views] * n / min(batch, n) if n else 0.0 for n, views in passes)
     # each pass ends in a validation and a checkpoint (and often the weights): on a small folder, with hundreds
     # of passes, those (and a small validation's fixed costs) weigh as much as training
-    per_pass = validate + 2 * _seconds_per_write(trainer)
-    left = seconds_left - (time.perf_counter() - started) - RESERVE * budget - test  # the measuring took time too
-    return max(1, math.floor(left / (step + per_pass / len(trainer.train_batches))))
+    return Costs(early, late, validate + 2 * _seconds_per_write(trainer), test, len(trainer.train_batches))
 
 
 def _seconds_per_write(trainer: Trainer) -> float:
@@ -53,15 +80,16 @@ def _seconds_per_write(trainer: Trainer) -> float:
         return time.perf_counter() - started
 
 
-def _seconds_per_step(trainer: Trainer, seconds: float) -> float:
-    """Seconds per step over the run: steps after the whitening's bias stops learning are quicker, so with it
+def _seconds_per_step(trainer: Trainer, seconds: float) -> tuple[float, float]:
+    """Seconds per step while the whitening's bias learns, and after: the later steps are quicker, so with it
     both kinds are timed, each for its share of the run and of the `seconds` (measuring costs the budget)."""
     if not trainer.learns_early:
-        return _seconds_per_step_now(trainer, seconds)
+        step = _seconds_per_step_now(trainer, seconds)
+        return step, step
     learning = _seconds_per_step_now(trainer, EARLY_SHARE * seconds)
     trainer.learn(trainer.learns_early, False)
     try:
-        return EARLY_SHARE * learning + (1 - EARLY_SHARE) * _seconds_per_step_now(trainer, (1 - EARLY_SHARE) * seconds)
+        return learning, _seconds_per_step_now(trainer, (1 - EARLY_SHARE) * seconds)
     finally:
         trainer.learn(trainer.learns_early, True)
 

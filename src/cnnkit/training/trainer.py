@@ -57,12 +57,12 @@ class Trainer:
         self.callbacks: list[Callback] = []
         self.stop_training, self._clock = False, 0.0
 
-    def plan(self, total_steps: int) -> None:
-        """Set the run's length and its schedule before the first step (--budget plans it from a warm-up)."""
+    def plan(self, total_steps: int, done: int = 0) -> None:
+        """Set the run's length and schedule: before the first step, or after `done` (--budget's second plan)."""
         self.total_steps = total_steps
         self.epochs = -(-total_steps // len(self.train_batches))  # the last one may be partial
         factor = partial(lr_factor, self.cfg.schedule, default_warmup(self.cfg.schedule, self.cfg.warmup), total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor, last_epoch=done - 1)
 
     def steps_in_epoch(self, epoch: int) -> int:
         return min(len(self.train_batches), self.total_steps - (epoch - 1) * len(self.train_batches))
