@@ -21,7 +21,7 @@ from cnnkit.data import AtMost, Dataset, load_data
 from cnnkit.data.sets import ImageSet
 from cnnkit.machine import pick_machine
 from cnnkit.presets import PRESETS
-from cnnkit.recipes import IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
+from cnnkit.recipes import AUTO_RECIPE, IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
 
 
 def summary(run: Path) -> dict:
@@ -80,6 +80,9 @@ def test_many_colour_images_get_the_wider_net_on_a_cpu(n, channels, model, batch
     data = Dataset("photos", [f"c{i}" for i in range(10)], splits, [0.5] * channels, [0.25] * channels, [])
     recipe = auto_settings(data, pick_machine("cpu"))
     assert (recipe["model"], recipe["batch_size"], recipe["lr"]) == (model, batch, 0.2 * batch / 256)
+    wide = model == "fastcnn-s2"  # its own momentum, warm-up and shifts; elsewhere the recipe's and the default's
+    assert (recipe["muon_momentum"], recipe["warmup"]) == ((0.75, 0.15) if wide else (0.85, 0.25))
+    assert recipe.get("translate") == (2 if wide else None)
 
 
 def test_what_the_user_sets_wins_over_the_recipe(tmp_path):
@@ -183,7 +186,7 @@ def test_a_budget_is_planned_again_after_the_warm_up_and_config_yaml_repeats_the
         int, re.search(r"budget: (\d+) steps in all, planned again after the warm-up's (\d+)", out).groups()
     )
     cfg, result = config(run.dir), summary(run.dir)
-    assert second < first and warmup_steps == round(0.25 * first)  # slower steps: fewer of them, after the same warm-up
+    assert second < first and warmup_steps == round(AUTO_RECIPE["warmup"] * first)  # slower: fewer after the warm-up
     assert cfg["budget"] is None and cfg["steps"] == result["steps"] == second  # a repeat takes exactly these steps ...
     assert round(cfg["warmup"] * second) == warmup_steps  # ... and warms up over the same ones
     assert result["budget_seconds"] == 6 and result["seconds_used"] > 0
