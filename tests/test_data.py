@@ -17,6 +17,7 @@ from cnnkit import CnnkitError
 from cnnkit.data import Reading, load_data
 from cnnkit.data.images import decode_image
 from cnnkit.data.ondisk import DiskImages, loaded
+from cnnkit.data.sources import IDX_CLASSES
 
 
 def test_digits_are_embedded_and_split_stratified():
@@ -40,6 +41,13 @@ def test_mnist_from_recompressed_files_without_network(shared_data):
     assert data.splits["test"].images.shape == (10000, 1, 28, 28)
     assert data.mean[0] == pytest.approx(0.1307, abs=0.001) and data.std[0] == pytest.approx(0.3081, abs=0.001)
     assert data.classes[0] == "0 - zero"
+
+
+@pytest.mark.parametrize("name", ["MNIST", "FashionMNIST"])
+def test_idx_sets_name_their_classes_as_torchvision_does(name):
+    import torchvision  # cnnkit reads the files without it, and must name the classes alike
+
+    assert IDX_CLASSES[name] == getattr(torchvision.datasets, name).classes
 
 
 def test_split_merges_and_resplits(shared_data):

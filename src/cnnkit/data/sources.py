@@ -22,6 +22,22 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
+IDX_CLASSES = {  # torchvision's names for them, so that runs name them alike whoever read the files
+    "MNIST": [f"{i} - {n}" for i, n in enumerate("zero one two three four five six seven eight nine".split())],
+    "FashionMNIST": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
+}
+
 
 def load_digits(data_dir: Path) -> RawData:
     """The 8x8 digits that ship inside scikit-learn: always there, no download, no official test split."""
@@ -42,16 +58,19 @@ def torchvision_set(name: str) -> Any:
 
 
 def load_mnist_like(name: str):
+    """A loader of `name`'s IDX files under data_dir/name/raw, read here: torchvision (seconds to import, which
+    a --budget would pay) only downloads them."""
+
     def load(data_dir: Path) -> RawData:
-        dataset = torchvision_set(name)
-        raw = data_dir / dataset.__name__ / "raw"
-        if not all(_find_idx(raw, name) for pair in IDX_FILES.values() for name in pair):
-            _download(dataset, data_dir, [f"{raw}/{name}.gz" for pair in IDX_FILES.values() for name in pair])
+        raw = data_dir / name / "raw"
+        if not all(_find_idx(raw, file) for pair in IDX_FILES.values() for file in pair):
+            wanted = [f"{raw}/{file}.gz" for pair in IDX_FILES.values() for file in pair]
+            _download(torchvision_set(name), data_dir, wanted)
         parts = {
             part: ImageSet(_read_idx(raw, images).unsqueeze(1), _read_idx(raw, labels).long())
             for part, (images, labels) in IDX_FILES.items()
         }
-        return RawData([str(c) for c in dataset.classes], parts)
+        return RawData(IDX_CLASSES[name], parts)
 
     return load
 
