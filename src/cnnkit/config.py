@@ -86,7 +86,8 @@ class TrainConfig:
     steps: int | None = _knob(None, "optimiser steps in all, instead of --epochs (the last pass may be partial)")
     budget: float | None = _knob(
         None,
-        "seconds for the whole run: the steps are planned from a measured warm-up to end training and testing in time",
+        "seconds for the whole run: the steps are planned from a measured warm-up to end training and testing in "
+        "time, and planned again from the schedule's own warm-up",
     )
     batch_size: int = _knob(32, "images per training step")
     optimizer: str = _knob(
