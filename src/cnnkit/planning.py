@@ -15,7 +15,7 @@ from cnnkit.context import RunContext
 from cnnkit.data.augment import Augment
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.progress import say
-from cnnkit.rundir import CONFIG, LR_FIND
+from cnnkit.rundir import LR_FIND
 from cnnkit.training.budget import RESERVE, Costs, measure_costs
 from cnnkit.training.events import Callback
 from cnnkit.training.lr_find import RULE, range_test, unit_rate, with_rate
@@ -85,8 +85,10 @@ class SecondPlan(Callback):
         self.started = time.perf_counter()
 
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        if trainer.scheduler.last_epoch != self.done:
+            return
         pass_end = trainer.pos.epoch * len(trainer.train_batches)
-        if trainer.scheduler.last_epoch != self.done or trainer.total_steps <= pass_end:  # (the last pass: as it is)
+        if trainer.total_steps <= pass_end:  # the last pass is under way: it ends as planned
             return
         now = time.perf_counter()
         pace = (now - self.started) / self.costs.training(0, self.done, trainer.total_steps)  # 1.1: 10% slower
@@ -106,4 +108,4 @@ class SecondPlan(Callback):
 def _settle(ctx: RunContext, cfg: TrainConfig) -> None:
     """The run's settings from now on, and in config.yaml: a resumed or repeated run takes them as they are."""
     ctx.cfg = cfg
-    ctx.folder.write_text(CONFIG, dataclasses.replace(cfg, out=None).to_yaml())
+    ctx.folder.write_config(cfg)

@@ -5,11 +5,13 @@ writes to it; every other process knows the same path and writes nothing."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -18,6 +20,9 @@ from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json, write_json, writing
 from cnnkit.machine import Machine
 from cnnkit.weights import save_weights
+
+if TYPE_CHECKING:
+    from cnnkit.config import TrainConfig
 
 try:
     import fcntl  # POSIX: a lock that goes with its process, however the process ends
@@ -91,6 +96,10 @@ class RunFolder:
     def write_text(self, name: str, text: str) -> None:
         if self.writer:
             atomic_write(self.path / name, lambda tmp: tmp.write_text(text))
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        """The run's settings as config.yaml, without its folder: a repeat writes to a new one."""
+        self.write_text(CONFIG, dataclasses.replace(cfg, out=None).to_yaml())
 
     def write_json(self, name: str, value: dict) -> None:
         if self.writer:

@@ -67,7 +67,7 @@ def train(
     with RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine) as folder:
         try:
             ctx = prepare(cfg, module, machine, folder, given=frozenset(values))
-            folder.write_text(CONFIG, dataclasses.replace(ctx.cfg, out=None).to_yaml())  # a repeat: a new folder
+            folder.write_config(ctx.cfg)
             folder.write_json(MODEL_INFO, ctx.info)
         except BaseException:
             folder.abandon()
