@@ -196,6 +196,13 @@ def test_a_budget_is_planned_again_after_the_warm_up_and_config_yaml_repeats_the
         assert torch.equal(weights, load_file(repeat.dir / "weights.safetensors")[name]), name
 
 
+def test_a_budget_too_short_for_one_step_says_so(tmp_path, capsys):
+    run = cnnkit.train(report=False, budget=0.5, out=str(tmp_path / "r"))  # its timing alone takes half a second
+    assert summary(run.dir)["steps"] == 1
+    assert any("the budget of 0.5s is shorter than one step and the test" in w for w in summary(run.dir)["warnings"])
+    assert "warning: the budget of 0.5s" in capsys.readouterr().out
+
+
 def test_fine_tuning_keeps_the_source_runs_model_and_image_size(tmp_path):
     source = cnnkit.train(report=False, model="small-cnn", image_size=12, epochs=1, out=str(tmp_path / "source"))
     run = cnnkit.train(report=False, init_from=str(source.dir), steps=5, out=str(tmp_path / "tuned"))

@@ -64,7 +64,14 @@ def plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float)
     processes = ctx.machine.world_size  # each evaluates its share
     eval_images = (-(-len(splits["val"]) // processes), -(-len(splits["test"]) // processes) if cfg.test else 0)
     costs = measure_costs(trainer, eval_images, cfg.budget, cfg.tta)
-    steps = ctx.machine.share(costs.most_steps(deadline - time.perf_counter()))  # one plan, the main process's
+    left = deadline - time.perf_counter()
+    steps = ctx.machine.share(costs.most_steps(left))  # one plan, the main process's
+    if costs.training(0, 1, 1) + costs.test > left:  # not even one step: said with the run's other warnings
+        record["budget_warning"] = (
+            f"the budget of {cfg.budget:g}s is shorter than one step and the test take on this machine now (the "
+            f"test alone: {costs.test:.1f}s), so the run took 1 step and went over; give a longer --budget, or "
+            "run it when the machine is less busy"
+        )
     trainer.plan(steps)
     _settle(ctx, dataclasses.replace(cfg, steps=steps, budget=None))
     record["budget_seconds"] = cfg.budget

@@ -115,8 +115,8 @@ def run_summary(ctx: RunContext, metrics: dict, record: dict, timings: dict[str,
 
 
 def run_warnings(ctx: RunContext, metrics: dict, record: dict) -> list[str]:
-    """What went badly, in plain words with what to try: a model no better than always answering the most
-    common class, or one that learned its training images by heart."""
+    """What went badly, in plain words with what to try: a --budget too short for even one step, a model no
+    better than always answering the most common class, or one that learned its training images by heart."""
     warnings = []
     splits = ctx.data.splits
     checks = [("test", metrics["test_accuracy"], splits["test"].labels)] if metrics["test_accuracy"] is not None else []
@@ -132,13 +132,17 @@ def run_warnings(ctx: RunContext, metrics: dict, record: dict) -> list[str]:
             )
             break
     seen = record.get("train_accuracy", 0.0)
-    if len(splits["val"]) and not warnings and seen - record["best_score"] > MEMORISED_GAP:
+    if (
+        len(splits["val"])
+        and len(warnings) == ("budget_warning" in record)
+        and seen - record["best_score"] > MEMORISED_GAP
+    ):
         warnings.append(
             f"training accuracy {seen:.3f} but validation {record['best_score']:.3f}: the model learned its "
             "training images by heart. Try stronger augmentation (--rotate, --scale, --jitter, --erase), fewer "
             "steps, more images, or --init-from a run trained on similar images"
         )
-    return warnings
+    return [record["budget_warning"], *warnings] if "budget_warning" in record else warnings
 
 
 def provenance(machine: Machine) -> dict:
