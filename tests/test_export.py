@@ -4,6 +4,8 @@ predict` gives, on real images, at batch sizes 1 and 3; an export that would dis
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +32,8 @@ FAMILIES = {  # one model of each family, with what each adds to the exported gr
 def family_run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / request.param
     cnnkit.train(model=request.param, image_size=32, steps=3, report=False, out=str(out), **FAMILIES[request.param])
-    return cnnkit.load(out, device="cpu")
+    yield cnnkit.load(out, device="cpu")
+    shutil.rmtree(out)  # convnext_tiny's run and exports are 640 MB: CI's disk may not hold every family's at once
 
 
 def predicted(run: cnnkit.Run, images: torch.Tensor) -> np.ndarray:
