@@ -80,9 +80,9 @@ def test_many_colour_images_get_the_wider_net_on_a_cpu(n, channels, model, batch
     data = Dataset("photos", [f"c{i}" for i in range(10)], splits, [0.5] * channels, [0.25] * channels, [])
     recipe = auto_settings(data, pick_machine("cpu"))
     assert (recipe["model"], recipe["batch_size"], recipe["lr"]) == (model, batch, 0.2 * batch / 256)
-    wide = model == "fastcnn-s2"  # its own momentum, warm-up and shifts; elsewhere the recipe's and the default's
+    wide = model == "fastcnn-s2"  # its own momentum, warm-up, shifts and SiLU; elsewhere the recipe's and defaults
     assert (recipe["muon_momentum"], recipe["warmup"]) == ((0.75, 0.15) if wide else (0.85, 0.25))
-    assert recipe.get("translate") == (2 if wide else None)
+    assert (recipe.get("translate"), recipe.get("activation")) == ((2, "silu") if wide else (None, None))
 
 
 def test_what_the_user_sets_wins_over_the_recipe(tmp_path):
@@ -201,6 +201,18 @@ def test_a_budget_too_short_for_one_step_says_so(tmp_path, capsys):
     assert summary(run.dir)["steps"] == 1
     assert any("the budget of 0.5s is shorter than one step and the test" in w for w in summary(run.dir)["warnings"])
     assert "warning: the budget of 0.5s" in capsys.readouterr().out
+
+
+def test_a_silu_run_is_remade_with_silu_and_fine_tuned_in_it(tmp_path):
+    source = cnnkit.train(
+        report=False, model="fastcnn-small", activation="silu", image_size=16, steps=2, out=str(tmp_path / "s")
+    )
+    assert json.loads((source.dir / "model.json").read_text())["model_options"] == {"activation": "silu"}
+    reloaded = cnnkit.load(source.dir, device="cpu")
+    assert [type(m) for m in reloaded.model.modules()] == [type(m) for m in source.model.modules()]
+    assert sum(isinstance(m, torch.nn.SiLU) for m in reloaded.model.modules()) == 7  # the stem's and two a block
+    tuned = cnnkit.train(report=False, init_from=str(source.dir), steps=2, out=str(tmp_path / "tuned"))
+    assert (config(tuned.dir)["model"], config(tuned.dir)["activation"]) == ("fastcnn-small", "silu")
 
 
 def test_fine_tuning_keeps_the_source_runs_model_and_image_size(tmp_path):

@@ -59,6 +59,9 @@ class TrainConfig:
     # model
     model: str = _knob(AUTO, "model name (see `cnnkit models`); auto: a whole recipe chosen from the data")
     dropout: float | None = _knob(None, "dropout probability, for models that have dropout")
+    activation: str | None = _knob(
+        None, "the fastcnn models' activation: gelu (airbench's, their default) or silu (as accurate, quicker on a CPU)"
+    )
     init_from: str | None = _knob(
         None,
         "start from the weights of a finished RUN folder (fine-tuning); a classifier "

@@ -80,7 +80,7 @@ def prepare(
         )
     mean, std = _normalisation(spec, data)
     torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights, dropout masks and order
-    options = {"dropout": cfg.dropout} if cfg.dropout is not None else {}
+    options = {k: v for k in ("dropout", "activation") if (v := getattr(cfg, k)) is not None}  # the model's own
     net = (
         module
         if module is not None

@@ -9,6 +9,7 @@ from cnnkit.data.images import RESIZE_RULES
 from cnnkit.data.splits import parse_split
 from cnnkit.errors import CnnkitError
 from cnnkit.models import AUTO, check_model_name
+from cnnkit.models.fast import ACTIVATIONS
 from cnnkit.optimizers import OPTIMIZERS
 from cnnkit.presets import preset_settings
 from cnnkit.training.schedule import SCHEDULES
@@ -36,6 +37,12 @@ def check_settings(cfg: TrainConfig) -> None:
     _require(cfg.scale is None or 0 <= cfg.scale < 1, "scale", cfg.scale, "must be in [0, 1), e.g. 0.1")
     _require(cfg.jitter is None or 0 <= cfg.jitter < 1, "jitter", cfg.jitter, "must be in [0, 1), e.g. 0.2")
     _require(cfg.erase is None or 0 <= cfg.erase <= 1, "erase", cfg.erase, "must be in [0, 1], e.g. 0.25")
+    _require(
+        cfg.activation is None or cfg.activation in ACTIVATIONS,
+        "activation",
+        cfg.activation,
+        "must be one of " + ", ".join(ACTIVATIONS),
+    )
     _require(cfg.freeze_epochs >= 0, "freeze_epochs", cfg.freeze_epochs, "must be 0 or more")
     starts = [k.replace("_", "-") for k in ("pretrained", "pretrained_weights", "init_from") if getattr(cfg, k)]
     if len(starts) > 1:

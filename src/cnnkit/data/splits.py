@@ -51,16 +51,15 @@ def stratified_split(data: ImageSet, fractions: list[float], generator: torch.Ge
 
 
 def channel_stats(images: torch.Tensor | DiskImages) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, on the 0..1 scale, computed in chunks to bound memory."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for chunk in images.split(chunk_rows(images)):
-        x = chunk.float().div_(255)
-        total += x.sum(dim=(0, 2, 3)).double()
-        squares += x.square().sum(dim=(0, 2, 3)).double()
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel must not divide by 0
+    """Per-channel mean and std of uint8 images, on the 0..1 scale, from each channel's count of every value:
+    exact, and with no float copy of the images (a third of a cached CIFAR-10 load took the copy before)."""
+    counts = torch.zeros(images.shape[1], 256, dtype=torch.float64)
+    for chunk in images.split(chunk_rows(images)):  # in chunks: memory stays bounded
+        for channel, values in enumerate(chunk.unbind(1)):
+            counts[channel] += torch.bincount(values.flatten(), minlength=256)
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    mean = counts @ levels / counts.sum(1)
+    std = (counts @ levels.square() / counts.sum(1) - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel: not 0
     return mean.tolist(), std.tolist()
 
 
