@@ -117,8 +117,11 @@ def _files(top: str) -> Iterator[os.DirEntry]:
     which regular files, where a stat of each of 60,000 files costs most of a cached load's scan."""
     with os.scandir(top) as listing:
         entries = sorted(listing, key=lambda entry: entry.name)
-    folders = [entry for entry in entries if _is_folder(entry)]
-    yield from (entry for entry in entries if not _is_folder(entry))
+    files: list[os.DirEntry] = []
+    folders: list[os.DirEntry] = []
+    for entry in entries:
+        (folders if _is_folder(entry) else files).append(entry)
+    yield from files
     for entry in folders:
         if not entry.name.startswith(".") and not entry.is_symlink():
             yield from _files(entry.path)
