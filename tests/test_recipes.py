@@ -7,6 +7,7 @@ import json
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from cnnkit.data.sets import ImageSet
 from cnnkit.machine import pick_machine
 from cnnkit.presets import PRESETS
 from cnnkit.recipes import AUTO_RECIPE, IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
+from cnnkit.reporting import run_warnings
 
 
 def summary(run: Path) -> dict:
@@ -160,6 +162,15 @@ def test_a_run_that_learns_nothing_says_so_and_records_a_warning(tmp_path, capsy
     warnings = summary(run.dir)["warnings"]
     assert len(warnings) == 1 and "no better than always answering the most common class" in warnings[0]
     assert "warning: validation accuracy" in capsys.readouterr().out
+
+
+def test_a_budget_warning_comes_first_and_hides_no_other():
+    split = ImageSet(torch.zeros(100, 1, 8, 8, dtype=torch.uint8), torch.arange(100) % 10)  # ten classes alike
+    ctx = SimpleNamespace(data=SimpleNamespace(splits={"val": split, "test": split}))
+    record = {"budget_warning": "the budget is too short", "best_score": 0.5, "train_accuracy": 1.0}
+    warnings = run_warnings(ctx, {"test_accuracy": 0.5}, record)
+    assert len(warnings) == 2 and warnings[0] == "the budget is too short"
+    assert "learned its training images by heart" in warnings[1]
 
 
 def test_a_run_that_learns_says_nothing_wrong(tmp_path):

@@ -117,11 +117,12 @@ def run_summary(ctx: RunContext, metrics: dict, record: dict, timings: dict[str,
 def run_warnings(ctx: RunContext, metrics: dict, record: dict) -> list[str]:
     """What went badly, in plain words with what to try: a --budget too short for even one step, a model no
     better than always answering the most common class, or one that learned its training images by heart."""
-    warnings = []
+    warnings = [record["budget_warning"]] if "budget_warning" in record else []  # first: it may explain the rest
     splits = ctx.data.splits
     checks = [("test", metrics["test_accuracy"], splits["test"].labels)] if metrics["test_accuracy"] is not None else []
     if len(splits["val"]):
         checks.insert(0, ("validation", record["best_score"], splits["val"].labels))
+    learned_nothing = False
     for name, accuracy, labels in checks:
         common = torch.bincount(labels).max().item() / len(labels)
         if accuracy <= common + NEAR_CHANCE:
@@ -130,19 +131,16 @@ def run_warnings(ctx: RunContext, metrics: dict, record: dict) -> list[str]:
                 f"({common:.3f}): the model learned nothing useful. Try the automatic recipe (no --model or "
                 "--preset), a lower --lr or more --steps, and check that each class folder holds its own pictures"
             )
+            learned_nothing = True
             break
     seen = record.get("train_accuracy", 0.0)
-    if (
-        len(splits["val"])
-        and len(warnings) == ("budget_warning" in record)
-        and seen - record["best_score"] > MEMORISED_GAP
-    ):
+    if len(splits["val"]) and not learned_nothing and seen - record["best_score"] > MEMORISED_GAP:
         warnings.append(
             f"training accuracy {seen:.3f} but validation {record['best_score']:.3f}: the model learned its "
             "training images by heart. Try stronger augmentation (--rotate, --scale, --jitter, --erase), fewer "
             "steps, more images, or --init-from a run trained on similar images"
         )
-    return [record["budget_warning"], *warnings] if "budget_warning" in record else warnings
+    return warnings
 
 
 def provenance(machine: Machine) -> dict:
