@@ -196,13 +196,44 @@ def test_a_budget_is_planned_again_after_the_warm_up_and_config_yaml_repeats_the
     second, warmup_steps = map(
         int, re.search(r"budget: (\d+) steps in all, planned again after the warm-up's (\d+)", out).groups()
     )
+    last = int(re.findall(r"budget: (\d+) steps in all", out)[-1])  # then quicker again: planned longer
     cfg, result = config(run.dir), summary(run.dir)
     assert second < first and warmup_steps == round(AUTO_RECIPE["warmup"] * first)  # slower: fewer after the warm-up
-    assert cfg["budget"] is None and cfg["steps"] == result["steps"] == second  # a repeat takes exactly these steps ...
-    assert round(cfg["warmup"] * second) == warmup_steps  # ... and warms up over the same ones
+    assert cfg["budget"] is None and cfg["steps"] == result["steps"] == last  # a repeat takes exactly these steps ...
+    assert round(cfg["warmup"] * last) == warmup_steps  # ... and warms up over the same ones
     assert result["budget_seconds"] == 6 and result["seconds_used"] > 0
-    repeat = cnnkit.train(**{**cfg, "out": str(tmp_path / "repeat")})
-    assert summary(repeat.dir)["test_accuracy"] == result["test_accuracy"]
+    assert_repeats(run, cfg, tmp_path / "repeat")
+
+
+class SlowLate(cnnkit.Callback):
+    """A machine that slows down once the whitening's bias has stopped learning: every step after takes SECONDS
+    more than the steps the first two plans timed."""
+
+    SECONDS = 0.01
+
+    def on_step_end(self, trainer, loss):
+        if trainer.scheduler.last_epoch > trainer.early_steps:
+            time.sleep(self.SECONDS)
+
+
+def test_a_budget_bends_the_decay_when_the_machine_slows_later_and_config_yaml_repeats_the_run(tmp_path, capsys):
+    run = cnnkit.train(report=False, budget=6, out=str(tmp_path / "r"), callbacks=[SlowLate()])
+    out = capsys.readouterr().out
+    plans = [int(n) for n in re.findall(r"budget(?: 6s)?: (\d+) steps", out)]  # every plan's length, in order
+    at = [int(n) for n in re.findall(r"planned again at step (\d+)", out)]
+    cfg, result = config(run.dir), summary(run.dir)
+    assert at and cfg["bends"] == ",".join(
+        f"{step}:{end}" for step, end in zip(at, plans[-len(at) - 1 : -1], strict=True)
+    )
+    assert cfg["steps"] == result["steps"] == plans[-1] and plans[-len(at)] < plans[-len(at) - 1]  # slower: fewer
+    assert cfg["early_steps"] < at[0]  # the whitening's bias stopped where it did, whatever the run's length
+    assert_repeats(run, cfg, tmp_path / "repeat")
+
+
+def assert_repeats(run, cfg: dict, out: Path) -> None:
+    """config.yaml alone repeats the run: the same test accuracy and the very same weights."""
+    repeat = cnnkit.train(**{**cfg, "out": str(out)})
+    assert summary(repeat.dir)["test_accuracy"] == summary(run.dir)["test_accuracy"]
     for name, weights in load_file(run.dir / "weights.safetensors").items():
         assert torch.equal(weights, load_file(repeat.dir / "weights.safetensors")[name]), name
 

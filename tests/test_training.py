@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cnnkit
-from cnnkit import TrainConfig, create_model
+from cnnkit import CnnkitError, TrainConfig, create_model
 from cnnkit.models import model_spec
 from cnnkit.optimizers import build_optimizer
 from cnnkit.training.schedule import lr_factor
@@ -21,6 +21,25 @@ def test_onecycle_warms_up_to_the_peak_then_falls_to_zero():
     assert c[0] == pytest.approx(0.04 + 0.96 / 25)
     assert max(c) == 1.0 and c.index(1.0) == 24
     assert c[-1] < 0.02 and all(a >= b for a, b in zip(c[24:], c[25:], strict=False))
+
+
+def test_a_bent_onecycle_decay_falls_from_each_bend_to_zero_at_the_new_end():
+    bends = ((50, 100), (70, 80))  # as --budget's later plans leave them: where each bent, and the end until then
+    c = [lr_factor("onecycle", 25 / 90, 90, step, bends) for step in range(91)]  # 25 warm-up steps, as planned
+    assert c[:50] == [lr_factor("onecycle", 25 / 100, 100, step) for step in range(50)]  # as the run took them
+    assert c[50:70] == [lr_factor("onecycle", 25 / 80, 80, step, bends[:1]) for step in range(50, 70)]
+    assert c[25] == 1.0 and c[50] == pytest.approx(2 / 3) and c[70] == pytest.approx(2 / 9)
+    assert c[80] == pytest.approx(1 / 9) and c[90] == 0.0  # then straight down to zero at the last end
+
+
+def test_bends_that_no_budget_could_have_written_are_refused():
+    for bends in ("50:100,40:100", "120:150", "50:40"):  # steps falling; past the run's end; past its own end
+        with pytest.raises(CnnkitError, match=f"--bends {bends} must be as --budget writes them"):
+            TrainConfig(steps=100, bends=bends)
+    with pytest.raises(CnnkitError, match="--bends 50:100 must be as --budget writes them"):
+        TrainConfig(steps=100, schedule="cosine", bends="50:100")
+    with pytest.raises(CnnkitError, match="must be STEP:END pairs"):
+        TrainConfig(steps=100, bends="50:0.3")
 
 
 def test_cosine_step_and_constant_shapes():

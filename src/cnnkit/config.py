@@ -79,6 +79,9 @@ class TrainConfig:
     whiten: bool = _knob(
         False, "start the first conv as a fixed whitening of the training images' patches (model fastcnn)"
     )
+    early_steps: int | None = _knob(
+        None, "with --whiten: the steps over which the whitening's bias learns (default: the first 30%)"
+    )
     prune: float = _knob(
         0.0,
         "share of the conv and linear weights set to zero, the smallest first, and kept at zero while training "
@@ -90,7 +93,7 @@ class TrainConfig:
     budget: float | None = _knob(
         None,
         "seconds for the whole run: the steps are planned from a measured warm-up to end training and testing in "
-        "time, and planned again from the schedule's own warm-up",
+        "time, and planned again as the run goes",
     )
     batch_size: int = _knob(32, "images per training step")
     optimizer: str = _knob(
@@ -117,6 +120,11 @@ class TrainConfig:
     )
     schedule: str = _knob("onecycle", "learning-rate schedule: one of " + ", ".join(SCHEDULES))
     warmup: float | None = _knob(None, "share of steps spent warming up linearly (default: 0.25 for onecycle, else 0)")
+    bends: str | None = _knob(
+        None,
+        "STEP:END points where --budget's later plans bent the onecycle decay to end on time, each with the end "
+        "planned until then (written to config.yaml, so that a repeat takes the same rates)",
+    )
     label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")
     ema: float = _knob(
         0.0, "evaluate and keep a moving average of the weights with this decay per step, e.g. 0.999 (0: off)"

@@ -1,6 +1,6 @@
 """What a run settles as it goes, and writes to config.yaml so that a resumed or repeated run takes it as it
-is: the rate of --lr auto, from a range test, and the steps of --budget, from a timed warm-up (then again from
-the schedule's own warm-up)."""
+is: the rate of --lr auto, from a range test, and the steps of --budget, from a timed warm-up (then again as
+the run goes)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from cnnkit.data.augment import Augment
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.progress import say
 from cnnkit.rundir import LR_FIND
-from cnnkit.training.budget import RESERVE, Costs, measure_costs
+from cnnkit.training.budget import RESERVE_SECONDS, RESERVE_SHARE, Costs, measure_costs
 from cnnkit.training.events import Callback
 from cnnkit.training.lr_find import RULE, range_test, unit_rate, with_rate
-from cnnkit.training.schedule import default_warmup
+from cnnkit.training.schedule import default_warmup, format_bends, parse_bends
 from cnnkit.training.stopping import TrainingDiverged
 from cnnkit.training.trainer import EARLY_SHARE, Trainer
+
+REPLAN_EVERY = 0.1  # once every step is of the late kind, the steps are planned again every this share of the run ...
+REPLAN_CHANGE = 0.01  # ... and changed when they differ by more than this share (each change bends the decay)
 
 
 def train_batches(ctx: RunContext) -> DeviceBatches:
@@ -57,10 +60,11 @@ def find_lr(ctx: RunContext, train: DeviceBatches) -> None:
 def plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float) -> list[Callback]:
     """Plan the steps that fit the --budget from a measured warm-up, and write them to config.yaml: a
     resumed or repeated run takes exactly these steps, on any machine. Returns the callback that plans them
-    again at the end of the schedule's warm-up (none for a schedule without one)."""
+    again as the run goes (none for a schedule without a warm-up)."""
     cfg, splits = ctx.cfg, ctx.data.splits
     assert cfg.budget is not None
-    deadline = time.perf_counter() + cfg.budget - elapsed - RESERVE * cfg.budget  # for training and testing
+    reserve = RESERVE_SECONDS + RESERVE_SHARE * cfg.budget
+    deadline = time.perf_counter() + cfg.budget - elapsed - reserve  # for training and testing
     processes = ctx.machine.world_size  # each evaluates its share
     eval_images = (-(-len(splits["val"]) // processes), -(-len(splits["test"]) // processes) if cfg.test else 0)
     costs = measure_costs(trainer, eval_images, cfg.budget, cfg.tta)
@@ -78,38 +82,67 @@ def plan_budget(ctx: RunContext, trainer: Trainer, record: dict, elapsed: float)
     passes = steps / len(trainer.train_batches)
     say(f"budget {cfg.budget:g}s: {steps} steps ({passes:,.1f} passes), planned from a warm-up measured here")
     warmup_steps = round(default_warmup(cfg.schedule, cfg.warmup) * steps)
-    return [SecondPlan(ctx, costs, deadline, warmup_steps)] if 0 < warmup_steps < steps else []
+    return [Replanning(ctx, costs, deadline, warmup_steps)] if 0 < warmup_steps < steps else []
 
 
-class SecondPlan(Callback):
-    """--budget's second plan, when the schedule's warm-up has run: the steps after it are planned again from the
-    time the warm-up's steps really took, so a machine that has slowed down (or sped up) since the few steps
-    timed for the first plan still ends on time. The warm-up keeps its steps and the schedule its shape;
-    config.yaml gets the new length, with the warm-up's share of it, so a repeat takes exactly these steps."""
+class Replanning(Callback):
+    """--budget's later plans, so that a machine that slows down (or speeds up) after the few steps timed for the
+    first plan still ends on time. Each is written to config.yaml, so a repeat takes exactly these steps and rates.
+
+    - At the end of the schedule's warm-up, from the time its steps really took: the warm-up keeps its steps and
+      the schedule its shape; config.yaml gets the new length, with the warm-up's share of it.
+    - Then, once every step is of the late kind (the whitening's bias has stopped learning), every REPLAN_EVERY
+      of the run, from the time the late steps took: a one-cycle decay bends at the step reached, from its rate
+      there straight down to zero at the new end; config.yaml gets the bend, and the step the bias stopped at."""
 
     def __init__(self, ctx: RunContext, costs: Costs, deadline: float, warmup_steps: int):
-        self.ctx, self.costs, self.deadline, self.done = ctx, costs, deadline, warmup_steps
+        self.ctx, self.costs, self.deadline, self.warmup_steps = ctx, costs, deadline, warmup_steps
         self.started = time.perf_counter()
+        self.late: tuple[int, float] | None = None  # the step from which every step is of the late kind, and when
+        self.next_check = 0
 
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
-        if trainer.scheduler.last_epoch != self.done:
-            return
-        pass_end = trainer.pos.epoch * len(trainer.train_batches)
-        if trainer.total_steps <= pass_end:  # the last pass is under way: it ends as planned
-            return
+        done = trainer.scheduler.last_epoch
+        if done == self.warmup_steps:
+            self._after_warmup(trainer, done)
+        if self.late is None and done >= max(self.warmup_steps, trainer.early_steps if trainer.learns_early else 0):
+            self.late, self.next_check = (done, time.perf_counter()), done + self._every(trainer)
+        elif self.late and done == self.next_check < trainer.total_steps and self.ctx.cfg.schedule == "onecycle":
+            self._in_decay(trainer, done, *self.late)
+            self.next_check = done + self._every(trainer)
+
+    def _after_warmup(self, trainer: Trainer, done: int) -> None:
         now = time.perf_counter()
-        pace = (now - self.started) / self.costs.training(0, self.done, trainer.total_steps)  # 1.1: 10% slower
-        least = pass_end  # the pass under way ends as planned, and so does the whitening's bias learning:
-        if trainer.learns_early:  # through every warm-up step, as in a repeat
-            least = max(least, math.ceil(self.done / EARLY_SHARE))
-        steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, self.done, least))
-        if steps == trainer.total_steps:
+        pace = (now - self.started) / self.costs.training(0, done, trainer.total_steps)  # 1.1: 10% slower
+        least = done + 1
+        if trainer.learns_early:  # the whitening's bias learns through every warm-up step, as in a repeat
+            least = max(least, math.ceil(done / EARLY_SHARE))
+        steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, least))
+        if steps != trainer.total_steps:
+            self._replan(trainer, done, steps, warmup=done / steps)
+            pace_note = f"{pace:.2f}x their planned time"
+            say(f"budget: {steps} steps in all, planned again after the warm-up's {done} ({pace_note})")
+
+    def _in_decay(self, trainer: Trainer, done: int, start: int, began: float) -> None:
+        now, total = time.perf_counter(), trainer.total_steps
+        pace = (now - began) / self.costs.training(start, done, total, early=start)
+        steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, done + 1, start))
+        if abs(steps - total) <= REPLAN_CHANGE * total:
             return
-        trainer.cfg = dataclasses.replace(self.ctx.cfg, steps=steps, warmup=self.done / steps)
-        trainer.plan(steps, self.done)
+        bends = format_bends((*parse_bends(self.ctx.cfg.bends), (done, total)))
+        early = trainer.early_steps if trainer.learns_early else None  # where the bias stopped, whatever the length
+        self._replan(trainer, done, steps, warmup=self.warmup_steps / steps, bends=bends, early_steps=early)
+        say(f"budget: {steps} steps in all, planned again at step {done} ({pace:.2f}x the late steps' planned time)")
+
+    def _replan(self, trainer: Trainer, done: int, steps: int, **changes) -> None:
+        """The run's length from step `done` on, with the settings that keep its steps so far as they were."""
+        trainer.cfg = dataclasses.replace(self.ctx.cfg, steps=steps, **changes)
+        trainer.plan(steps, done)
         _settle(self.ctx, trainer.cfg)
-        pace_note = f"{pace:.2f}x their planned time"
-        say(f"budget: {steps} steps in all, planned again after the warm-up's {self.done} ({pace_note})")
+
+    @staticmethod
+    def _every(trainer: Trainer) -> int:
+        return max(1, round(REPLAN_EVERY * trainer.total_steps))
 
 
 def _settle(ctx: RunContext, cfg: TrainConfig) -> None:

@@ -21,7 +21,7 @@ from cnnkit.data.sets import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.files import atomic_write, read_json
 from cnnkit.rundir import CONFIG, LR_FIND, METRICS, SUMMARY
-from cnnkit.training.schedule import default_warmup, lr_factor, planned_steps
+from cnnkit.training.schedule import planned_steps, schedule_of
 
 PLOTS = "plots"  # the run folder's sub-folder of PNG files
 ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion matrix shows its number
@@ -65,9 +65,9 @@ def schedule_figure(cfg: TrainConfig, steps_per_epoch: int, rows: list[dict]) ->
     """The peak rate times the schedule at every step, and the rate metrics.csv recorded for each epoch."""
     plt = pyplot()
     total = planned_steps(cfg, steps_per_epoch)
-    warmup = default_warmup(cfg.schedule, cfg.warmup)
+    factor = schedule_of(cfg, total)
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.plot(range(1, total + 1), [cfg.peak_lr * lr_factor(cfg.schedule, warmup, total, s) for s in range(total)])
+    ax.plot(range(1, total + 1), [cfg.peak_lr * factor(s) for s in range(total)])
     starts = [((int(r["epoch"]) - 1) * steps_per_epoch + 1, float(r["lr"])) for r in rows]
     if starts:  # metrics.csv's rate is the one each epoch's first step took
         ax.plot(*zip(*starts, strict=True), "o", markersize=3, label="metrics.csv: each epoch's first step")

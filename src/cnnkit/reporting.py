@@ -31,7 +31,7 @@ class EpochReport(Callback):
 
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         self.folder.append_metrics(dataclasses.asdict(result))
-        say(epoch_line(result, trainer.epochs))  # the trainer's: --budget's second plan may change them
+        say(epoch_line(result, trainer.epochs))  # the trainer's: --budget's later plans may change them
 
 
 class TensorBoardLog(Callback):

@@ -12,7 +12,7 @@ from cnnkit.models import AUTO, check_model_name
 from cnnkit.models.fast import ACTIVATIONS
 from cnnkit.optimizers import OPTIMIZERS
 from cnnkit.presets import preset_settings
-from cnnkit.training.schedule import SCHEDULES
+from cnnkit.training.schedule import SCHEDULES, default_warmup, parse_bends
 
 if TYPE_CHECKING:
     from cnnkit.config import TrainConfig
@@ -68,6 +68,8 @@ def check_settings(cfg: TrainConfig) -> None:
     _require(0 <= cfg.label_smoothing < 1, "label_smoothing", cfg.label_smoothing, "must be in [0, 1)")
     _require(0 <= cfg.val_fraction < 1, "val_fraction", cfg.val_fraction, "must be in [0, 1)")
     _require(cfg.warmup is None or 0 <= cfg.warmup < 1, "warmup", cfg.warmup, "must be in [0, 1)")
+    _require(cfg.early_steps is None or cfg.early_steps >= 0, "early_steps", cfg.early_steps, "must be 0 or more")
+    _check_bends(cfg)
     _require(cfg.dropout is None or 0 <= cfg.dropout < 1, "dropout", cfg.dropout, "must be in [0, 1)")
     _require(0 <= cfg.prune < 1, "prune", cfg.prune, "must be in [0, 1): the share of weights set to zero, e.g. 0.5")
     _require(
@@ -100,6 +102,18 @@ def check_processes(cfg: TrainConfig, machine: Machine) -> None:
         )
     if cfg.sync_bn and processes > 1 and machine.device.type != "cuda":
         raise CnnkitError("--sync-bn synchronises batch norm between GPU processes; on CPUs leave it off")
+
+
+def _check_bends(cfg: TrainConfig) -> None:
+    """--budget's bends of a one-cycle decay: their steps rising past the warm-up, each before the end it changed."""
+    bends = parse_bends(cfg.bends)
+    if not bends:
+        return
+    steps = [step for step, _ in bends]
+    warmup_steps = round(default_warmup(cfg.schedule, cfg.warmup) * (cfg.steps or 0))
+    fits = steps == sorted(set(steps)) and warmup_steps < steps[0] and all(step < end for step, end in bends)
+    fits = fits and cfg.schedule == "onecycle" and (cfg.steps is None or steps[-1] < cfg.steps)
+    _require(fits, "bends", cfg.bends, "must be as --budget writes them: STEP:END points of a onecycle decay, in order")
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:

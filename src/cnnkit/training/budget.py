@@ -1,8 +1,9 @@
 """A time budget: how many optimiser steps fit in it, planned from a short warm-up measured on this machine,
-and planned again once the schedule's own warm-up has run, from the time its steps really took.
+and planned again as the run goes (planning.py), from the time its steps really took.
 
-Each plan is written to config.yaml as `steps` (the second with the warm-up's share of them): the run then
-repeats exactly, anywhere, and the learning-rate schedule knows its length from the start.
+Each plan is written to config.yaml as `steps` (the later ones with the warm-up's share of them, and the
+bends of the decay): the run then repeats exactly, anywhere, and the learning-rate schedule knows its
+length from the start.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from cnnkit.evaluation import eval_batch, predict_logits
 from cnnkit.training.trainer import EARLY_SHARE, Trainer
 from cnnkit.training.warmup import endless_batches, sample_batch, undone
 
-RESERVE = 0.04  # share of the budget kept back for what the plan cannot see: the closing writes, a busy machine
+# kept back for what the plans cannot see: the closing reads and writes (half a second on MNIST), and the last
+# tenth of the steps, after the last plan (measured: the runs then end within 1-3% of the budget)
+RESERVE_SECONDS, RESERVE_SHARE = 0.5, 0.01
 UNTIMED_STEPS = 5  # the first steps set up kernels and memory: slower than the rest, so not timed
 TIMED_SHARE = 0.015  # share of the budget spent timing steps, within these seconds:
 TIMING = (0.5, 4.0)  # windows of a few steps each misjudge a short budget's step by a fifth
@@ -37,15 +40,16 @@ class Costs:
     test: float
     steps_per_pass: int
 
-    def training(self, first: int, last: int, total: int) -> float:
-        """Seconds of steps `first` to `last` (not included) of a run of `total` steps."""
-        early_end = min(max(EARLY_SHARE * total, first), last)
+    def training(self, first: int, last: int, total: int, early: int | None = None) -> float:
+        """Seconds of steps `first` to `last` (not included) of a run of `total` steps, whose first `early` steps
+        (by default EARLY_SHARE of them) are of the early kind."""
+        early_end = min(max(EARLY_SHARE * total if early is None else early, first), last)
         steps = (early_end - first) * self.early_step + (last - early_end) * self.late_step
         return steps + (last - first) * self.per_pass / self.steps_per_pass
 
-    def most_steps(self, seconds: float, done: int = 0, least: int = 1) -> int:
+    def most_steps(self, seconds: float, done: int = 0, least: int = 1, early: int | None = None) -> int:
         """The longest run (at least `least` steps) whose steps after the first `done` and test fit in `seconds`."""
-        fits = lambda total: self.training(done, total, total) + self.test <= seconds  # noqa: E731
+        fits = lambda total: self.training(done, total, total, early) + self.test <= seconds  # noqa: E731
         low, high = least, least * 2
         while fits(high):  # a run's time grows with its steps: find one too long ...
             low, high = high, high * 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from cnnkit.errors import CnnkitError
@@ -20,8 +22,17 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
 
 
-def lr_factor(schedule: str, warmup: float, total_steps: int, step: int) -> float:
-    """Multiplier of the peak rate at `step`: a linear warm-up, then the schedule's shape."""
+def schedule_of(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The run's multiplier of the peak rate at each step: its schedule, warm-up, and the bends of --budget."""
+    warmup = default_warmup(cfg.schedule, cfg.warmup)
+    return partial(lr_factor, cfg.schedule, warmup, total_steps, bends=parse_bends(cfg.bends))
+
+
+def lr_factor(
+    schedule: str, warmup: float, total_steps: int, step: int, bends: tuple[tuple[int, int], ...] = ()
+) -> float:
+    """Multiplier of the peak rate at `step`: a linear warm-up, then the schedule's shape. `bends`: where --budget
+    planned a one-cycle decay again, as (step, the length planned until then)."""
     if schedule not in SCHEDULES:
         raise CnnkitError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     warmup_steps = round(warmup * total_steps)
@@ -34,8 +45,39 @@ def lr_factor(schedule: str, warmup: float, total_steps: int, step: int) -> floa
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "onecycle":
-        return 1 - progress  # linear down to zero
+        return _bent_decay(warmup_steps, bends, total_steps, step)
     return 1.0
+
+
+def _bent_decay(peak: int, bends: tuple[tuple[int, int], ...], end: int, step: int) -> float:
+    """Linear from 1 at `peak` down to zero at the planned end; at each bend, from the rate reached there down to
+    zero at the new end. Each line is reckoned as the run reckoned it then, so a repeat takes the same rates."""
+    start, rate = peak, 1.0
+    for at, planned_end in bends:
+        if step < at:
+            return _falling(start, rate, planned_end, step)
+        start, rate = at, _falling(start, rate, planned_end, at)
+    return _falling(start, rate, end, step)
+
+
+def _falling(start: int, rate: float, end: int, step: int) -> float:
+    """The straight line from `rate` at `start` to zero at `end`, at `step` (zero from `end` on)."""
+    return rate - rate * (step - start) / (end - start) if step < end else 0.0
+
+
+def parse_bends(text: str | None) -> tuple[tuple[int, int], ...]:
+    """`bends` as config.yaml holds it ("STEP:END,STEP:END"), as (step, end) pairs."""
+    try:
+        pairs = [point.split(":") for point in (text or "").split(",") if point]
+        return tuple((int(step), int(end)) for step, end in pairs)
+    except ValueError:
+        raise CnnkitError(
+            f"bends {text!r} must be STEP:END pairs joined by commas, as --budget writes them, e.g. 400:1250"
+        ) from None
+
+
+def format_bends(bends: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{step}:{end}" for step, end in bends)
 
 
 def default_warmup(schedule: str, warmup: float | None) -> float:

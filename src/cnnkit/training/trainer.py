@@ -11,7 +11,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import torch
 from torch import nn
@@ -26,7 +25,7 @@ from cnnkit.optimizers import build_optimizer
 from cnnkit.progress import bar, say
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.position import Position, check_finite, restore_rng
-from cnnkit.training.schedule import default_warmup, lr_factor, planned_steps
+from cnnkit.training.schedule import planned_steps, schedule_of
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
 
 AGREE_EVERY = 16  # with several processes, a stop is agreed on every this many steps: each check is a collective
@@ -58,10 +57,12 @@ class Trainer:
         self.stop_training, self._clock = False, 0.0
 
     def plan(self, total_steps: int, done: int = 0) -> None:
-        """Set the run's length and schedule: before the first step, or after `done` (--budget's second plan)."""
+        """Set the run's length and schedule: before the first step, or after `done` (--budget's later plans)."""
         self.total_steps = total_steps
         self.epochs = -(-total_steps // len(self.train_batches))  # the last one may be partial
-        factor = partial(lr_factor, self.cfg.schedule, default_warmup(self.cfg.schedule, self.cfg.warmup), total_steps)
+        early = self.cfg.early_steps
+        self.early_steps = math.ceil(EARLY_SHARE * total_steps) if early is None else early  # the bias learns
+        factor = schedule_of(self.cfg, total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor, last_epoch=done - 1)
 
     def steps_in_epoch(self, epoch: int) -> int:
@@ -129,20 +130,25 @@ class Trainer:
         self.learn(self.backbone, pos.epoch > self.cfg.freeze_epochs)  # --freeze-epochs: the head alone first
         self._clock = time.perf_counter()
         steps = self.steps_in_epoch(pos.epoch)
+        # batches to the pass's end, as a --budget plan may move the epoch's (a step ends it, below); none if a
+        # run was stopped at its last step
+        left = batches.iterate(pos.order, pos.step, pos.epoch, stop_step=None if pos.step < steps else steps)
         with bar(steps, f"epoch {pos.epoch}/{self.epochs}", unit="batch") as progress:
             progress.update(pos.step)
-            for images, labels in batches.iterate(pos.order, pos.step, pos.epoch, stop_step=steps):
-                self.learn(self.learns_early, self.scheduler.last_epoch < EARLY_SHARE * self.total_steps)
+            for images, labels in left:
+                self.learn(self.learns_early, self.scheduler.last_epoch < self.early_steps)
                 loss = self.train_step(images, labels)
                 progress.update()
                 if not progress.disable and progress.n % 20 == 0:
                     progress.set_postfix(loss=f"{float(pos.loss_sum) / max(1, pos.seen):.4f}")
                 for callback in self.callbacks:
                     callback.on_step_end(self, loss)
+                steps = progress.total = self.steps_in_epoch(pos.epoch)  # a --budget plan may have moved the end
                 interrupted, stopped = self._stops(stop, last=pos.step == steps)
                 self._checkpoint_if_due(save, interrupted, last=pos.step == steps)
                 if stopped:
                     self.stop_training = True
+                if stopped or pos.step == steps:
                     break
         self._lap()
 
