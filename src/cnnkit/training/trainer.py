@@ -60,9 +60,8 @@ class Trainer:
         """Set the run's length and schedule: before the first step, or after `done` (--budget's later plans)."""
         self.total_steps = total_steps
         self.epochs = -(-total_steps // len(self.train_batches))  # the last one may be partial
-        early = self.cfg.early_steps
+        early, factor = self.cfg.early_steps, schedule_of(self.cfg, total_steps)
         self.early_steps = math.ceil(EARLY_SHARE * total_steps) if early is None else early  # the bias learns
-        factor = schedule_of(self.cfg, total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor, last_epoch=done - 1)
 
     def steps_in_epoch(self, epoch: int) -> int:
@@ -130,8 +129,7 @@ class Trainer:
         self.learn(self.backbone, pos.epoch > self.cfg.freeze_epochs)  # --freeze-epochs: the head alone first
         self._clock = time.perf_counter()
         steps = self.steps_in_epoch(pos.epoch)
-        # batches to the pass's end, as a --budget plan may move the epoch's (a step ends it, below); none if a
-        # run was stopped at its last step
+        # to the pass's end, as a --budget plan may move the epoch's (a step ends it); none if stopped at its end
         left = batches.iterate(pos.order, pos.step, pos.epoch, stop_step=None if pos.step < steps else steps)
         with bar(steps, f"epoch {pos.epoch}/{self.epochs}", unit="batch") as progress:
             progress.update(pos.step)
@@ -146,8 +144,7 @@ class Trainer:
                 steps = progress.total = self.steps_in_epoch(pos.epoch)  # a --budget plan may have moved the end
                 interrupted, stopped = self._stops(stop, last=pos.step == steps)
                 self._checkpoint_if_due(save, interrupted, last=pos.step == steps)
-                if stopped:
-                    self.stop_training = True
+                self.stop_training = self.stop_training or stopped
                 if stopped or pos.step == steps:
                     break
         self._lap()
@@ -168,7 +165,8 @@ class Trainer:
         every = self.cfg.checkpoint_every
         if interrupted or (every and self.scheduler.last_epoch % every == 0 and not last):
             self._lap()
-            self._checkpoint(save)
+            check_finite(self.pos, self.model, self.machine)  # never a checkpoint of poisoned weights
+            self._save(save)
             if interrupted:
                 raise TrainingInterrupted(
                     f"stopped at epoch {self.pos.epoch}, step {self.pos.step}; a checkpoint is saved"
@@ -180,10 +178,6 @@ class Trainer:
         now = time.perf_counter()
         self.pos.seconds += now - self._clock
         self._clock = now
-
-    def _checkpoint(self, save: Callable[[dict], None] | None) -> None:
-        check_finite(self.pos, self.model, self.machine)  # never a checkpoint of poisoned weights
-        self._save(save)
 
     def _save(self, save: Callable[[dict], None] | None) -> None:
         if save is not None:
