@@ -127,7 +127,7 @@ class Replanning(Callback):
         now, total = time.perf_counter(), trainer.total_steps
         pace = (now - began) / self.costs.training(start, done, total, early=start)
         steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, done + 1, start))
-        if abs(steps - total) <= REPLAN_CHANGE * total:
+        if abs(steps - total) <= max(1, REPLAN_CHANGE * total):  # a step more or less is noise
             return
         bends = format_bends((*parse_bends(self.ctx.cfg.bends), (done, total)))
         early = trainer.early_steps if trainer.learns_early else None  # where the bias stopped, whatever the length
