@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import save_image
 
-from cnnkit.cli import main
+from cnnkit.cli import build_parser, main
 
 
 def cnnkit(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -43,6 +44,21 @@ def test_user_mistakes_end_in_one_line(tmp_path, args, message, monkeypatch, cap
     stderr = capsys.readouterr().err
     assert message in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-made
+
+
+def every_command() -> list[str]:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(commands.choices)
+
+
+@pytest.mark.parametrize("command", every_command())
+def test_every_command_explains_itself_with_help(command, capsys):
+    with pytest.raises(SystemExit) as ended:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert ended.value.code == 0 and "usage:" in out and command in out
+    if command == "train":  # a help text with a percent sign is read as a %-format by argparse
+        assert "the first 30%)" in " ".join(out.split())
 
 
 def test_a_mistake_is_answered_without_waiting_for_torchvision(tmp_path):

@@ -16,12 +16,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         shown = "default" in f.metadata["help"] or f.default is None  # None: "not set" needs no mention
         default = "" if shown else f"(default: {f.default})"
+        text = f"{f.metadata['help']} {default}".replace("%", "%%")  # argparse reads help as a %-format
         if field_type(f.name) is bool:
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=f"{f.metadata['help']} {default}",
+                help=text,
             )
         else:
             parser.add_argument(
@@ -29,7 +30,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 type=str,
                 default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
-                help=f"{f.metadata['help']} {default}",
+                help=text,
             )
 
 
