@@ -127,6 +127,8 @@ class Replanning(Callback):
         now, total = time.perf_counter(), trainer.total_steps
         pace = (now - began) / self.costs.training(start, done, total, early=start)
         steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, done + 1, start))
+        left = total - done  # one plan moves the end by at most half the steps left: a stalled write is no trend
+        steps = min(max(steps, done + max(1, left // 2)), done + left + left // 2)
         if abs(steps - total) <= max(1, REPLAN_CHANGE * total):  # a step more or less is noise
             return
         bends = format_bends((*parse_bends(self.ctx.cfg.bends), (done, total)))
