@@ -21,11 +21,15 @@ from cnnkit.training.warmup import endless_batches, sample_batch, undone
 # kept back for what the plans cannot see: the closing reads and writes (half a second on MNIST), and the last
 # tenth of the steps, after the last plan (measured: the runs then end within 1-3% of the budget)
 RESERVE_SECONDS, RESERVE_SHARE = 0.5, 0.01
-UNTIMED_STEPS = 5  # the first steps set up kernels and memory: slower than the rest, so not timed
-TIMED_SHARE = 0.015  # share of the budget spent timing steps, within these seconds:
-TIMING = (0.5, 4.0)  # windows of a few steps each misjudge a short budget's step by a fifth
+UNTIMED_STEPS = 2  # the first steps set up kernels and memory (on a CPU, the first took 1.5x the rest): not timed
+# share of the budget spent timing steps, within these seconds; the later plans follow the machine, so the first
+# needs to be near, not exact (the steps timed are undone: time the run does not train)
+TIMED_SHARE, TIMING = 0.01, (0.5, 2.0)
 TIMED_WINDOWS = 3
-MIN_TIMED_STEPS = 3  # a window
+MIN_TIMED_STEPS = 2  # a window
+# images an evaluation is timed on, on a CPU, its cost scaled per image: there a batch of 64 costs per image what
+# the run's larger ones do, within the noise or a little more (a GPU is timed at the run's batch: it would idle)
+EVAL_SAMPLE = 64
 EVAL_TIMINGS = 2  # the quicker of two: one timed TTA test batch after the untimed one still ran 1.4x slow
 
 
@@ -62,13 +66,14 @@ class Costs:
 def measure_costs(trainer: Trainer, eval_images: tuple[int, int], budget: float, tta: bool) -> Costs:
     """Time the run's parts on this machine, spending about TIMED_SHARE of the `budget`. `eval_images`: the
     validation images evaluated after every pass, and the test images at the end."""
-    batch = eval_batch(trainer.train_batches.images.shape[-1])
+    sample = eval_batch(trainer.train_batches.images.shape[-1])
+    sample = min(sample, EVAL_SAMPLE) if trainer.machine.device.type == "cpu" else sample
     passes = [(eval_images[0], False), (eval_images[1], tta)]  # validation sees the plain model, the test TTA's views
-    kinds = {(min(batch, n), views) for n, views in passes if n}  # validation and test often share one
+    kinds = {(min(sample, n), views) for n, views in passes if n}  # validation and test often share one
     with undone(trainer):  # the run trains as if nothing had been measured
         early, late = _seconds_per_step(trainer, min(max(TIMED_SHARE * budget, TIMING[0]), TIMING[1]))
-        per_batch = {kind: _seconds_per_eval_batch(trainer, *kind) for kind in kinds}
-    validate, test = (per_batch[min(batch, n), views] * n / min(batch, n) if n else 0.0 for n, views in passes)
+        per_sample = {kind: _seconds_per_eval_batch(trainer, *kind) for kind in kinds}
+    validate, test = (per_sample[min(sample, n), views] * n / min(sample, n) if n else 0.0 for n, views in passes)
     # each pass ends in a validation and a checkpoint (and often the weights): on a small folder, with hundreds
     # of passes, those (and a small validation's fixed costs) weigh as much as training
     return Costs(early, late, validate + 2 * _seconds_per_write(trainer), test, len(trainer.train_batches))
@@ -121,8 +126,8 @@ def _seconds_per_step_now(trainer: Trainer, seconds: float) -> float:
 
 
 def _seconds_per_eval_batch(trainer: Trainer, size: int, tta: bool) -> float:
-    """Seconds of one evaluation batch of `size` images (with its TTA views); a small one is timed at its own
-    size, as its fixed costs are most of it."""
+    """Seconds of one evaluation batch of `size` images (with its TTA views); a split of `size` images or fewer
+    is timed whole, fixed costs and all."""
     batch = [sample_batch(trainer.train_batches, size)]
     predict_logits(trainer.kept_model, batch, trainer.machine, tta)  # untimed: sets up the evaluation kernels
     timings = []
