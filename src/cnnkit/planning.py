@@ -25,6 +25,9 @@ from cnnkit.training.trainer import EARLY_SHARE, Trainer
 
 REPLAN_EVERY = 0.1  # once every step is of the late kind, the steps are planned again every this share of the run ...
 REPLAN_CHANGE = 0.01  # ... and changed when they differ by more than this share (each change bends the decay)
+# ... from at least this many late steps: one slow step of a short run is no trend (a 12-step run of a large backbone
+# was cut to 9 on one, and ended 10% early)
+LEAST_LATE_STEPS = 6
 
 
 def train_batches(ctx: RunContext) -> DeviceBatches:
@@ -106,7 +109,7 @@ class Replanning(Callback):
         if done == self.warmup_steps:
             self._after_warmup(trainer, done)
         if self.late is None and done >= max(self.warmup_steps, trainer.early_steps if trainer.learns_early else 0):
-            self.late, self.next_check = (done, time.perf_counter()), done + self._every(trainer)
+            self.late, self.next_check = (done, time.perf_counter()), done + max(self._every(trainer), LEAST_LATE_STEPS)
         elif self.late and done == self.next_check < trainer.total_steps and self.ctx.cfg.schedule == "onecycle":
             self._in_decay(trainer, done, *self.late)
             self.next_check = done + self._every(trainer)

@@ -25,7 +25,7 @@ UNTIMED_STEPS = 2  # the first steps set up kernels and memory (on a CPU, the fi
 # share of the budget spent timing steps, within these seconds; the later plans follow the machine, so the first
 # needs to be near, not exact (the steps timed are undone: time the run does not train)
 TIMED_SHARE, TIMING = 0.01, (0.5, 2.0)
-TIMED_WINDOWS = 3
+TIMED_WINDOWS = 3  # at most
 MIN_TIMED_STEPS = 2  # a window
 # images an evaluation is timed on, on a CPU, its cost scaled per image: there a batch of 64 costs per image what
 # the run's larger ones do, within the noise or a little more (a GPU is timed at the run's batch: it would idle)
@@ -109,8 +109,10 @@ def _seconds_per_step_now(trainer: Trainer, seconds: float) -> float:
     batches = endless_batches(trainer.train_batches)
     for _ in range(UNTIMED_STEPS):
         trainer.train_step(*next(batches))
-    rates = []
+    rates, timing = [], time.perf_counter()
     for _ in range(TIMED_WINDOWS):  # the median window: a hiccup of a busy machine in one does not count
+        if rates and trainer.machine.any_rank(time.perf_counter() - timing > seconds):
+            break  # steps this slow (a large backbone's) get fewer windows: the later plans follow the machine
         trainer.machine.sync()
         started, steps = time.perf_counter(), 0
         # every process takes as many steps as the slowest needs (the steps are in lockstep under DDP)
