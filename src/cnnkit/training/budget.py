@@ -109,7 +109,8 @@ def _seconds_per_step_now(trainer: Trainer, seconds: float) -> float:
     batches = endless_batches(trainer.train_batches)
     for _ in range(UNTIMED_STEPS):
         trainer.train_step(*next(batches))
-    rates, timing = [], time.perf_counter()
+    rates: list[float] = []
+    timing = time.perf_counter()
     for _ in range(TIMED_WINDOWS):  # the median window: a hiccup of a busy machine in one does not count
         if rates and trainer.machine.any_rank(time.perf_counter() - timing > seconds):
             break  # steps this slow (a large backbone's) get fewer windows: the later plans follow the machine
