@@ -72,8 +72,8 @@ def measure_costs(trainer: Trainer, eval_images: tuple[int, int], budget: float,
     kinds = {(min(sample, n), views) for n, views in passes if n}  # validation and test often share one
     with undone(trainer):  # the run trains as if nothing had been measured
         early, late = _seconds_per_step(trainer, min(max(TIMED_SHARE * budget, TIMING[0]), TIMING[1]))
-        per_sample = {kind: _seconds_per_eval_batch(trainer, *kind) for kind in kinds}
-    validate, test = (per_sample[min(sample, n), views] * n / min(sample, n) if n else 0.0 for n, views in passes)
+        timed = {kind: _seconds_per_eval_batch(trainer, *kind) for kind in kinds}  # seconds of each kind's batch
+    validate, test = (timed[min(sample, n), views] * n / min(sample, n) if n else 0.0 for n, views in passes)
     # each pass ends in a validation and a checkpoint (and often the weights): on a small folder, with hundreds
     # of passes, those (and a small validation's fixed costs) weigh as much as training
     return Costs(early, late, validate + 2 * _seconds_per_write(trainer), test, len(trainer.train_batches))
