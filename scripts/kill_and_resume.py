@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.checkpoint import CHECKPOINT, load_checkpoint
+from cnnkit.training.checkpoint import CHECKPOINT, load_checkpoint
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import cnnkit
-from cnnkit.report import write_report
+from cnnkit.inspect.report import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 

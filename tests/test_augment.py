@@ -9,11 +9,11 @@ import torch
 from test_resume import assert_identical
 
 import cnnkit
-from cnnkit.checkpoint import load_checkpoint
 from cnnkit.data.augment import Augment, Draws, erase_boxes, jitter_colours, rotate_and_zoom
 from cnnkit.data.loader import DeviceBatches, mirror_where, random_translate
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
+from cnnkit.training.checkpoint import load_checkpoint
 
 ALL_ON = Augment(translate=2, flip=True, rotate=20, scale=0.15, jitter=0.3, erase=0.5)
 

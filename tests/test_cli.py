@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import save_image
 
-from cnnkit.cli import build_parser, main
+from cnnkit.cli.main import build_parser, main
 
 
 def cnnkit(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -58,13 +58,17 @@ def test_every_command_explains_itself_with_help(command, capsys):
     out = capsys.readouterr().out
     assert ended.value.code == 0 and "usage:" in out and command in out
     if command == "train":  # a help text with a percent sign is read as a %-format by argparse
-        assert "the first 30%)" in " ".join(out.split())
+        text = " ".join(out.split())
+        assert "the first 30%)" in text
+        # the default run is the automatic recipe: --help does not pass off a named model's default as its own
+        assert "images per training step (default: chosen from the data; with a named --model: 32)" in text
 
 
 def test_a_mistake_is_answered_without_waiting_for_torchvision(tmp_path):
     """Importing torchvision takes seconds: only what needs it (images, backbones, named data sets) imports it."""
     code = (
-        "import sys; from cnnkit.cli import main; main(['train', '--epochs', '0']); print('torchvision' in sys.modules)"
+        "import sys; from cnnkit.cli.main import main; main(['train', '--epochs', '0']); "
+        "print('torchvision' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert "--epochs 0 must be at least 1" in result.stderr and result.stdout.strip() == "False"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit import CnnkitError
-from cnnkit.cli import main
+from cnnkit.cli.main import main
 from cnnkit.training.pruning import sparsity
 from cnnkit.training.stopping import TrainingInterrupted
 
@@ -59,7 +59,7 @@ def test_int8_is_a_smaller_run_that_predicts_evaluates_and_serves_as_the_origina
     agree = (run.probabilities(images).argmax(1) == digits_run.probabilities(images).argmax(1)).float().mean()
     assert agree >= 0.95
     testclient = pytest.importorskip("fastapi.testclient", reason="needs the serve extra")
-    from cnnkit.serve import create_app
+    from cnnkit.ship.serve import create_app
 
     client = testclient.TestClient(create_app(run))
     assert client.get("/health").json()["engine"] == "onnxruntime"
@@ -121,7 +121,7 @@ def test_a_quantisation_that_fails_half_way_leaves_no_folder(digits_run, tmp_pat
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cnnkit.compress, "_record", no_space)  # fails after the model is written
+    monkeypatch.setattr(cnnkit.ship.compress, "_record", no_space)  # fails after the model is written
     with pytest.raises(OSError, match="No space left"):
         cnnkit.quantize(digits_run, tmp_path / "int8", calibration_images=32)
     assert not (tmp_path / "int8").exists()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
 
+import cnnkit
 from cnnkit import CnnkitError, TrainConfig
 from cnnkit.data.splits import parse_split
 
@@ -38,7 +42,7 @@ def test_settings_built_in_python_are_coerced_like_flags():
 
 def test_unknown_optimizers_and_schedules_are_refused_where_they_are_used():
     from cnnkit.models import create_model, model_spec
-    from cnnkit.optimizers import build_optimizer
+    from cnnkit.training.optimizers import build_optimizer
     from cnnkit.training.schedule import lr_factor
 
     cfg = TrainConfig()
@@ -90,3 +94,17 @@ def test_config_files_with_empty_or_odd_values_are_named(tmp_path, text, message
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(CnnkitError, match=message):
         TrainConfig.from_yaml(tmp_path / "c.yaml")
+
+
+def test_a_train_config_and_keywords_train_the_same_run(tmp_path):
+    """Unset means unset: a setting given to TrainConfig is the user's own, even when it equals the default
+    (3e-3 is --lr's), so the automatic recipe treats it as it treats the same keyword."""
+    assert TrainConfig(lr=3e-3).given == {"lr": 3e-3} and TrainConfig().given == {}
+    steps = {"steps": 30, "report": False, "device": "cpu"}
+    from_config = cnnkit.train(TrainConfig(lr=3e-3, out=str(tmp_path / "config"), **steps))
+    from_keywords = cnnkit.train(lr=3e-3, out=str(tmp_path / "keywords"), **steps)
+    a, b = (yaml.safe_load((run.dir / "config.yaml").read_text()) for run in (from_config, from_keywords))
+    assert a == b
+    assert a["optimizer"] == "sgd" and a["lr"] == 3e-3  # the recipe's muon gives way to a rate of the user's own
+    weights = [load_file(run.dir / "weights.safetensors") for run in (from_config, from_keywords)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -281,7 +281,7 @@ def test_special_files_are_passed_over_without_opening_them(image_folder, capsys
 
 
 def test_names_that_are_not_utf8_or_hold_escape_codes_are_handled_and_printed_safely(tmp_path, capsys):
-    from cnnkit.progress import say
+    from cnnkit.core.progress import say
 
     root = tmp_path / "odd"
     rng = np.random.default_rng(0)

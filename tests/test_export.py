@@ -12,8 +12,8 @@ import torch
 
 import cnnkit
 from cnnkit import CnnkitError
-from cnnkit.cli import main
-from cnnkit.export import export_run
+from cnnkit.cli.main import main
+from cnnkit.ship.export import export_run
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="needs the export extra: pip install 'cnnkit[export]'")
 
@@ -63,7 +63,7 @@ def test_the_export_gives_the_probabilities_cnnkit_predict_gives(family_run, fmt
 
 def test_an_export_that_disagrees_is_not_written(tmp_path, monkeypatch):
     run = cnnkit.train(model="simplecnn", steps=2, report=False, out=str(tmp_path / "run"))
-    monkeypatch.setattr(cnnkit.export, "PARITY", -1.0)  # no export can pass: as if one disagreed
+    monkeypatch.setattr(cnnkit.ship.export, "PARITY", -1.0)  # no export can pass: as if one disagreed
     with pytest.raises(CnnkitError, match="gives other probabilities than the run itself .* so it was not written"):
         export_run(run, "pt2")
     assert not (run.dir / "model.pt2").exists() and not list(run.dir.glob(".*tmp*"))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import save_image
 
-from cnnkit.cli import main
-from cnnkit.config import TrainConfig, field_type
+from cnnkit.cli.main import main
+from cnnkit.settings.config import TrainConfig, field_type
 
 SEED = 20261123
 PER_CASE_SECONDS = 60

@@ -9,7 +9,7 @@ from torch import nn
 from cnnkit import CnnkitError, create_model, model_names, register
 from cnnkit.models import describe_models, model_spec, num_parameters
 from cnnkit.models.backbones import BACKBONES, STRIDE
-from cnnkit.weights import load_weights, save_weights
+from cnnkit.models.weights import load_weights, save_weights
 
 SHAPES = [(1, 28, 10), (3, 32, 10), (3, 64, 100), (1, 20, 2)]  # (channels, size, classes)
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit import CnnkitError
-from cnnkit.checkpoint import load_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 from cnnkit.training.stopping import ECHO_SECONDS, stop_on_signals
 
 SETTINGS = {  # fp32: the two runs then differ only in the order of float sums

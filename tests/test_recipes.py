@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig
+from cnnkit.core.machine import pick_machine
 from cnnkit.data import AtMost, Dataset, load_data
 from cnnkit.data.sets import ImageSet
-from cnnkit.machine import pick_machine
-from cnnkit.presets import PRESETS
-from cnnkit.recipes import AUTO_RECIPE, IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
-from cnnkit.reporting import run_warnings
+from cnnkit.session.results import run_warnings
+from cnnkit.settings.presets import PRESETS
+from cnnkit.settings.recipes import AUTO_RECIPE, IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
 
 
 def summary(run: Path) -> dict:

@@ -17,11 +17,11 @@ from PIL import Image
 from test_cli import cnnkit as run_cnnkit
 
 import cnnkit
-from cnnkit.config import TrainConfig
-from cnnkit.errors import CnnkitError
-from cnnkit.files import read_json
-from cnnkit.plots import GRID_IMAGES, PLOTS, confusion_figure, grid_figure, pyplot, schedule_figure
-from cnnkit.report import PLOT_TITLES
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.files import read_json
+from cnnkit.inspect.plots import GRID_IMAGES, PLOTS, confusion_figure, grid_figure, pyplot, schedule_figure
+from cnnkit.inspect.report import PLOT_TITLES
+from cnnkit.settings.config import TrainConfig
 
 pytest.importorskip("matplotlib", reason="plots need the report extra: pip install 'cnnkit[report]'")
 

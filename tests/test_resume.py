@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 import cnnkit
-import cnnkit.checkpoint
-import cnnkit.rundir
+import cnnkit.runs.folder
+import cnnkit.training.checkpoint
 from cnnkit import CnnkitError
-from cnnkit.checkpoint import load_checkpoint
+from cnnkit.training.checkpoint import load_checkpoint
 
 SETTINGS = [
     "--epochs",
@@ -173,8 +173,8 @@ def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):
-    from cnnkit.checkpoint import save_checkpoint
-    from cnnkit.files import atomic_write
+    from cnnkit.core.files import atomic_write
+    from cnnkit.training.checkpoint import save_checkpoint
 
     path = tmp_path / "checkpoint.safetensors"
     save_checkpoint(path, {"weights": torch.ones(3), "epoch": 2})
@@ -251,7 +251,7 @@ def test_a_run_folder_belongs_to_one_run_at_a_time(tmp_path):
     assert first.poll() is None
     first.send_signal(signal.SIGTERM)  # the first run stops cleanly, and with it goes its claim
     assert first.wait(timeout=120) == 130
-    with cnnkit.rundir.RunFolder.reopen(tmp_path / "run", cnnkit.machine.pick_machine("cpu")):
+    with cnnkit.runs.folder.RunFolder.reopen(tmp_path / "run", cnnkit.core.machine.pick_machine("cpu")):
         pass  # claimed and let go again: nothing holds the folder any more
 
 
@@ -295,8 +295,8 @@ def test_weights_gone_non_finite_while_steps_are_skipped_are_never_kept(tmp_path
 def test_written_json_is_strict_and_undefined_figures_are_null(tmp_path):
     import json
 
-    from cnnkit.evaluation import test_metrics
-    from cnnkit.files import write_json
+    from cnnkit.core.files import write_json
+    from cnnkit.training.evaluation import test_metrics
 
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
     metrics = test_metrics(logits, torch.tensor([0, 1]), ["a", "b", "c"])  # no test image of class c
@@ -329,7 +329,7 @@ def test_a_disk_full_at_the_start_leaves_a_folder_ready_for_the_next_run(tmp_pat
 def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monkeypatch):
     import safetensors.torch
 
-    import cnnkit.checkpoint
+    import cnnkit.training.checkpoint
 
     writes = []
 
@@ -339,7 +339,7 @@ def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monke
             raise safetensors.SafetensorError("No space left on device")
         safetensors.torch.save_file(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(cnnkit.checkpoint, "save_file", fills_up)
+    monkeypatch.setattr(cnnkit.training.checkpoint, "save_file", fills_up)
     with pytest.raises(
         CnnkitError,
         match=r"checkpoint.safetensors: No space left on device; the previous version "
@@ -457,7 +457,7 @@ def test_a_checkpoint_with_a_crafted_layout_is_refused_before_use(finished, tmp_
         path = tmp_path / f"{name}.safetensors"
         save_file({"t0": torch.zeros(1)}, str(path), metadata={"format": "cnnkit-checkpoint/1", "layout": layout})
         with pytest.raises(CnnkitError, match="not a readable cnnkit checkpoint"):
-            load_checkpoint(path, cnnkit.checkpoint.RUN_PARTS)
+            load_checkpoint(path, cnnkit.training.checkpoint.RUN_PARTS)
 
 
 @pytest.mark.parametrize(

@@ -239,10 +239,10 @@ def test_the_summary_says_where_its_figures_came_from(digits_run):
 
 
 def test_auto_named_run_folders_never_collide(tmp_path, monkeypatch):
-    from cnnkit.rundir import new_run_dir
+    from cnnkit.runs.folder import new_run_dir
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("cnnkit.rundir.time.strftime", lambda fmt: "20260101-120000")  # two runs in one second
+    monkeypatch.setattr("cnnkit.runs.folder.time.strftime", lambda fmt: "20260101-120000")  # two runs in one second
     made = [new_run_dir(None, "digits-simplecnn") for _ in range(3)]
     assert all(created for _, created in made)
     assert [path.name for path, _ in made] == [
@@ -267,7 +267,8 @@ class Scaled(nn.Module):
 def test_a_models_own_input_size_and_normalisation_are_used_and_stored(tmp_path, monkeypatch):
     from cnnkit.models import model_spec
 
-    monkeypatch.setattr(cnnkit.models, "_SPECS", dict(cnnkit.models._SPECS))  # registered for this test only
+    registry = cnnkit.models.registry
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))  # registered for this test only
 
     @cnnkit.register(
         "test-scaled", first_conv="features.0", input_size=12, mean=(0.25,), std=(0.5,), init_options=("pretrained",)

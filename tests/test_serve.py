@@ -12,8 +12,8 @@ from PIL import Image
 
 import cnnkit
 from cnnkit.data import load_data
-from cnnkit.export import export_run
-from cnnkit.serve import create_app
+from cnnkit.ship.export import export_run
+from cnnkit.ship.serve import create_app
 
 httpx = pytest.importorskip("httpx", reason="needs the serve extra and httpx: pip install 'cnnkit[serve]' httpx")
 testclient = pytest.importorskip("fastapi.testclient", reason="needs the serve extra: pip install 'cnnkit[serve]'")

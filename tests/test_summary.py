@@ -10,11 +10,11 @@ from test_cli import cnnkit as run_cnnkit
 from torch import nn
 
 import cnnkit
-from cnnkit.cli import main
-from cnnkit.config import TrainConfig
-from cnnkit.machine import pick_machine
+from cnnkit.cli.main import main
+from cnnkit.core.machine import pick_machine
+from cnnkit.inspect.layers import measured_activations, summarize
 from cnnkit.models import create_model, model_names, model_spec
-from cnnkit.models.summary import measured_activations, summarize
+from cnnkit.settings.config import TrainConfig
 
 FP32, BF16 = pick_machine("cpu", "fp32"), pick_machine("cpu", "bf16")
 

@@ -10,15 +10,15 @@ import torch
 
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig, create_model
-from cnnkit.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.core.machine import pick_machine
 from cnnkit.data import load_data
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.data.preprocess import Preprocess
-from cnnkit.evaluation import predict_logits
-from cnnkit.machine import pick_machine
 from cnnkit.models import model_spec, unwrap
 from cnnkit.models.whitening import whiten_conv
-from cnnkit.optimizers import build_optimizer, orthogonalize
+from cnnkit.training.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.training.evaluation import predict_logits
+from cnnkit.training.optimizers import build_optimizer, orthogonalize
 from cnnkit.training.trainer import Trainer
 
 
@@ -142,14 +142,14 @@ def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folde
 
 
 def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp_path, monkeypatch):
-    warm_up = cnnkit.session.compile_warmup
+    warm_up = cnnkit.session.train.compile_warmup
 
     def then_forbid_compiling(*args):
         seconds = warm_up(*args)
         monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)  # the clock runs from here on
         return seconds
 
-    monkeypatch.setattr(cnnkit.session, "compile_warmup", then_forbid_compiling)
+    monkeypatch.setattr(cnnkit.session.train, "compile_warmup", then_forbid_compiling)
     # one channel, test-time augmentation and partial last batches: every layout and size the passes meet
     run = cnnkit.train(
         report=False, compile=True, epochs=2, tta=True, model="fastcnn-small", image_size=16, out=str(tmp_path / "run")

@@ -8,7 +8,7 @@ import torch
 import cnnkit
 from cnnkit import CnnkitError, TrainConfig, create_model
 from cnnkit.models import model_spec
-from cnnkit.optimizers import build_optimizer
+from cnnkit.training.optimizers import build_optimizer
 from cnnkit.training.schedule import lr_factor
 
 
@@ -109,10 +109,10 @@ def test_a_callback_can_end_training_early_and_the_run_still_tests_and_saves(tmp
 
 
 def test_train_steps_reuse_one_function_and_keep_the_running_sums():
+    from cnnkit.core.machine import pick_machine
     from cnnkit.data import load_data
     from cnnkit.data.loader import DeviceBatches
     from cnnkit.data.preprocess import Preprocess
-    from cnnkit.machine import pick_machine
     from cnnkit.training.trainer import Trainer
 
     data = load_data("digits")

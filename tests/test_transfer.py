@@ -13,7 +13,7 @@ from conftest import save_image
 from safetensors.torch import load_file, save_file
 
 import cnnkit
-from cnnkit.errors import CnnkitError
+from cnnkit.core.errors import CnnkitError
 from cnnkit.models import create_model
 
 

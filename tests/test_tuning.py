@@ -15,12 +15,12 @@ import pytest
 from test_cli import cnnkit as run_cnnkit
 
 import cnnkit
-from cnnkit.config import TrainConfig
-from cnnkit.errors import CnnkitError
-from cnnkit.files import read_json
-from cnnkit.search import Param, parse_search, random_points
-from cnnkit.sweep import sweep
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.files import read_json
+from cnnkit.settings.config import TrainConfig
 from cnnkit.training.lr_find import STEPS, suggest
+from cnnkit.tune.search import Param, parse_search, random_points
+from cnnkit.tune.sweep import sweep
 
 
 def test_suggestion_reads_the_lowest_finite_point_not_an_early_spike():

@@ -7,21 +7,15 @@ run.predict(["digit.png"])
 run = cnnkit.load("runs/mnist-simplecnn-20260101-120000")
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("cnnkit")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
-
-from cnnkit.compress import prune, quantize  # noqa: E402
-from cnnkit.config import TrainConfig  # noqa: E402
-from cnnkit.errors import CnnkitError  # noqa: E402
-from cnnkit.models import create_model, model_names, register  # noqa: E402
-from cnnkit.run import Run, load  # noqa: E402
-from cnnkit.session import lr_find, resume, train  # noqa: E402
-from cnnkit.sweep import sweep  # noqa: E402
-from cnnkit.training.events import Callback  # noqa: E402
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.version import __version__
+from cnnkit.models import create_model, model_names, register
+from cnnkit.runs.run import Run, load
+from cnnkit.session.train import lr_find, resume, train
+from cnnkit.settings.config import TrainConfig
+from cnnkit.ship.compress import prune, quantize
+from cnnkit.training.events import Callback
+from cnnkit.tune.sweep import sweep
 
 __all__ = [
     "Callback",

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.data.folder import MAX_AUTO_SIZE, PLAIN_READING, AtMost, Reading, load_folder
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.progress import say
+from cnnkit.data.folder import DEFAULT_SIZE_CAP, PLAIN_READING, AtMost, Reading, load_folder
 from cnnkit.data.images import resize_images
 from cnnkit.data.ondisk import DiskImages, loaded
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
 from cnnkit.data.splits import channel_stats, make_splits, parse_split
-from cnnkit.errors import CnnkitError
-from cnnkit.progress import say
 
 DIGIT_DATA = ("digits", "mnist")  # flipping a digit makes another symbol, so these train without flips
 
@@ -54,7 +54,7 @@ def is_folder(data: str) -> bool:
 
 
 def load_raw(
-    data: str, data_dir: str | None, image_size: int | None, reading: Reading, max_size: int = MAX_AUTO_SIZE
+    data: str, data_dir: str | None, image_size: int | None, reading: Reading, max_size: int = DEFAULT_SIZE_CAP
 ) -> RawData:
     """The source's parts as uint8 tensors, resized to `image_size` when one is given (else a folder's
     images come at their most common size, but no larger than `max_size`)."""
@@ -81,9 +81,9 @@ def load_data(
 ) -> Dataset:
     """A named data set or an image folder, split into train/val/test, with the training split's statistics.
     `image_size`: every image resized to it; `AtMost(n)`: a folder's most common size, but no larger than n;
-    None: the same, with MAX_AUTO_SIZE. `reading`: a folder's bad files and resize rule.
+    None: the same, with DEFAULT_SIZE_CAP. `reading`: a folder's bad files and resize rule.
     Every setting is a keyword, so two of them can never be swapped by position."""
-    exact, cap = (None, int(image_size)) if isinstance(image_size, AtMost) else (image_size, MAX_AUTO_SIZE)
+    exact, cap = (None, int(image_size)) if isinstance(image_size, AtMost) else (image_size, DEFAULT_SIZE_CAP)
     raw = load_raw(data, data_dir, exact, reading, cap)
     splits = make_splits(raw, val_fraction, parse_split(split) if split else None, seed)
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:

@@ -21,15 +21,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.machine import is_main_process
+from cnnkit.core.progress import bar, say
 from cnnkit.data.images import DECODE_ERRORS, decode_image, jpeg_header, peek_image
 from cnnkit.data.layout import scan_folder
 from cnnkit.data.ondisk import DiskImages, DiskRows, MemoryRows, default_memory_budget
 from cnnkit.data.sets import ImageSet, RawData
-from cnnkit.errors import CnnkitError
-from cnnkit.machine import is_main_process
-from cnnkit.progress import bar, say
 
-MAX_AUTO_SIZE = 128  # the default input size is the folder's most common size, but no larger than this
+DEFAULT_SIZE_CAP = 128  # the default input size is the folder's most common size, but no larger than this
 CACHE_FORMAT = "4"  # in the key: raise it whenever decoding changes a pixel, or old caches mislead eval and report
 THREADED_DECODE_PIXELS = 128 * 128  # above this mean image size, decoding runs on several threads
 DECODE_CHUNK = 256

@@ -9,9 +9,9 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.progress import say
 from cnnkit.data.images import is_image_file
-from cnnkit.errors import CnnkitError
-from cnnkit.progress import say
 
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 

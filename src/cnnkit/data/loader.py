@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import torch
 
+from cnnkit.core.machine import share_rows
 from cnnkit.data.augment import Augment, Draws
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
-from cnnkit.machine import share_rows
 
 NO_AUGMENT = Augment()  # evaluation batches, and training without augmentation
 

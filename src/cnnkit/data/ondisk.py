@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.errors import CnnkitError
+from cnnkit.core.errors import CnnkitError
 
 MEMORY_FRACTION = 0.25  # by default, decoded images may take this share of the machine's memory
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnkit.core.errors import CnnkitError
 from cnnkit.data.sets import ImageSet, RawData
-from cnnkit.errors import CnnkitError
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

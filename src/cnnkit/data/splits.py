@@ -6,9 +6,9 @@ import math
 
 import torch
 
+from cnnkit.core.errors import CnnkitError
 from cnnkit.data.ondisk import DiskImages
 from cnnkit.data.sets import ImageSet, RawData
-from cnnkit.errors import CnnkitError
 
 DEFAULT_TEST_FRACTION = 0.2  # held out as test when a source has no test split of its own
 

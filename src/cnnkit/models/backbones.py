@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from cnnkit.models import register
+from cnnkit.models.registry import register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation every torchvision ImageNet backbone was trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnkit.errors import CnnkitError
-from cnnkit.models import register
+from cnnkit.core.errors import CnnkitError
+from cnnkit.models.registry import register
 
 # airbench's GELU; SiLU (x * sigmoid(x)), as smooth, trains fastcnn-s2 as well step for step on CIFAR-10 and
 # its step is 7% quicker on a CPU (GELU's erf is the dearest elementwise work in the net)

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from cnnkit.errors import CnnkitError
-from cnnkit.models import ModelSpec, model_names, model_spec
-from cnnkit.weights import fit_state
+from cnnkit.core.errors import CnnkitError
+from cnnkit.models.registry import ModelSpec, model_names, model_spec
+from cnnkit.models.weights import fit_state
 
 NESTED_KEYS = ("state_dict", "model")  # where Lightning's and many training scripts' checkpoints keep the weights
 

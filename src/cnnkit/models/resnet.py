@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnkit.models import register
+from cnnkit.models.registry import register
 
 
 def conv_bn(cin: int, cout: int, pool: bool = False) -> nn.Sequential:

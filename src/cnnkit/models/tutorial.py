@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnkit.models import flat_size, register
+from cnnkit.models.registry import flat_size, register
 
 FIRST_CONV = "features.0"
 

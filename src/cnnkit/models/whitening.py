@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.core.errors import CnnkitError
 
 
 @torch.no_grad()

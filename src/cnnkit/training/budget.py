@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnkit.checkpoint import save_checkpoint
-from cnnkit.evaluation import eval_batch, predict_logits
+from cnnkit.training.checkpoint import save_checkpoint
+from cnnkit.training.evaluation import eval_batch, predict_logits
 from cnnkit.training.trainer import EARLY_SHARE, Trainer
 from cnnkit.training.warmup import endless_batches, sample_batch, undone
 

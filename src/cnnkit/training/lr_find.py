@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cnnkit.config import TrainConfig
-from cnnkit.errors import CnnkitError
-from cnnkit.optimizers import PRETRAINED_HEAD_RATE
-from cnnkit.progress import bar
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.progress import bar
+from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
 from cnnkit.training.trainer import Trainer
 from cnnkit.training.warmup import endless_batches, undone
+
+if TYPE_CHECKING:  # training reads the settings it is given; it never builds them
+    from cnnkit.settings.config import TrainConfig
 
 RATES = (1e-7, 10.0)  # the sweep's first and last rate: every useful rate lies between
 STEPS = 100  # fastai's default: enough points for a curve, a few seconds on a CPU

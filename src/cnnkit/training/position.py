@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cnnkit.machine import Machine
+from cnnkit.core.machine import Machine
 from cnnkit.training.stopping import TrainingDiverged
 
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
-from cnnkit.errors import CnnkitError
+from cnnkit.core.errors import CnnkitError
 
 if TYPE_CHECKING:
-    from cnnkit.config import TrainConfig
+    from cnnkit.settings.config import TrainConfig
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 ONECYCLE_WARMUP = 0.25  # share of steps a one-cycle schedule spends rising to the peak rate, by default

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cnnkit.errors import CnnkitError
+from cnnkit.core.errors import CnnkitError
 
 ECHO_SECONDS = 2.0  # a second stop signal sooner than this after the first is the same request, passed on
 

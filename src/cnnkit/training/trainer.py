@@ -11,22 +11,25 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cnnkit.config import TrainConfig
+from cnnkit.core.machine import Machine
+from cnnkit.core.progress import bar, say
 from cnnkit.data.loader import DeviceBatches
-from cnnkit.evaluation import predict_logits
-from cnnkit.machine import Machine
 from cnnkit.models import ModelSpec, unwrap
-from cnnkit.optimizers import build_optimizer
-from cnnkit.progress import bar, say
+from cnnkit.training.evaluation import predict_logits
 from cnnkit.training.events import Callback, EpochResult
+from cnnkit.training.optimizers import build_optimizer
 from cnnkit.training.position import Position, check_finite, restore_rng
 from cnnkit.training.schedule import planned_steps, schedule_of
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
+
+if TYPE_CHECKING:  # training reads the settings it is given; it never builds them
+    from cnnkit.settings.config import TrainConfig
 
 AGREE_EVERY = 16  # with several processes, a stop is agreed on every this many steps: each check is a collective
 # the whitening's bias learns over this share of the steps (airbench's; never: 1.5 points less on a 50-class folder,

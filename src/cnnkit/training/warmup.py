@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from cnnkit.data.loader import DeviceBatches
-from cnnkit.evaluation import predict_logits
+from cnnkit.training.evaluation import predict_logits
 from cnnkit.training.trainer import Trainer
 
 

@@ -1,0 +1,1 @@
+"""The `cnnkit` command: one module per group of subcommands, each turning flags into a Python call."""

@@ -1,0 +1,107 @@
+"""The `cnnkit` commands that take a trained model elsewhere: export, compress and serve (cli.py wires them in)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.progress import printable
+from cnnkit.runs.run import load
+from cnnkit.ship.compress import CALIBRATION_IMAGES, prune, quantize
+from cnnkit.ship.export import CHECKED_BATCHES, FORMATS, PARITY, export_run
+from cnnkit.ship.footprint import footprint_table
+from cnnkit.ship.serve import MAX_BYTES, create_app
+
+
+def add_shipping_commands(commands) -> None:
+    """Add export and serve to the `cnnkit` command's sub-commands."""
+    export = commands.add_parser(
+        "export",
+        help="a run's model as ONNX or a torch.export program, checked against the run",
+        description=(
+            "Export a run's whole prediction: uint8 images (N, C, H, W) of the run's channels and size in, "
+            f"class probabilities out, for any N. Written only if, on the run's own test images at batch sizes "
+            f"{', '.join(map(str, CHECKED_BATCHES))}, it gives the run's probabilities within {PARITY:g}."
+        ),
+    )
+    export.add_argument("run", help="run folder written by `cnnkit train`")
+    export.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="onnx (default) or pt2")
+    export.add_argument("--out", metavar="FILE", help="where to write it (default RUN/model.onnx or RUN/model.pt2)")
+    export.set_defaults(command=cmd_export)
+
+    compress = commands.add_parser(
+        "compress",
+        help="a smaller model from a run (int8 or pruned) in a new run folder, measured beside the original",
+        description=(
+            "Make a smaller version of a run in a new run folder, and print its size, CPU latency per image and "
+            "test accuracy beside the original's. --quantize int8: the whole prediction as an ONNX model with int8 "
+            f"weights and activations, ranges calibrated on {CALIBRATION_IMAGES} training images (onnxruntime: pip "
+            "install 'cnnkit[export]'); predict, evaluate and serve run it. --prune FRACTION: that share of the "
+            "conv and linear weights, the smallest, set to zero and kept there through a short fine-tune (a tenth "
+            "of the run's steps at a tenth of its rates) on the run's own data; a run like any other."
+        ),
+    )
+    compress.add_argument("run", help="run folder written by `cnnkit train`")
+    how = compress.add_mutually_exclusive_group(required=True)
+    how.add_argument("--quantize", choices=("int8",), help="int8 static quantisation, calibrated on training images")
+    how.add_argument("--prune", type=float, metavar="FRACTION", help="share of the weights set to zero, e.g. 0.5")
+    compress.add_argument("--out", metavar="DIR", help="the new run folder (default: RUN-int8 or RUN-prunedNN)")
+    compress.add_argument(
+        "--calibration-images", type=int, metavar="N", help=f"with --quantize (default {CALIBRATION_IMAGES})"
+    )
+    compress.add_argument("--steps", type=int, help="with --prune: fine-tune steps (default a tenth of the run's)")
+    compress.set_defaults(command=cmd_compress)
+
+    serve = commands.add_parser(
+        "serve",
+        help="a run behind HTTP: POST an image to /predict, get its top classes as JSON",
+        description="Serve a run: POST an image file's bytes to /predict (curl --data-binary @cat.jpg "
+        "http://127.0.0.1:8000/predict); GET /health. Requests that arrive together are predicted as one batch. "
+        "Needs pip install 'cnnkit[serve]'; with onnxruntime and RUN/model.onnx (cnnkit export), ONNX answers.",
+    )
+    serve.add_argument("run", help="run folder written by `cnnkit train`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--top-k", type=int, default=3, help="classes in each answer (default 3)")
+    serve.add_argument("--max-mb", type=float, default=MAX_BYTES / 2**20, help="largest upload in MiB (default 10)")
+    serve.set_defaults(command=cmd_serve)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    exported = export_run(load(args.run, device="cpu"), args.format, Path(args.out) if args.out else None)
+    size = exported.path.stat().st_size / 2**20
+    print(
+        printable(
+            f"exported to {exported.path} ({size:.2f} MiB); on {exported.images} of the run's test images it gives "
+            f"the run's probabilities within {exported.largest_difference:.1e}"
+        )
+    )
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    if args.quantize and args.steps is not None:
+        raise CnnkitError("--steps is the fine-tune's, after --prune; --quantize int8 trains nothing")
+    if args.prune is not None and args.calibration_images is not None:
+        raise CnnkitError("--calibration-images goes with --quantize int8; --prune calibrates nothing")
+    run, out = load(args.run, device="cpu"), Path(args.out) if args.out else None
+    if args.quantize:
+        smaller = quantize(run, out, CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images)
+    else:
+        smaller = prune(run, args.prune, out, args.steps)
+    for line in footprint_table(smaller.summary["compressed"]["versions"]):
+        print(printable(line))
+    print(printable(f"the {args.quantize or 'pruned'} run is {smaller.dir}"))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.top_k < 1 or not 0 < args.port < 65536 or not args.max_mb > 0:
+        raise CnnkitError("--top-k must be 1 or more, --port between 1 and 65535, and --max-mb above 0")
+    app = create_app(load(args.run), args.top_k, int(args.max_mb * 2**20))
+    import uvicorn  # there: create_app checked it
+
+    print(printable(f"serving {args.run} on http://{args.host}:{args.port}: POST an image to /predict; Ctrl-C stops"))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,1 @@
+"""Looking inside models and runs: the layer table, plots, report.html, and runs side by side."""

@@ -1,0 +1,224 @@
+"""A run's figures, drawn off-screen by matplotlib (the `report` extra): learning curves, the learning-rate
+schedule, the confusion matrix (counts, and normalised per true class), per-class accuracy, and, from the
+test images themselves, a grid of them with their predicted labels and the most confidently wrong ones.
+The first four are made from what the run folder holds (metrics.csv, summary.json, config.yaml), so any
+finished run can be drawn again."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.files import atomic_write
+from cnnkit.data.ondisk import loaded
+from cnnkit.data.sets import ImageSet
+from cnnkit.runs.records import RunFiles
+from cnnkit.settings.config import TrainConfig
+from cnnkit.training.schedule import planned_steps, schedule_of
+
+PLOTS = "plots"  # the run folder's sub-folder of PNG files
+ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion matrix shows its number
+GRID_IMAGES = 36  # test images drawn at random (the same each time), six by six, with their predicted labels
+TOP_LOSSES = 16  # the most confidently wrong test images
+DPI = 110
+Predictions = tuple[ImageSet, torch.Tensor, torch.Tensor]  # the test images, their logits and their labels
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the off-screen Agg backend, or one line that says how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise CnnkitError("plots and reports need matplotlib: pip install 'cnnkit[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_figure(rows: list[dict]) -> Any:
+    """Loss and accuracy per epoch, training and validation side by side."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [int(r["epoch"]) for r in rows]
+    for ax, what in zip(axes, ("loss", "accuracy"), strict=True):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [float(r[f"{split}_{what}"]) if r[f"{split}_{what}"] not in ("", None) else None for r in rows]
+            points = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, marker="o", markersize=3, label=split)
+        ax.set(xlabel="epoch", ylabel=what, title=f"{what} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def schedule_figure(cfg: TrainConfig, steps_per_epoch: int, rows: list[dict]) -> Any:
+    """The peak rate times the schedule at every step, and the rate metrics.csv recorded for each epoch."""
+    plt = pyplot()
+    total = planned_steps(cfg, steps_per_epoch)
+    factor = schedule_of(cfg, total)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(range(1, total + 1), [cfg.peak_lr * factor(s) for s in range(total)])
+    starts = [((int(r["epoch"]) - 1) * steps_per_epoch + 1, float(r["lr"])) for r in rows]
+    if starts:  # metrics.csv's rate is the one each epoch's first step took
+        ax.plot(*zip(*starts, strict=True), "o", markersize=3, label="metrics.csv: each epoch's first step")
+        ax.legend()
+    ax.set(xlabel="step", ylabel="learning rate", title=f"{cfg.schedule} schedule, {total} steps")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def lr_find_figure(test: dict) -> Any:
+    """A range test's loss against the rate (log scale), smoothed over the raw points, and the rate it
+    suggested; the loss axis stops short of a diverged tail, so the falling stretch fills the plot."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    rates = test["rates"]
+    losses, smoothed = ([math.nan if v is None else v for v in test[k]] for k in ("losses", "smoothed"))  # JSON null
+    finite = [(r, loss) for r, loss in zip(rates, losses, strict=True) if math.isfinite(loss)]
+    if finite:
+        ax.plot(*zip(*finite, strict=True), ".", color="tab:gray", alpha=0.4, markersize=3, label="each step")
+    ax.plot(rates, smoothed, label="smoothed")
+    shown = [s for s in smoothed if math.isfinite(s)]
+    if shown:
+        lowest = min(shown + [loss for _, loss in finite])
+        ax.set_ylim(0.9 * lowest, min(max(shown), 1.5 * shown[0]) * 1.05)
+    if test["suggestion"] is not None:
+        ax.axvline(test["suggestion"], color="tab:red", linestyle="--", label=f"suggested {test['suggestion']:.3g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: list[list[int]], classes: list[str], normalised: bool) -> Any:
+    """Rows: the true class; columns: the predicted one. Normalised, each row sums to 1 (recall per class)."""
+    plt = pyplot()
+    values = [[c / max(1, sum(row)) for c in row] if normalised else row for row in matrix]
+    side = min(12.0, 2.5 + 0.45 * len(classes))
+    fig, ax = plt.subplots(figsize=(side, side))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalised else None)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90)
+    ax.set_yticks(ticks, classes)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix" + (", normalised" if normalised else ""))
+    if len(classes) <= ANNOTATED_CLASSES:
+        top = max(max(row) for row in values) or 1
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                text = f"{v:.2f}" if normalised else str(v)
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(per_class: dict[str, float | None]) -> Any:
+    """Test accuracy of each class, worst at the top: where the model needs more or better images."""
+    plt = pyplot()
+    ranked = sorted(((a if a is not None else 0.0, c) for c, a in per_class.items()), reverse=True)
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.28 * len(ranked) + 1)))
+    ax.barh([c for _, c in ranked], [a for a, _ in ranked], color="tab:blue")
+    ax.set(xlim=(0, 1), xlabel="test accuracy", title="accuracy per class")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(images: torch.Tensor, labels: list[int], predicted: list[int], classes: list[str]) -> Any:
+    """Test images with their predicted labels, as the tutorials end; a wrong one in red, framed, with its
+    true label under the guess."""
+    fig, axes = _image_grid(len(images), (1.8, 2.0))
+    for ax, image, true, guess in zip(axes, images, labels, predicted, strict=False):
+        wrong = true != guess
+        title = classes[guess] + (f"\n(true: {classes[true]})" if wrong else "")
+        _show(ax, image, title, "red" if wrong else "black")
+    return fig
+
+
+def top_losses_figure(images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Any:
+    """Test images with their guess, its probability and the truth: given the most confidently wrong ones
+    (`highest_losses`), often mislabelled images or classes that look alike."""
+    fig, axes = _image_grid(len(images), (2.2, 2.3))
+    for ax, image, p, true in zip(axes, images, logits.softmax(1), labels.tolist(), strict=False):
+        guess = int(p.argmax())
+        _show(ax, image, f"{classes[guess]} {p[guess]:.2f}\ntrue: {classes[true]}", "red" if guess != true else "black")
+    return fig
+
+
+def highest_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Indices of the TOP_LOSSES test images with the highest loss, highest first."""
+    return nn.functional.cross_entropy(logits, labels, reduction="none").argsort(descending=True)[:TOP_LOSSES]
+
+
+def _image_grid(n: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """A figure of about square rows and columns for `n` images of `cell` inches, every axis blank until used."""
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
+    fig.subplots_adjust(0.02, 0.02, 0.98, 0.94, wspace=0.15, hspace=0.55)  # fixed: tight_layout costs a second here
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig, list(axes.flat)
+
+
+def _show(ax: Any, image: torch.Tensor, title: str, colour: str) -> None:
+    """One uint8 (C, H, W) image with its title; a red one framed in red."""
+    pixels = image.permute(1, 2, 0).numpy()
+    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+    ax.set_title(title, fontsize=7, color=colour)
+    if colour == "red":
+        ax.set_axis_on()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set(color="red", linewidth=2)
+
+
+def write_plots(run_dir: Path, predictions: Predictions | None) -> dict[str, Path]:
+    """Every figure of a finished run as a PNG in RUN/plots/; returns them by name. `predictions` (the test
+    images, their logits and labels: `Run.test_predictions()`) add the image grid and the top losses."""
+    files = RunFiles.read(run_dir)
+    summary, cfg, rows = files.summary, TrainConfig.from_dict(files.settings), files.metrics
+    classes = summary["classes"]
+    steps_per_epoch = max(1, summary["num_train_images"] // cfg.batch_size)  # training drops a partial batch
+    figures = {
+        "curves": curves_figure(rows),
+        "learning_rate": schedule_figure(cfg, steps_per_epoch, rows),
+        "confusion": confusion_figure(summary["confusion_matrix"], classes, normalised=False),
+        "confusion_normalised": confusion_figure(summary["confusion_matrix"], classes, normalised=True),
+        "per_class_accuracy": per_class_figure(summary["per_class_accuracy"]),
+    }
+    if files.lr_find is not None:
+        figures["lr_find"] = lr_find_figure(files.lr_find)
+    if predictions is not None:
+        test, logits, labels = predictions[0], predictions[1].cpu(), predictions[2].cpu()
+        shown = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:GRID_IMAGES]  # all classes
+        guesses = logits[shown].argmax(1).tolist()
+        figures["test_images"] = grid_figure(
+            loaded(test.subset(shown).images), labels[shown].tolist(), guesses, classes
+        )
+        worst = highest_losses(logits, labels)
+        figures["top_losses"] = top_losses_figure(
+            loaded(test.subset(worst).images), logits[worst], labels[worst], classes
+        )
+    folder = run_dir / PLOTS
+    folder.mkdir(exist_ok=True)
+    return {name: save_figure(fig, folder / f"{name}.png") for name, fig in figures.items()}
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """`fig` as a PNG at `path` (whole or not at all), then closed."""
+    atomic_write(path, partial(fig.savefig, dpi=DPI, format="png"))
+    pyplot().close(fig)
+    return path

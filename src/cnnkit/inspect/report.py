@@ -1,0 +1,124 @@
+"""report.html: one self-contained page per run (images embedded) with the results, warnings, every plot,
+the model summary and the settings. Every name a user chose (classes, paths) is escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.files import atomic_write
+from cnnkit.core.progress import say
+from cnnkit.inspect.plots import Predictions, write_plots
+from cnnkit.inspect.summary import format_summary, run_summary
+from cnnkit.runs.records import RunFiles
+from cnnkit.runs.run import Run, load
+
+REPORT = "report.html"
+PLOT_TITLES = {
+    "curves": "Learning curves",
+    "learning_rate": "Learning rate",
+    "lr_find": "Learning-rate range test (--lr auto)",
+    "confusion": "Confusion matrix",
+    "confusion_normalised": "Confusion matrix, normalised per true class",
+    "per_class_accuracy": "Accuracy per class",
+    "test_images": "Test images: the model's guess (the truth under a wrong one, in red)",
+    "top_losses": "Highest losses, the most confidently wrong first: guess and its probability, the truth",
+}
+RESULTS = (  # summary.json's headline figures, in the order a reader wants them
+    ("test_accuracy", "test accuracy"),
+    ("test_loss", "test loss"),
+    ("val_accuracy", "best validation accuracy"),
+    ("best_epoch", "best epoch"),
+    ("num_train_images", "training images"),
+    ("num_val_images", "validation images"),
+    ("num_test_images", "test images"),
+    ("num_parameters", "parameters"),
+    ("train_seconds", "training seconds"),
+    ("seconds_used", "seconds in all"),
+    ("device_name", "device"),
+    ("torch_version", "torch"),
+    ("git_commit", "cnnkit commit"),
+)
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 10px;text-align:left}
+img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}
+.warning{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;margin:.5em 0}"""
+
+
+def write_report(
+    run_dir: Path, run: Run | None = None, predictions: Predictions | None = None
+) -> tuple[Path, str | None]:
+    """Draw the run's plots and write RUN/report.html; returns its path, and why the test images are not in it
+    when they are not (the data moved or changed since the run). A run just trained passes itself and its test
+    `predictions`; otherwise the run is loaded and its test split predicted again."""
+    files = RunFiles.read(run_dir)
+    summary, settings = files.summary, files.settings
+    if summary.get("test_accuracy") is None:
+        raise CnnkitError(f"{run_dir} was trained with --no-test, and a report shows the test results")
+    run = run or load(run_dir, device="cpu")
+    run.network("draw a report of")  # it shows the network's layers
+    missing = None
+    if predictions is None:
+        try:
+            predictions = run.test_predictions()
+        except CnnkitError as e:
+            missing = f"the test images are not drawn: {e}"
+    plots = write_plots(run_dir, predictions)
+    title, model = run_summary(run)
+    sections = [
+        f"<h1>{_text(run_dir.name)}</h1>",
+        f"<p>{_text(str(summary.get('model')))} on {_text(str(summary.get('data')))}</p>",
+        "<h2>Results</h2>",
+        _table((label, summary.get(key)) for key, label in RESULTS if key in summary),
+        "<h2>Warnings</h2>",
+        "".join(f'<div class="warning">{_text(w)}</div>' for w in [*summary["warnings"], *filter(None, [missing])])
+        or "<p>none</p>",
+        *(f"<h2>{PLOT_TITLES[name]}</h2>\n{_image(path)}" for name, path in plots.items()),
+        "<h2>Test accuracy per class</h2>",
+        _table(summary["per_class_accuracy"].items()),
+        "<h2>Model</h2>",
+        f"<pre>{_text(format_summary(title, model))}</pre>",
+        "<h2>Settings</h2>",
+        _table(settings.items()),
+    ]
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_text(run_dir.name)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+    path = run_dir / REPORT
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return path, missing
+
+
+def _table(rows) -> str:
+    cells = "".join(f"<tr><th>{_text(str(k))}</th><td>{_text(shown(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def shown(value: object) -> str:
+    """A setting or a result as a reader wants it: thousands grouped, four significant digits."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{_text(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _text(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def add_report(run: Run, predictions: Predictions) -> None:
+    """report.html at the end of a run, from the test `predictions` just made; the run is whole without it, so
+    a missing extra is only a note."""
+    try:
+        path, missing = write_report(run.dir, run, predictions)
+    except CnnkitError as e:
+        say(f"note: no report ({e}); draw it later with: cnnkit report {run.dir}")
+        return
+    say(f"report: {path}" + (f" ({missing})" if missing else ""))

@@ -1,0 +1,221 @@
+"""A finished run: `load` opens its folder, and `Run` evaluates and predicts with its model, preprocessing
+every image exactly as training did."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnkit.settings.config import TrainConfig, folder_reading
+from cnnkit.data import load_data
+from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels, to_square
+from cnnkit.data.loader import DeviceBatches
+from cnnkit.data.ondisk import DiskImages, loaded
+from cnnkit.data.preprocess import Preprocess
+from cnnkit.data.sets import ImageSet
+from cnnkit.core.errors import CnnkitError
+from cnnkit.training.evaluation import eval_batch, predict_logits, test_metrics
+from cnnkit.core.files import read_json
+from cnnkit.models.inference import Classifier, OnnxClassifier, probabilities_of
+from cnnkit.core.machine import Machine, pick_machine
+from cnnkit.models import create_model
+from cnnkit.runs.folder import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS
+from cnnkit.runs.schema import check_same_run, data_fingerprint, read_model_info, require_module
+from cnnkit.models.weights import load_weights
+
+
+@dataclass
+class Run:
+    """A trained model with everything needed to use it: its folder, preprocessing and classes."""
+
+    dir: Path
+    model: nn.Module
+    info: dict  # model.json: architecture, classes and preprocessing
+    config: TrainConfig
+    machine: Machine
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info["classes"]
+
+    @property
+    def resize(self) -> str:
+        """How the run made non-square images square (runs from before --resize squashed them)."""
+        return self.info.get("resize", "squash")
+
+    @property
+    def summary(self) -> dict:
+        return read_json(self.dir / SUMMARY)
+
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.info["mean"], self.info["std"], self.machine.memory_format).to(self.machine.device)
+
+    @property
+    def quantized(self) -> bool:
+        """An int8 run from `cnnkit compress`: its model is the whole prediction in one ONNX file."""
+        return "quantized" in self.info
+
+    def inference_model(self) -> nn.Module:
+        """The whole prediction as one module in float32: uint8 (N, C, H, W) images of the run's channels and
+        size in, class probabilities out (preprocessing and the run's TTA built in). What `predict`, an export
+        and a server run, with no recipe kept beside it."""
+        if self.quantized:
+            return self.model  # already the whole prediction, in onnxruntime
+        return Classifier(self.preprocess(), self.model, self.config.tta).eval()
+
+    def network(self, purpose: str) -> nn.Module:
+        """The trained torch network, for work that needs one (a summary, an export, a compression)."""
+        if self.quantized:
+            raise CnnkitError(
+                f"{self.dir} holds an int8 ONNX model from `cnnkit compress`, which cnnkit can predict with, evaluate "
+                f"and serve, but cannot {purpose}; use the run it was made from, {self.info['quantized']['from']}"
+            )
+        return self.model
+
+    def probabilities(self, images: torch.Tensor | DiskImages) -> torch.Tensor:
+        """uint8 images (N, C, H, W) of the run's channels and size, in memory or on disk -> (N, classes) class
+        probabilities in float32, from `inference_model()`."""
+        batch = eval_batch(self.info["image_size"])
+        return probabilities_of(self.inference_model(), images, batch, self.machine.device)
+
+    def evaluate(self, data: str | None = None, data_dir: str | None = None) -> dict:
+        """Test metrics from the saved weights: the run's own test split, or the test split of `data`."""
+        _, logits, labels = self.test_predictions(data, data_dir)
+        return test_metrics(logits, labels, self.classes)
+
+    def test_predictions(
+        self, data: str | None = None, data_dir: str | None = None
+    ) -> tuple[ImageSet, torch.Tensor, torch.Tensor]:
+        """The test images (uint8, as the model saw them), their logits and their labels in the run's classes."""
+        test = self.split("test", data, data_dir)
+        if self.quantized:  # the ONNX model answers in probabilities, whose logs are logits with the same softmax
+            return test, self.probabilities(test.images).clamp_min(torch.finfo().tiny).log(), test.labels
+        logits, labels = predict_logits(
+            self.model,
+            DeviceBatches(test, eval_batch(self.info["image_size"]), self.preprocess()),
+            self.machine,
+            self.config.tta,
+        )
+        return test, logits, labels
+
+    def split(self, name: str = "test", data: str | None = None, data_dir: str | None = None) -> ImageSet:
+        """The run's own split `name` (train, val or test; refused if its data changed), or that split of `data`,
+        in the run's classes, channels and size."""
+        cfg = self.config
+        dataset = load_data(
+            data or cfg.data,
+            data_dir=data_dir or cfg.data_dir,
+            image_size=self.info["image_size"],
+            val_fraction=cfg.val_fraction,
+            split=cfg.split,
+            seed=cfg.seed,
+            reading=folder_reading(cfg, self.resize),
+        )
+        if data is None:  # the run's own test split: the same images it was tested on, or a clear refusal
+            check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, f"its {name} split")
+        return self._conform(dataset.splits[name], dataset.classes, data or cfg.data)
+
+    def predict_images(
+        self, images: Sequence[Image.Image | torch.Tensor] | torch.Tensor, top_k: int = 3
+    ) -> list[list[dict]]:
+        """For each image in memory (a PIL image, or a uint8 tensor (C, H, W) or batch (N, C, H, W) of any size
+        and 1 or 3 channels): its top-k classes with probabilities, preprocessed exactly as in training, in
+        float32 (the test metrics are computed at the run's own precision)."""
+        if top_k < 1:
+            raise CnnkitError(f"--top-k {top_k} must be at least 1")
+        if len(images) == 0:
+            return []
+        # in float32, as an export runs: the same probabilities from either
+        probabilities = self.probabilities(torch.stack([self._as_input(image) for image in images]))
+        probs, index = probabilities.topk(min(top_k, len(self.classes)), dim=1)
+        return [
+            [
+                {"class": self.classes[i], "probability": round(p, 6)}
+                for p, i in zip(ps.tolist(), ix.tolist(), strict=True)
+            ]
+            for ps, ix in zip(probs, index, strict=True)
+        ]
+
+    def predict(self, paths: list[str | Path], top_k: int = 3) -> list[dict]:
+        """For each image file: its top-k classes with probabilities."""
+        images = [self._read_image(Path(p)) for p in paths]
+        return [
+            {"path": str(path), "predictions": predictions}
+            for path, predictions in zip(paths, self.predict_images(images, top_k), strict=True)
+        ]
+
+    def _as_input(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        size, channels = self.info["image_size"], self.info["in_channels"]
+        if isinstance(image, Image.Image):
+            return image_to_tensor(image, size, channels, self.resize)
+        if (
+            not isinstance(image, torch.Tensor)
+            or image.dtype != torch.uint8
+            or image.ndim != 3
+            or image.shape[0] not in (1, 3)
+        ):
+            raise CnnkitError(
+                "predict_images takes PIL images or uint8 tensors of shape (channels, height, width) "
+                f"with 1 or 3 channels; got {_describe(image)}"
+            )
+        return resize_images(to_square(to_channels(image[None], channels), self.resize), size)[0]
+
+    def _read_image(self, path: Path) -> torch.Tensor:
+        if not path.is_file():
+            raise CnnkitError(f"image {path} does not exist")
+        try:
+            return decode_image(path, self.info["image_size"], self.info["in_channels"], self.resize)
+        except DECODE_ERRORS as e:
+            raise CnnkitError(f"cannot decode image {path} ({e})") from None
+
+    def _conform(self, test: ImageSet, classes: list[str], source: str) -> ImageSet:
+        """Map another data set's labels onto this run's classes and its images onto the run's channels."""
+        unknown = [c for c in classes if c not in self.classes]
+        if unknown:
+            raise CnnkitError(
+                f"{source} has classes this run never saw: {', '.join(unknown)}; "
+                f"the run knows {', '.join(self.classes)}"
+            )
+        remap = torch.tensor([self.classes.index(c) for c in classes])
+        channels = self.info["in_channels"]
+        images = test.images if test.images.shape[1] == channels else to_channels(loaded(test.images), channels)
+        return ImageSet(images, remap[test.labels])
+
+
+def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "auto") -> Run:
+    """Open a run folder written by `train` (or by `cnnkit compress`); pass `model` for runs that trained a
+    custom nn.Module."""
+    run_dir = Path(run_dir)
+    info = read_model_info(run_dir / MODEL_INFO) if (run_dir / MODEL_INFO).is_file() else {}
+    weights = run_dir / (ONNX if "quantized" in info else WEIGHTS)
+    if not info or not weights.is_file():
+        raise CnnkitError(
+            f"{run_dir} is not a finished cnnkit run folder (it needs {MODEL_INFO} and {weights.name}); "
+            "pass the folder that `cnnkit train` printed at the end"
+        )
+    require_module(info, model)
+    config = TrainConfig.from_yaml(run_dir / CONFIG)
+    machine = pick_machine(device, config.precision)
+    if "quantized" in info:
+        return Run(run_dir, OnnxClassifier(weights), info, config, machine)
+    net = (
+        model
+        if model is not None
+        else create_model(
+            info["model"], info["in_channels"], len(info["classes"]), info["image_size"], **info["model_options"]
+        )
+    )
+    load_weights(net, weights)
+    net.to(machine.device, memory_format=machine.memory_format)  # type: ignore[call-overload]
+    return Run(run_dir, net.eval(), info, config, machine)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

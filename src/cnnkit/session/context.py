@@ -1,0 +1,173 @@
+"""A run's context: the settings with their data-dependent defaults filled in, the data, the model and what
+cnnkit knows of it, the machine, the run folder and the preprocessing, made once by `prepare`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.machine import Machine
+from cnnkit.core.progress import say
+from cnnkit.core.version import __version__
+from cnnkit.data import DIGIT_DATA, AtMost, Dataset, is_folder, load_data
+from cnnkit.data.preprocess import Preprocess
+from cnnkit.models import AUTO, ModelSpec, create_model, model_spec, num_parameters
+from cnnkit.models.pretrained import download, load_pretrained
+from cnnkit.models.weights import load_weights
+from cnnkit.models.whitening import whiten_conv
+from cnnkit.runs.folder import MODEL_INFO, WEIGHTS, RunFolder
+from cnnkit.runs.schema import data_fingerprint, read_model_info
+from cnnkit.settings.config import TrainConfig, folder_reading
+from cnnkit.settings.recipes import auto_size, fit_to_data
+from cnnkit.settings.rules import check_processes
+from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
+
+WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
+
+
+@dataclass
+class RunContext:
+    cfg: TrainConfig
+    data: Dataset
+    model: nn.Module
+    spec: ModelSpec
+    machine: Machine
+    folder: RunFolder
+    preprocess: Preprocess  # on the machine's device
+    info: dict  # model.json: architecture, classes and preprocessing
+
+
+def prepare(
+    cfg: TrainConfig,
+    module: nn.Module | None,
+    machine: Machine,
+    folder: RunFolder,
+    fresh: bool = True,
+    given: frozenset[str] | None = None,
+) -> RunContext:
+    """Load the data, fit the recipe to it, fill the data-dependent settings, and build and initialise the
+    model. The automatic recipe or a preset chooses what the user did not set (`given`; None: everything was
+    set, as in a resumed run). A resumed run, not `fresh`, skips --init-from: its checkpoint holds the
+    weights, even after the source is gone."""
+    auto = cfg.model == AUTO
+    with machine.main_first():  # the main process decodes into the cache (or downloads); the others read it
+        data = _load(
+            cfg,
+            cfg.image_size or (AtMost(auto_size(machine)) if auto else model_spec(cfg.model, module).input_size),
+        )
+    cfg, chosen = fit_to_data(cfg, data, machine, given, _source_run(cfg)) if given is not None else (cfg, "")
+    if chosen:
+        say(chosen)
+    if cfg.image_size is not None and cfg.image_size != data.image_size:  # the recipe chose another size
+        with machine.main_first():
+            data = _load(cfg, cfg.image_size, listed=False)  # its skipped files were listed by the first read
+    spec = model_spec(cfg.model, module)
+    cfg = resolved(cfg, data)
+    check_processes(cfg, machine)
+    if cfg.translate is not None and cfg.translate >= data.image_size:  # a crop cannot shift past the image
+        raise CnnkitError(
+            f"--translate {cfg.translate} must be smaller than the {data.image_size}-pixel images; "
+            f"try {data.image_size // 10}"
+        )
+    mean, std = _normalisation(spec, data)
+    torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights, dropout masks and order
+    options = {k: v for k in ("dropout", "activation") if (v := getattr(cfg, k)) is not None}  # the model's own
+    net = (
+        module
+        if module is not None
+        else create_model(cfg.model, data.channels, len(data.classes), data.image_size, **options)
+    )
+    if cfg.whiten:
+        sample = Preprocess(mean, std)(data.splits["train"].images[:WHITENING_SAMPLE])
+        whiten_conv(spec.first_conv_module(net, "--whiten"), sample)
+    if (cfg.init_from or cfg.starts_pretrained) and fresh:
+        _start_from(net, spec, cfg)
+    info = {
+        "cnnkit_version": __version__,
+        "model": cfg.model,
+        "model_options": spec.architecture(options),
+        "in_channels": data.channels,
+        "image_size": data.image_size,
+        "classes": data.classes,
+        "mean": mean,
+        "std": std,
+        "resize": cfg.resize,
+        "num_parameters": num_parameters(net),
+        "data": data_fingerprint(data),
+    }
+    if module is not None:
+        info["module"] = type(module).__name__
+    preprocess = Preprocess(mean, std, machine.memory_format).to(machine.device)
+    if machine.rank:  # the same initial weights everywhere, then each further process its own dropout masks
+        torch.manual_seed(hash((cfg.seed, machine.rank)) % 2**63)
+    return RunContext(cfg, data, net, spec, machine, folder, preprocess, info)
+
+
+def _load(cfg: TrainConfig, image_size: int | None, listed: bool = True) -> Dataset:
+    return load_data(
+        cfg.data,
+        data_dir=cfg.data_dir,
+        image_size=image_size,
+        val_fraction=cfg.val_fraction,
+        split=cfg.split,
+        seed=cfg.seed,
+        reading=dataclasses.replace(folder_reading(cfg, cfg.resize), listed=listed),
+    )
+
+
+def _source_run(cfg: TrainConfig) -> dict | None:
+    """The model.json of the run this one fine-tunes (--init-from), when it has one."""
+    info = Path(cfg.init_from or "") / MODEL_INFO
+    return read_model_info(info) if cfg.init_from and info.is_file() else None
+
+
+def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """Fill the data-dependent defaults, so config.yaml repeats the run even if defaults change later."""
+    # pretrained filters need small steps, a new head big ones (--lr auto: the range test splits its rate)
+    if cfg.starts_pretrained and cfg.head_lr is None and cfg.lr != AUTO:
+        cfg = dataclasses.replace(cfg, head_lr=cfg.peak_lr, lr=cfg.peak_lr / PRETRAINED_HEAD_RATE)
+    return dataclasses.replace(
+        cfg,
+        data=str(Path(cfg.data).expanduser().resolve()) if is_folder(cfg.data) else cfg.data,
+        data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
+        init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
+        pretrained_weights=str(Path(cfg.pretrained_weights).expanduser().resolve()) if cfg.pretrained_weights else None,
+        image_size=data.image_size,
+        # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
+        translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
+        flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
+        epochs=15 if cfg.epochs is None and cfg.steps is None and cfg.budget is None else cfg.epochs,
+        rotate=cfg.rotate or 0.0,
+        scale=cfg.scale or 0.0,
+        jitter=cfg.jitter or 0.0,
+        erase=cfg.erase or 0.0,
+    )
+
+
+def _normalisation(spec: ModelSpec, data: Dataset) -> tuple[list[float], list[float]]:
+    """The model's own normalisation (a pretrained backbone's, averaged over colours for grey images), else
+    the training images' own."""
+    if not (spec.mean and spec.std):
+        return data.mean, data.std
+    if data.channels == 1:
+        return [sum(spec.mean) / len(spec.mean)], [sum(spec.std) / len(spec.std)]
+    return list(spec.mean), list(spec.std)
+
+
+def _start_from(net: nn.Module, spec: ModelSpec, cfg: TrainConfig) -> None:
+    """Fine-tuning: the weights of a finished run (--init-from) or pretrained ones, with a new head if needed."""
+    if cfg.init_from:
+        path = Path(cfg.init_from) / WEIGHTS
+        if not path.is_file():
+            raise CnnkitError(f"--init-from {cfg.init_from} is not a finished cnnkit run folder (it has no {WEIGHTS})")
+        fresh = load_weights(net, path, remake_head=spec.head)
+    else:
+        path = Path(cfg.pretrained_weights) if cfg.pretrained_weights else download(spec)
+        fresh = load_pretrained(net, spec, path)
+    remade = f"; made anew for the new classes: {', '.join(fresh)}" if fresh else ""
+    say(f"starting from the weights in {path}{remade}")

@@ -1,0 +1,174 @@
+"""What a run tells the user: the opening line, one line and one metrics.csv row per epoch, the closing
+line, and summary.json with the test results and where they came from (versions, device, commit)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.machine import Machine, device_name
+from cnnkit.core.progress import say
+from cnnkit.core.version import __version__
+from cnnkit.models import num_parameters
+from cnnkit.runs.folder import TENSORBOARD, RunFolder
+from cnnkit.runs.records import RunRecord
+from cnnkit.session.context import RunContext
+from cnnkit.training.events import Callback, EpochResult
+from cnnkit.training.trainer import Trainer
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when cnnkit runs from one (src layout)
+
+
+class EpochReport(Callback):
+    """Each epoch's numbers: a row of metrics.csv and a line on the console."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        self.folder.append_metrics(dataclasses.asdict(result))
+        say(epoch_line(result, trainer.epochs))  # the trainer's: --budget's later plans may change them
+
+
+class TensorBoardLog(Callback):
+    """--tensorboard: each epoch's losses, accuracies and rate, through PyTorch's own SummaryWriter, in
+    RUN/tensorboard (`tensorboard --logdir runs` shows every run side by side)."""
+
+    def __init__(self, folder: RunFolder):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise CnnkitError("--tensorboard needs TensorBoard: pip install 'cnnkit[tensorboard]'") from None
+        self.writer = SummaryWriter(str(folder / TENSORBOARD))
+
+    def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
+        step = trainer.scheduler.last_epoch  # optimiser steps so far: epochs of any length line up
+        for name, value in dataclasses.asdict(result).items():
+            if name not in ("epoch", "seconds") and value is not None:
+                self.writer.add_scalar(name.replace("_", "/", 1) if name != "lr" else "lr", value, step)
+        self.writer.flush()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self.writer.close()
+
+
+def epoch_line(r: EpochResult, epochs: int) -> str:
+    val = f"  val loss {r.val_loss:.4f} acc {r.val_accuracy:.4f}" if r.val_loss is not None else ""
+    return (
+        f"epoch {r.epoch}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_accuracy:.4f}{val}"
+        f"  lr {r.lr:.2e}  {r.seconds:.1f}s"
+    )
+
+
+def opening_line(ctx: RunContext) -> str:
+    data, machine = ctx.data, ctx.machine
+    sizes = "/".join(str(len(data.splits[s])) for s in ("train", "val", "test"))
+    return (
+        f"cnnkit: {model_label(ctx.info)} ({num_parameters(ctx.model):,} parameters) on {data.name}: {sizes} "
+        f"train/val/test images of {data.channels}x{data.image_size}x{data.image_size}, {len(data.classes)} "
+        f"classes; {machine.device}{' bf16' if machine.bf16 else ''}; run folder {ctx.folder}"
+    )
+
+
+def model_label(info: dict) -> str:
+    """The model's name, or the class name of a module passed in from Python."""
+    return info.get("module") or info["model"]
+
+
+NEAR_CHANCE = 0.01  # an accuracy this close to always answering the most common class means nothing was learned
+MEMORISED_GAP = 0.3  # training accuracy this far above validation: memorised, not learned
+
+
+def closing_line(summary: dict, folder: RunFolder) -> str:
+    if summary["test_accuracy"] is None:
+        val = summary["val_accuracy"]
+        return f"validation accuracy {'none' if val is None else f'{val:.4f}'}, not tested; run saved in {folder}"
+    return f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}; run saved in {folder}"
+
+
+def summary_json(ctx: RunContext, metrics: dict, record: RunRecord, timings: dict[str, float]) -> dict:
+    """summary.json: the test metrics, how training went, the data, and where the figures came from."""
+    data = ctx.data
+    return {
+        **metrics,
+        "epochs": ctx.cfg.epochs,
+        "steps": ctx.cfg.steps,
+        "budget_seconds": record.budget_seconds,
+        "warnings": run_warnings(ctx, metrics, record),
+        "best_epoch": record.best_epoch,
+        "val_accuracy": record.best_score if len(data.splits["val"]) else None,
+        "train_seconds": round(record.train_seconds, 3),
+        **{k: round(v, 3) for k, v in timings.items()},
+        "num_parameters": num_parameters(ctx.model),
+        "num_train_images": len(data.splits["train"]),
+        "num_val_images": len(data.splits["val"]),
+        "data": ctx.cfg.data,
+        "model": ctx.cfg.model,
+        "module": ctx.info.get("module"),
+        "skipped_images": data.skipped,
+        **provenance(ctx.machine),
+    }
+
+
+def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]:
+    """What went badly, in plain words with what to try: a --budget too short for even one step, a model no
+    better than always answering the most common class, or one that learned its training images by heart."""
+    warnings = [record.budget_warning] if record.budget_warning is not None else []  # first: it may explain the rest
+    splits = ctx.data.splits
+    checks = [("test", metrics["test_accuracy"], splits["test"].labels)] if metrics["test_accuracy"] is not None else []
+    if len(splits["val"]):
+        checks.insert(0, ("validation", record.best_score, splits["val"].labels))
+    learned_nothing = False
+    for name, accuracy, labels in checks:
+        common = torch.bincount(labels).max().item() / len(labels)
+        if accuracy <= common + NEAR_CHANCE:
+            warnings.append(
+                f"{name} accuracy {accuracy:.3f} is no better than always answering the most common class "
+                f"({common:.3f}): the model learned nothing useful. Try the automatic recipe (no --model or "
+                "--preset), a lower --lr or more --steps, and check that each class folder holds its own pictures"
+            )
+            learned_nothing = True
+            break
+    seen = record.train_accuracy
+    if len(splits["val"]) and not learned_nothing and seen - record.best_score > MEMORISED_GAP:
+        warnings.append(
+            f"training accuracy {seen:.3f} but validation {record.best_score:.3f}: the model learned its "
+            "training images by heart. Try stronger augmentation (--rotate, --scale, --jitter, --erase), fewer "
+            "steps, more images, or --init-from a run trained on similar images"
+        )
+    return warnings
+
+
+def provenance(machine: Machine) -> dict:
+    """Where a run's figures came from: the software, the hardware, and the code's exact commit."""
+    return {
+        "cnnkit_version": __version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": version("torchvision"),  # its installed release, without importing it (seconds)
+        "device": str(machine.device),
+        "device_name": device_name(machine.device),
+        "bf16": machine.bf16,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit(root: Path = SOURCE_ROOT) -> str | None:
+    """The checkout's commit, with '-dirty' for uncommitted changes; None for an installed package."""
+    if not (root / ".git").exists() or not (root / "src" / "cnnkit").is_dir():
+        return None
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+    return result.stdout.strip()

@@ -1,0 +1,208 @@
+"""Recipes that fit the data: the automatic recipe (the default), and presets rescaled to small data.
+
+Both are decided from what the data is (training images, classes, image size, grey or colour) and what it
+runs on, never from its name, so a folder of a user's own images gets the same care as CIFAR-10. Every
+value chosen is written to config.yaml, so a run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.machine import Machine
+from cnnkit.data import Dataset
+from cnnkit.models import AUTO, CUSTOM, pretrained
+from cnnkit.settings.config import TrainConfig
+
+# the automatic recipe, in one place (airbench's fastcnn on the CPU, the widths for a GPU). Muon trains the conv
+# filters: against SGD at equal steps, +1.3 points on CIFAR-10 and +4 to +9 on small folders (BENCHMARKS.md)
+# fmt: off
+AUTO_RECIPE = {
+    "whiten": True, "optimizer": "muon", "muon_lr": 0.06, "muon_momentum": 0.85, "momentum": 0.85,
+    "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.25, "ema": 0.0,
+}
+# fmt: on
+AUTO_MODEL = {"cpu": "fastcnn-small", "gpu": "fastcnn"}  # the fastest good CNN for each kind of machine ...
+# ... and on a CPU, from this many colour training images, the wider net behind a stride-2 stem: it pays with many
+# photos (CIFAR-10 at 120 s: +1.3 points) but not on glyphs or a few thousand photos (MNIST -0.3, 50 classes -6) ...
+WIDE_FROM, AUTO_WIDE_MODEL = 20_000, "fastcnn-s2"
+WIDE_BATCH = 512  # ... at a batch this CPU runs 15% faster per image than 256 (at 120 s: +0.8 points more) ...
+# ... with Muon's momentum and the warm-up shorter, and shifts of a 16th of the side, not a tenth: in the few passes
+# a budget allows over many images, +0.5 points on CIFAR-10 at equal steps (on small folders: -2 to +5, not taken);
+# and SiLU for GELU: as accurate at equal steps, 7% more of them in a budget
+WIDE_TUNING, WIDE_SHIFT = {"muon_momentum": 0.75, "warmup": 0.15, "activation": "silu"}, 16
+AUTO_SIZE_CAP = {"cpu": 64, "gpu": 128}  # default image size cap: a 2-core CPU pays 4x per doubling of the side
+SGD_LR_PER_IMAGE = 0.2 / 256  # peak SGD rate (biases, head) per image in the batch (cifar10-cpu-best's): linear rule
+PASSES = 16  # passes over the training images ...
+IMAGES_SEEN = (3_000, 270_000)  # ... within these bounds: a few-shot folder needs more passes, a big one fewer
+FEW_PER_CLASS = 500  # below this many training images per class, stronger augmentation pays ...
+FEW_MAX_SIZE = {"cpu": 48, "gpu": 128}  # ... and fewer pixels: the time they cost buys more passes instead
+MIN_SIZE = 16  # smaller images are enlarged to this: fastcnn's stem and three poolings need at least 9 pixels
+MIN_BATCH = 16  # smaller batches make batch norm's statistics noise
+MIN_STEPS_PER_PASS = 16  # a small folder learns from more, smaller steps; on a CPU they cost about the same per image
+PRESET_MIN_IMAGES = 2 * MIN_BATCH  # fewer training images than this and no preset's recipe can fit
+# what `--help` says the recipe chooses (the length as --epochs: the recipe's steps stand for it)
+CHOSEN_FROM_DATA = frozenset(AUTO_RECIPE) | frozenset(WIDE_TUNING) | {
+    "image_size", "batch_size", "lr", "epochs", "label_smoothing", "flip", "tta", "translate", "rotate", "scale",
+    "jitter", "erase",
+}  # fmt: skip
+# fine-tuning a pretrained backbone, the automatic recipe's choice for small or large-image folders when
+# torchvision's weights are on this machine: fastai's fine_tune in spirit (head first, then all, Adam)
+# fmt: off
+FINE_TUNE = {
+    "pretrained": True, "whiten": False, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
+    "schedule": "onecycle", "warmup": 0.1, "ema": 0.0, "freeze_epochs": 1,
+}
+# fmt: on
+BACKBONE_ORDER = {  # the first whose weights are at hand: the fastest good one on a CPU, the best on a GPU
+    "cpu": ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "convnext_tiny"),
+    "gpu": ("convnext_tiny", "resnet50", "efficientnet_b0", "resnet18", "mobilenet_v3_small"),
+}
+FINE_TUNE_SIZE = {"cpu": 112, "gpu": 224}  # half ImageNet's scale on a CPU, where each doubling costs 4x
+FINE_TUNE_PASSES = 10  # pretrained features need few passes ...
+FINE_TUNE_IMAGES_SEEN = (1_000, 60_000)  # ... within these bounds
+
+
+def fit_to_data(
+    cfg: TrainConfig, data: Dataset, machine: Machine, given: frozenset[str], source: dict | None = None
+) -> tuple[TrainConfig, str]:
+    """The settings with the automatic recipe (model `auto`) or the preset fitted to this data; what the
+    user set themselves (`given`) always wins; `source` is the model.json of the run fine-tuned from
+    (--init-from), if any. Returns them with a line that says what was chosen."""
+    if cfg.model == AUTO:
+        chosen, line = {**auto_settings(data, machine, given), **_source_run(source)}, "automatic recipe"
+        given = given - {"model"}  # `--model auto` asks for the recipe's model
+    elif cfg.preset is not None and "batch_size" not in given:
+        chosen, line = fitted_preset(cfg, len(data.splits["train"]), machine.world_size), f"preset {cfg.preset}"
+    else:
+        return cfg, ""
+    chosen = {k: v for k, v in chosen.items() if k not in given}
+    if "lr" in given and chosen.get("optimizer") == "muon":  # a rate of the user's own (or to find) is SGD's one rate
+        chosen["optimizer"] = "sgd"
+    if given & {"epochs", "budget"}:  # the user's own length wins over the recipe's
+        chosen.pop("steps", None)
+    cfg = dataclasses.replace(cfg, **chosen)
+    return cfg, f"{line}: {describe(cfg, len(data.splits['train']))}"
+
+
+def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = frozenset()) -> dict:
+    """A whole recipe from the data: model, batch, rate, number of steps, augmentation and TTA."""
+    n, grey = len(data.splits["train"]), data.channels == 1
+    few = n / len(data.classes) < FEW_PER_CLASS
+    backbone = _backbone_at_hand(machine, few or data.image_size >= auto_size(machine), given)
+    more = 1.0  # times the images seen: what a smaller image size saves, spent on more steps
+    if backbone:
+        batch, passes, seen = fit_batch(64, n, machine.world_size), FINE_TUNE_PASSES, FINE_TUNE_IMAGES_SEEN
+        recipe = {**FINE_TUNE, "model": backbone, "image_size": FINE_TUNE_SIZE[_kind(machine)]}
+    else:
+        size = max(data.image_size, MIN_SIZE)
+        if few and "image_size" not in given:  # a small folder is learned by heart long before its pixels run out
+            size = min(size, FEW_MAX_SIZE[_kind(machine)])
+            more = max(1.0, (data.image_size / size) ** 2)
+        wide = _kind(machine) == "cpu" and n >= WIDE_FROM and not grey
+        batch = fit_batch(WIDE_BATCH if wide else 128 if grey else 256, n, machine.world_size)
+        passes, seen = PASSES, IMAGES_SEEN
+        recipe = {**AUTO_RECIPE, "model": AUTO_MODEL[_kind(machine)], "image_size": size}
+        if wide:
+            recipe |= {**WIDE_TUNING, "model": AUTO_WIDE_MODEL, "translate": max(1, size // WIDE_SHIFT)}
+        recipe["lr"] = round(SGD_LR_PER_IMAGE * batch, 6)
+    return {
+        **recipe,
+        "batch_size": batch,
+        "steps": max(1, round(more * min(max(passes * n, seen[0]), seen[1]) / batch)),
+        "label_smoothing": 0.1 if grey else 0.2,
+        "flip": not grey,  # grey images are mostly glyphs and scans, where a mirror image is another symbol
+        "tta": not grey,  # its views include the mirror image
+        "rotate": 10.0 if few else 0.0,  # few images: show each from more angles, sizes and lights
+        "scale": 0.1 if few else 0.0,
+        "jitter": 0.2 if few and not grey else 0.0,
+        "erase": 0.25 if few else 0.0,
+    }
+
+
+def _backbone_at_hand(machine: Machine, worth_it: bool, given: frozenset[str]) -> str | None:
+    """The pretrained backbone to fine-tune, if it pays here (a small folder or large images) and its weights
+    are on this machine; never when the user chose how to start (--init-from, --pretrained-weights, --whiten)."""
+    if not worth_it or given & {"init_from", "pretrained", "pretrained_weights", "whiten"}:
+        return None
+    return next((name for name in BACKBONE_ORDER[_kind(machine)] if pretrained.at_hand(name)), None)
+
+
+def _source_run(source: dict | None) -> dict:
+    """Fine-tuning (--init-from RUN) keeps the source run's model, activation and image size: its filters were
+    learned in that net, at that scale."""
+    if source is None or source["model"] == CUSTOM:  # only its own Python code can rebuild it: the recipe's model stays
+        return {}
+    activation = source["model_options"].get("activation")  # the net its weights were trained in
+    return {"model": source["model"], "image_size": source["image_size"], "whiten": False, "activation": activation}
+
+
+def auto_size(machine: Machine) -> int:
+    """The automatic recipe's largest image side on this machine."""
+    return AUTO_SIZE_CAP[_kind(machine)]
+
+
+def _kind(machine: Machine) -> str:
+    return "cpu" if machine.device.type == "cpu" else "gpu"
+
+
+def fitted_preset(cfg: TrainConfig, n_train: int, processes: int = 1) -> dict:
+    """A preset's batch size, with its rates rescaled, cut down to fit `n_train` images; its steps stay (the
+    recipe's length in updates). Too few images for any batch: refused before training, with what to do."""
+    if n_train < PRESET_MIN_IMAGES:
+        raise CnnkitError(
+            f"preset {cfg.preset} needs at least {PRESET_MIN_IMAGES} training images to fit its recipe, and this "
+            f"data has {n_train}; leave out --preset for the automatic recipe, or add images"
+        )
+    batch = fit_batch(cfg.batch_size, n_train, processes)
+    ratio = batch / cfg.batch_size
+    rates = {}
+    if cfg.lr != AUTO:  # --lr auto is found for the batch the run takes; Adam's rate scales by the square root
+        rates["lr"] = cfg.peak_lr * (math.sqrt(ratio) if cfg.optimizer in ("adam", "adamw") else ratio)
+    if cfg.head_lr is not None:
+        rates["head_lr"] = cfg.head_lr * ratio
+    return {"batch_size": batch, **{k: round(v, 8) for k, v in rates.items()}} if ratio < 1 else {}
+
+
+def fit_batch(batch: int, n_train: int, processes: int = 1) -> int:
+    """Halve `batch` until a pass over `n_train` images takes at least MIN_STEPS_PER_PASS steps; then round it
+    down to a multiple of `processes`, which share every batch evenly."""
+    while batch > MIN_BATCH and n_train < MIN_STEPS_PER_PASS * batch:
+        batch = max(MIN_BATCH, batch // 2)
+    batch = max(1, min(batch, n_train))
+    return max(processes, batch - batch % processes)
+
+
+def describe(cfg: TrainConfig, n_train: int) -> str:
+    """One line: what will train, on what batches, for how long, with what augmentation."""
+    per_pass = max(1, n_train // cfg.batch_size)
+    length = (
+        f"{cfg.steps} steps ({cfg.steps / per_pass:,.1f} passes)"
+        if cfg.steps
+        else f"{cfg.epochs} epochs"
+        if cfg.epochs
+        else f"steps planned for {cfg.budget:g}s"
+    )
+    augment = [
+        name
+        for name, on in (
+            ("flips", cfg.flip),
+            (f"rotate {cfg.rotate}", cfg.rotate),
+            (f"scale {cfg.scale}", cfg.scale),
+            (f"jitter {cfg.jitter}", cfg.jitter),
+            (f"erase {cfg.erase}", cfg.erase),
+            ("TTA", cfg.tta),
+        )
+        if on
+    ]
+    start = " (whitened)" if cfg.whiten else " (pretrained)" if cfg.starts_pretrained else ""
+    rate = (
+        f"muon lr {cfg.muon_lr} (sgd {cfg.lr} for biases and head)"
+        if cfg.optimizer == "muon"
+        else f"{cfg.optimizer} lr {cfg.lr}"
+    )
+    return f"{cfg.model}{start}, batch {cfg.batch_size}, {rate}, {length}" + (
+        f", {', '.join(augment)}" if augment else ""
+    )
