@@ -18,9 +18,9 @@ from pathlib import Path
 from torch import nn
 
 import cnnkit
-from cnnkit.export import export_run
-from cnnkit.footprint import LATENCY_BATCHES, footprint, ms_per_image
-from cnnkit.inference import OnnxClassifier
+from cnnkit.models.inference import OnnxClassifier
+from cnnkit.ship.export import export_run
+from cnnkit.ship.footprint import LATENCY_BATCHES, footprint, ms_per_image
 
 
 def versions(run_dir: Path, fraction: float, out: Path) -> dict[str, tuple[nn.Module, Path]]:

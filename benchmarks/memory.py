@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from cnnkit.config import TrainConfig
-from cnnkit.machine import pick_machine
+from cnnkit.core.machine import pick_machine
+from cnnkit.inspect.layers import measured_activations, summarize
 from cnnkit.models import create_model, model_spec
-from cnnkit.models.summary import measured_activations, summarize
+from cnnkit.settings.config import TrainConfig
 
 
 def main() -> None:

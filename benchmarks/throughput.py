@@ -16,7 +16,7 @@ import argparse
 import tempfile
 
 import cnnkit
-from cnnkit.machine import is_main_process
+from cnnkit.core.machine import is_main_process
 
 
 def seconds(settings: dict, steps: int) -> float:
