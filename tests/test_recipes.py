@@ -21,6 +21,7 @@ from cnnkit import CnnkitError, TrainConfig
 from cnnkit.core.machine import pick_machine
 from cnnkit.data import AtMost, Dataset, load_data
 from cnnkit.data.sets import ImageSet
+from cnnkit.runs.records import RunRecord
 from cnnkit.session.results import run_warnings
 from cnnkit.settings.presets import PRESETS
 from cnnkit.settings.recipes import AUTO_RECIPE, IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
@@ -167,7 +168,7 @@ def test_a_run_that_learns_nothing_says_so_and_records_a_warning(tmp_path, capsy
 def test_a_budget_warning_comes_first_and_hides_no_other():
     split = ImageSet(torch.zeros(100, 1, 8, 8, dtype=torch.uint8), torch.arange(100) % 10)  # ten classes alike
     ctx = SimpleNamespace(data=SimpleNamespace(splits={"val": split, "test": split}))
-    record = {"budget_warning": "the budget is too short", "best_score": 0.5, "train_accuracy": 1.0}
+    record = RunRecord(budget_warning="the budget is too short", best_score=0.5, train_accuracy=1.0)
     warnings = run_warnings(ctx, {"test_accuracy": 0.5}, record)
     assert len(warnings) == 2 and warnings[0] == "the budget is too short"
     assert "learned its training images by heart" in warnings[1]

@@ -21,7 +21,7 @@ from cnnkit.session.context import RunContext
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.trainer import Trainer
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when cnnkit runs from one (src layout)
+SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout, when cnnkit runs from one: src/cnnkit/session/
 
 
 class EpochReport(Callback):
