@@ -1,0 +1,56 @@
+"""The records a run folder keeps, typed: the bookkeeping a run carries in every checkpoint as it trains
+(`RunRecord`), and a finished run's files, read in this one place (`RunFiles`)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.files import read_json, read_yaml
+from cnnkit.runs.folder import CONFIG, LR_FIND, METRICS, SUMMARY
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """How a run's training has gone so far, kept in every checkpoint (a resumed run goes on from it)."""
+
+    best_score: float = -1.0  # the best validation accuracy (the last epoch's number without validation)
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    train_accuracy: float = 0.0  # of the last epoch
+    budget_seconds: float | None = None  # --budget, as planned
+    budget_warning: str | None = None  # the budget was too short for one step and the test
+
+    @classmethod
+    def from_checkpoint(cls, values: object) -> RunRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict) or not set(values) <= known:
+            raise CnnkitError("the checkpoint's record of the run is not as cnnkit writes it: it was edited or damaged")
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """A finished run folder's records, read in this one place: the settings as config.yaml holds them,
+    summary.json, metrics.csv's rows, and --lr auto's range test (None without it)."""
+
+    path: Path
+    settings: dict
+    summary: dict
+    metrics: list[dict]
+    lr_find: dict | None
+
+    @classmethod
+    def read(cls, path: Path) -> RunFiles:
+        if not (path / SUMMARY).is_file() or not (path / CONFIG).is_file():
+            raise CnnkitError(f"{path} is not a finished cnnkit run folder (no {SUMMARY}); pass the folder `cnnkit train` wrote")
+        with (path / METRICS).open(newline="") as f:
+            metrics = list(csv.DictReader(f))
+        lr_find = read_json(path / LR_FIND) if (path / LR_FIND).is_file() else None
+        return cls(path, read_yaml(path / CONFIG), read_json(path / SUMMARY), metrics, lr_find)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
