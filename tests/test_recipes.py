@@ -228,6 +228,8 @@ def test_a_budget_bends_the_decay_when_the_machine_slows_later_and_config_yaml_r
     )
     assert cfg["steps"] == result["steps"] == plans[-1] and plans[-len(at)] < plans[-len(at) - 1]  # slower: fewer
     assert cfg["early_steps"] < at[0]  # the whitening's bias stopped where it did, whatever the run's length
+    plan = json.loads((run.dir / "plan.json").read_text())  # what the run decided, beside its settings
+    assert plan == {"lr": None, "head_lr": None, **{k: cfg[k] for k in ("steps", "warmup", "bends", "early_steps")}}
     assert_repeats(run, cfg, tmp_path / "repeat")
 
 

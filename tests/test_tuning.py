@@ -43,6 +43,7 @@ def test_lr_auto_leaves_no_trace_but_its_rate(tmp_path):
     found = TrainConfig.from_yaml(auto.dir / "config.yaml").lr
     assert isinstance(found, float) and 1e-5 < found < 1
     assert read_json(auto.dir / "lr_find.json")["suggestion"] == pytest.approx(found, rel=2e-3)
+    assert read_json(auto.dir / "plan.json")["lr"] == found  # what the run decided, beside its settings
     plain = cnnkit.train(model="small-cnn", epochs=2, lr=found, report=False, out=str(tmp_path / "plain"))
     # the range test's steps were undone (weights, optimiser, every RNG): the same run as one given the rate
     assert plain.summary["test_accuracy"] == auto.summary["test_accuracy"]

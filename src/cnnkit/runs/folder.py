@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from cnnkit.training.checkpoint import CHECKPOINT, save_checkpoint
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import atomic_write, read_json, write_json, writing
 from cnnkit.core.machine import Machine
 from cnnkit.models.weights import save_weights
+from cnnkit.training.checkpoint import CHECKPOINT, save_checkpoint
 
 if TYPE_CHECKING:
     from cnnkit.settings.config import TrainConfig
@@ -38,6 +38,7 @@ CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY, LR_FIND = (
     "summary.json",
     "lr_find.json",  # with --lr auto: the range test's curve
 )
+PLAN = "plan.json"  # with --lr auto or --budget: what the run decided as it went
 ONNX = "model.onnx"  # `cnnkit export`'s ONNX file; the model itself in an int8 run from `cnnkit compress`
 TENSORBOARD = "tensorboard"  # with --tensorboard: the event files
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")

@@ -6,10 +6,35 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import read_json, read_yaml
 from cnnkit.runs.folder import CONFIG, LR_FIND, METRICS, SUMMARY
+
+if TYPE_CHECKING:
+    from cnnkit.settings.config import TrainConfig
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What a run decided as it went, beside its settings: --lr auto's rate, --budget's steps, and the later
+    plans' warm-up share, bends and the step the whitening's bias stopped at. plan.json holds it as it changes,
+    and config.yaml the settings with it applied, so a repeat or a resume takes it as it is."""
+
+    lr: float | None = None
+    head_lr: float | None = None  # over pretrained weights, the range test's rate is the new head's
+    steps: int | None = None
+    warmup: float | None = None
+    bends: str | None = None  # as config.yaml holds them: "STEP:END,..."
+    early_steps: int | None = None
+
+    def applied_to(self, cfg: TrainConfig) -> TrainConfig:
+        """The settings the run trains with: its own, with what it decided in place."""
+        changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if self.steps is not None:  # planned: a repeat takes the steps, not the budget
+            changes["budget"] = None
+        return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 @dataclasses.dataclass
@@ -45,7 +70,9 @@ class RunFiles:
     @classmethod
     def read(cls, path: Path) -> RunFiles:
         if not (path / SUMMARY).is_file() or not (path / CONFIG).is_file():
-            raise CnnkitError(f"{path} is not a finished cnnkit run folder (no {SUMMARY}); pass the folder `cnnkit train` wrote")
+            raise CnnkitError(
+                f"{path} is not a finished cnnkit run folder (no {SUMMARY}); pass the folder `cnnkit train` wrote"
+            )
         with (path / METRICS).open(newline="") as f:
             metrics = list(csv.DictReader(f))
         lr_find = read_json(path / LR_FIND) if (path / LR_FIND).is_file() else None

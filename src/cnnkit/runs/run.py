@@ -11,22 +11,22 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnkit.settings.config import TrainConfig, folder_reading
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.files import read_json
+from cnnkit.core.machine import Machine, pick_machine
 from cnnkit.data import load_data
 from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels, to_square
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.data.ondisk import DiskImages, loaded
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
-from cnnkit.core.errors import CnnkitError
-from cnnkit.training.evaluation import eval_batch, predict_logits, test_metrics
-from cnnkit.core.files import read_json
-from cnnkit.models.inference import Classifier, OnnxClassifier, probabilities_of
-from cnnkit.core.machine import Machine, pick_machine
 from cnnkit.models import create_model
+from cnnkit.models.inference import Classifier, OnnxClassifier, probabilities_of
+from cnnkit.models.weights import load_weights
 from cnnkit.runs.folder import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS
 from cnnkit.runs.schema import check_same_run, data_fingerprint, read_model_info, require_module
-from cnnkit.models.weights import load_weights
+from cnnkit.settings.config import TrainConfig, folder_reading
+from cnnkit.training.evaluation import eval_batch, predict_logits, test_metrics
 
 
 @dataclass

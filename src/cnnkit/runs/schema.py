@@ -10,13 +10,12 @@ from pathlib import Path
 
 from torch import nn
 
+from cnnkit.core.errors import CnnkitError
+from cnnkit.core.files import read_json
 from cnnkit.data import Dataset
 from cnnkit.data.images import RESIZE_RULES
 from cnnkit.data.splits import chunk_rows
 from cnnkit.models import CUSTOM
-from cnnkit.core.errors import CnnkitError
-from cnnkit.core.files import read_json
-
 
 DESCRIPTION = ("model", "model_options", "classes", "in_channels", "image_size", "mean", "std", "resize")  # must match
 

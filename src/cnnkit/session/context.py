@@ -21,6 +21,7 @@ from cnnkit.models.pretrained import download, load_pretrained
 from cnnkit.models.weights import load_weights
 from cnnkit.models.whitening import whiten_conv
 from cnnkit.runs.folder import MODEL_INFO, WEIGHTS, RunFolder
+from cnnkit.runs.records import RunPlan
 from cnnkit.runs.schema import data_fingerprint, read_model_info
 from cnnkit.settings.config import TrainConfig, folder_reading
 from cnnkit.settings.recipes import auto_size, fit_to_data
@@ -40,6 +41,12 @@ class RunContext:
     folder: RunFolder
     preprocess: Preprocess  # on the machine's device
     info: dict  # model.json: architecture, classes and preprocessing
+    plan: RunPlan = dataclasses.field(default_factory=RunPlan)  # what the run decides as it goes
+
+    @property
+    def settings(self) -> TrainConfig:
+        """The settings the run trains with: its own, with what it has decided so far in place."""
+        return self.plan.applied_to(self.cfg)
 
 
 def prepare(

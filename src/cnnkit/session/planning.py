@@ -1,6 +1,6 @@
-"""What a run settles as it goes, and writes to config.yaml so that a resumed or repeated run takes it as it
-is: the rate of --lr auto, from a range test, and the steps of --budget, from a timed warm-up (then again as
-the run goes)."""
+"""What a run decides as it goes: the rate of --lr auto, from a range test, and the steps of --budget, from a
+timed warm-up (then again as the run goes). Each decision goes into the run's plan (`RunPlan`, in plan.json),
+and config.yaml gets the settings with it applied, so that a resumed or repeated run takes it as it is."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ import torch
 from cnnkit.core.progress import say
 from cnnkit.data.augment import Augment
 from cnnkit.data.loader import DeviceBatches
-from cnnkit.runs.folder import LR_FIND
+from cnnkit.runs.folder import LR_FIND, PLAN
 from cnnkit.runs.records import RunRecord
 from cnnkit.session.context import RunContext
-from cnnkit.settings.config import TrainConfig
 from cnnkit.training.budget import RESERVE_SECONDS, RESERVE_SHARE, Costs, measure_costs
 from cnnkit.training.events import Callback
 from cnnkit.training.lr_find import RULE, range_test, unit_rate, with_rate
-from cnnkit.training.schedule import default_warmup, format_bends, parse_bends
+from cnnkit.training.schedule import Length, default_warmup, format_bends
 from cnnkit.training.stopping import TrainingDiverged
 from cnnkit.training.trainer import EARLY_SHARE, Trainer
 
@@ -56,9 +55,11 @@ def find_lr(ctx: RunContext, train: DeviceBatches) -> None:
     rate = ctx.machine.share(test.suggestion)  # every process trains at the main one's rate
     if rate is None:
         raise TrainingDiverged("the learning-rate range test saw no finite loss, even at a rate of 1e-7")
-    _settle(ctx, with_rate(ctx.cfg, rate))
+    found = with_rate(ctx.cfg, rate)
+    ctx.plan.lr, ctx.plan.head_lr = found.peak_lr, found.head_lr if ctx.cfg.starts_pretrained else None
+    _settle(ctx)
     ctx.folder.write_json(LR_FIND, dataclasses.asdict(test))
-    say(f"lr auto: {ctx.cfg.head_lr or ctx.cfg.lr:g}, {RULE} ({len(test.rates)} steps of the range test)")
+    say(f"lr auto: {found.head_lr or found.lr:g}, {RULE} ({len(test.rates)} steps of the range test)")
 
 
 def plan_budget(ctx: RunContext, trainer: Trainer, record: RunRecord, elapsed: float) -> list[Callback]:
@@ -80,8 +81,9 @@ def plan_budget(ctx: RunContext, trainer: Trainer, record: RunRecord, elapsed: f
             f"test alone: {costs.test:.1f}s), so the run took 1 step and went over; give a longer --budget, or "
             "run it when the machine is less busy"
         )
-    trainer.plan(steps)
-    _settle(ctx, dataclasses.replace(cfg, steps=steps, budget=None))
+    trainer.plan(dataclasses.replace(trainer.length, steps=steps))
+    ctx.plan.steps = steps
+    _settle(ctx)
     record.budget_seconds = cfg.budget
     passes = steps / len(trainer.train_batches)
     say(f"budget {cfg.budget:g}s: {steps} steps ({passes:,.1f} passes), planned from a warm-up measured here")
@@ -91,13 +93,13 @@ def plan_budget(ctx: RunContext, trainer: Trainer, record: RunRecord, elapsed: f
 
 class Replanning(Callback):
     """--budget's later plans, so that a machine that slows down (or speeds up) after the few steps timed for the
-    first plan still ends on time. Each is written to config.yaml, so a repeat takes exactly these steps and rates.
+    first plan still ends on time. Each goes into the run's plan, so a repeat takes exactly these steps and rates.
 
     - At the end of the schedule's warm-up, from the time its steps really took: the warm-up keeps its steps and
-      the schedule its shape; config.yaml gets the new length, with the warm-up's share of it.
+      the schedule its shape; the plan gets the new length, with the warm-up's share of it.
     - Then, once every step is of the late kind (the whitening's bias has stopped learning), every REPLAN_EVERY
       of the run, from the time the late steps took: a one-cycle decay bends at the step reached, from its rate
-      there straight down to zero at the new end; config.yaml gets the bend, and the step the bias stopped at."""
+      there straight down to zero at the new end; the plan gets the bend, and the step the bias stopped at."""
 
     def __init__(self, ctx: RunContext, costs: Costs, deadline: float, warmup_steps: int):
         self.ctx, self.costs, self.deadline, self.warmup_steps = ctx, costs, deadline, warmup_steps
@@ -123,7 +125,7 @@ class Replanning(Callback):
             least = max(least, math.ceil(done / EARLY_SHARE))
         steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, least))
         if steps != trainer.total_steps:
-            self._replan(trainer, done, steps, warmup=done / steps)
+            self._replan(trainer, done, dataclasses.replace(trainer.length, steps=steps, warmup=done / steps))
             pace_note = f"{pace:.2f}x their planned time"
             say(f"budget: {steps} steps in all, planned again after the warm-up's {done} ({pace_note})")
 
@@ -135,23 +137,25 @@ class Replanning(Callback):
         steps = min(max(steps, done + max(1, left // 2)), done + left + left // 2)
         if abs(steps - total) <= max(1, REPLAN_CHANGE * total):  # a step more or less is noise
             return
-        bends = format_bends((*parse_bends(self.ctx.cfg.bends), (done, total)))
+        bends = (*trainer.length.bends, (done, total))
         early = trainer.early_steps if trainer.learns_early else None  # where the bias stopped, whatever the length
-        self._replan(trainer, done, steps, warmup=self.warmup_steps / steps, bends=bends, early_steps=early)
+        self.ctx.plan.bends, self.ctx.plan.early_steps = format_bends(bends), early
+        self._replan(trainer, done, Length(steps, self.warmup_steps / steps, bends, early))
         say(f"budget: {steps} steps in all, planned again at step {done} ({pace:.2f}x the late steps' planned time)")
 
-    def _replan(self, trainer: Trainer, done: int, steps: int, **changes) -> None:
-        """The run's length from step `done` on, with the settings that keep its steps so far as they were."""
-        trainer.cfg = dataclasses.replace(self.ctx.cfg, steps=steps, **changes)
-        trainer.plan(steps, done)
-        _settle(self.ctx, trainer.cfg)
+    def _replan(self, trainer: Trainer, done: int, length: Length) -> None:
+        """The run's length from step `done` on, planned so that its steps so far stay as they were."""
+        trainer.plan(length, done)
+        self.ctx.plan.steps, self.ctx.plan.warmup = length.steps, length.warmup
+        _settle(self.ctx)
 
     @staticmethod
     def _every(trainer: Trainer) -> int:
         return max(1, round(REPLAN_EVERY * trainer.total_steps))
 
 
-def _settle(ctx: RunContext, cfg: TrainConfig) -> None:
-    """The run's settings from now on, and in config.yaml: a resumed or repeated run takes them as they are."""
-    ctx.cfg = cfg
-    ctx.folder.write_config(cfg)
+def _settle(ctx: RunContext) -> None:
+    """What the run has decided, in plan.json, and the settings with it in config.yaml: a resumed or repeated
+    run takes them as they are."""
+    ctx.folder.write_json(PLAN, dataclasses.asdict(ctx.plan))
+    ctx.folder.write_config(ctx.settings)

@@ -93,11 +93,11 @@ def closing_line(summary: dict, folder: RunFolder) -> str:
 
 def summary_json(ctx: RunContext, metrics: dict, record: RunRecord, timings: dict[str, float]) -> dict:
     """summary.json: the test metrics, how training went, the data, and where the figures came from."""
-    data = ctx.data
+    data, settings = ctx.data, ctx.settings  # the steps as planned
     return {
         **metrics,
-        "epochs": ctx.cfg.epochs,
-        "steps": ctx.cfg.steps,
+        "epochs": settings.epochs,
+        "steps": settings.steps,
         "budget_seconds": record.budget_seconds,
         "warnings": run_warnings(ctx, metrics, record),
         "best_epoch": record.best_epoch,
@@ -107,8 +107,8 @@ def summary_json(ctx: RunContext, metrics: dict, record: RunRecord, timings: dic
         "num_parameters": num_parameters(ctx.model),
         "num_train_images": len(data.splits["train"]),
         "num_val_images": len(data.splits["val"]),
-        "data": ctx.cfg.data,
-        "model": ctx.cfg.model,
+        "data": settings.data,
+        "model": settings.model,
         "module": ctx.info.get("module"),
         "skipped_images": data.skipped,
         **provenance(ctx.machine),

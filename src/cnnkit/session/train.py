@@ -152,7 +152,7 @@ def _run(
             f"{e}. The last checkpoint is whole: once there is space, resume with: cnnkit train --resume {ctx.folder}"
         ) from None
     say(closing_line(summary, ctx.folder))
-    run = Run(ctx.folder.path, ctx.model, ctx.info, ctx.cfg, ctx.machine)
+    run = Run(ctx.folder.path, ctx.model, ctx.info, ctx.settings, ctx.machine)
     if ctx.cfg.report and predictions is not None and ctx.folder.writer:  # the report shows the test
         add_report(run, predictions)
     return run
@@ -177,7 +177,7 @@ def _fit_and_test(
         if ctx.data.splits["val"]
         else None
     )
-    trainer = Trainer(step_model, ctx.spec, train, ctx.cfg, ctx.machine)
+    trainer = Trainer(step_model, ctx.spec, train, ctx.settings, ctx.machine)
     if resume_state:
         _restore(trainer, resume_state, ctx.folder)
     compile_seconds = 0.0

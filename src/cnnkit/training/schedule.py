@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,25 @@ if TYPE_CHECKING:
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 ONECYCLE_WARMUP = 0.25  # share of steps a one-cycle schedule spends rising to the peak rate, by default
 ONECYCLE_START = 0.04  # ... from this fraction of the peak (PyTorch's OneCycleLR starts at peak / 25)
+
+
+@dataclass(frozen=True)
+class Length:
+    """How long a run trains and how its rate moves: set from the settings, then moved by --budget's plans."""
+
+    steps: int
+    warmup: float  # the share of the steps warming up
+    bends: tuple[tuple[int, int], ...] = ()  # where the one-cycle decay bent: (step, the length planned until then)
+    early_steps: int | None = None  # with --whiten, the steps the bias learns in (None: EARLY_SHARE of them)
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, steps_per_epoch: int) -> Length:
+        warmup = default_warmup(cfg.schedule, cfg.warmup)
+        return cls(planned_steps(cfg, steps_per_epoch), warmup, parse_bends(cfg.bends), cfg.early_steps)
+
+    def factor(self, schedule: str) -> Callable[[int], float]:
+        """The multiplier of the peak rate at each step: the schedule, its warm-up, and the bends."""
+        return partial(lr_factor, schedule, self.warmup, self.steps, bends=self.bends)
 
 
 def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:

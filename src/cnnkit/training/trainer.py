@@ -25,7 +25,7 @@ from cnnkit.training.evaluation import predict_logits
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.optimizers import build_optimizer
 from cnnkit.training.position import Position, check_finite, restore_rng
-from cnnkit.training.schedule import planned_steps, schedule_of
+from cnnkit.training.schedule import Length
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
 
 if TYPE_CHECKING:  # training reads the settings it is given; it never builds them
@@ -52,19 +52,20 @@ class Trainer:
             if cfg.ema
             else None
         )
-        self.plan(planned_steps(cfg, len(train)))
+        self.plan(Length.of(cfg, len(train)))
         self.backbone = spec.backbone_parameters(model, "--freeze-epochs") if cfg.freeze_epochs else []
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.pos = Position()
         self.callbacks: list[Callback] = []
         self.stop_training, self._clock = False, 0.0
 
-    def plan(self, total_steps: int, done: int = 0) -> None:
+    def plan(self, length: Length, done: int = 0) -> None:
         """Set the run's length and schedule: before the first step, or after `done` (--budget's later plans)."""
-        self.total_steps = total_steps
-        self.epochs = -(-total_steps // len(self.train_batches))  # the last one may be partial
-        early, factor = self.cfg.early_steps, schedule_of(self.cfg, total_steps)
-        self.early_steps = math.ceil(EARLY_SHARE * total_steps) if early is None else early  # the bias learns
+        self.length, self.total_steps = length, length.steps
+        self.epochs = -(-length.steps // len(self.train_batches))  # the last one may be partial
+        early = length.early_steps
+        self.early_steps = math.ceil(EARLY_SHARE * length.steps) if early is None else early  # the bias learns
+        factor = length.factor(self.cfg.schedule)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor, last_epoch=done - 1)
 
     def steps_in_epoch(self, epoch: int) -> int:
