@@ -14,7 +14,7 @@ from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import Machine
 from cnnkit.core.progress import say
 from cnnkit.core.version import __version__
-from cnnkit.data import DIGIT_DATA, AtMost, Dataset, is_folder, load_data
+from cnnkit.data import AtMost, Dataset, load_data
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.models import AUTO, ModelSpec, create_model, model_spec, num_parameters
 from cnnkit.models.pretrained import download, load_pretrained
@@ -24,9 +24,8 @@ from cnnkit.runs.folder import MODEL_INFO, WEIGHTS, RunFolder
 from cnnkit.runs.records import RunPlan
 from cnnkit.runs.schema import data_fingerprint, read_model_info
 from cnnkit.settings.config import TrainConfig, folder_reading
-from cnnkit.settings.recipes import auto_size, fit_to_data
+from cnnkit.settings.recipes import auto_size, settle
 from cnnkit.settings.rules import check_processes
-from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
 
 WHITENING_SAMPLE = 5000  # training images whose patches estimate the whitening: enough for a stable covariance
 
@@ -55,26 +54,23 @@ def prepare(
     machine: Machine,
     folder: RunFolder,
     fresh: bool = True,
-    given: frozenset[str] | None = None,
 ) -> RunContext:
-    """Load the data, fit the recipe to it, fill the data-dependent settings, and build and initialise the
-    model. The automatic recipe or a preset chooses what the user did not set (`given`; None: everything was
-    set, as in a resumed run). A resumed run, not `fresh`, skips --init-from: its checkpoint holds the
-    weights, even after the source is gone."""
+    """Load the data, settle the settings on it (`cnnkit.settings.recipes.settle`), and build and initialise
+    the model. A resumed run, not `fresh`, skips --init-from: its checkpoint holds the weights, even after the
+    source is gone."""
     auto = cfg.model == AUTO
     with machine.main_first():  # the main process decodes into the cache (or downloads); the others read it
         data = _load(
             cfg,
             cfg.image_size or (AtMost(auto_size(machine)) if auto else model_spec(cfg.model, module).input_size),
         )
-    cfg, chosen = fit_to_data(cfg, data, machine, given, _source_run(cfg)) if given is not None else (cfg, "")
+    cfg, chosen = settle(cfg, data, machine, _source_run(cfg))
     if chosen:
         say(chosen)
-    if cfg.image_size is not None and cfg.image_size != data.image_size:  # the recipe chose another size
+    if cfg.image_size != data.image_size:  # the recipe chose another size
         with machine.main_first():
             data = _load(cfg, cfg.image_size, listed=False)  # its skipped files were listed by the first read
     spec = model_spec(cfg.model, module)
-    cfg = resolved(cfg, data)
     check_processes(cfg, machine)
     if cfg.translate is not None and cfg.translate >= data.image_size:  # a crop cannot shift past the image
         raise CnnkitError(
@@ -131,29 +127,6 @@ def _source_run(cfg: TrainConfig) -> dict | None:
     """The model.json of the run this one fine-tunes (--init-from), when it has one."""
     info = Path(cfg.init_from or "") / MODEL_INFO
     return read_model_info(info) if cfg.init_from and info.is_file() else None
-
-
-def resolved(cfg: TrainConfig, data: Dataset) -> TrainConfig:
-    """Fill the data-dependent defaults, so config.yaml repeats the run even if defaults change later."""
-    # pretrained filters need small steps, a new head big ones (--lr auto: the range test splits its rate)
-    if cfg.starts_pretrained and cfg.head_lr is None and cfg.lr != AUTO:
-        cfg = dataclasses.replace(cfg, head_lr=cfg.peak_lr, lr=cfg.peak_lr / PRETRAINED_HEAD_RATE)
-    return dataclasses.replace(
-        cfg,
-        data=str(Path(cfg.data).expanduser().resolve()) if is_folder(cfg.data) else cfg.data,
-        data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
-        init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
-        pretrained_weights=str(Path(cfg.pretrained_weights).expanduser().resolve()) if cfg.pretrained_weights else None,
-        image_size=data.image_size,
-        # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
-        translate=cfg.translate if cfg.translate is not None else data.image_size // 10,
-        flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
-        epochs=15 if cfg.epochs is None and cfg.steps is None and cfg.budget is None else cfg.epochs,
-        rotate=cfg.rotate or 0.0,
-        scale=cfg.scale or 0.0,
-        jitter=cfg.jitter or 0.0,
-        erase=cfg.erase or 0.0,
-    )
 
 
 def _normalisation(spec: ModelSpec, data: Dataset) -> tuple[list[float], list[float]]:

@@ -69,7 +69,7 @@ def train(
     # made and claimed first: an unwritable or busy folder fails before any data is loaded
     with RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine) as folder:
         try:
-            ctx = prepare(cfg, module, machine, folder, given=frozenset(values))
+            ctx = prepare(cfg, module, machine, folder)
             folder.write_config(ctx.cfg)
             folder.write_json(MODEL_INFO, ctx.info)
         except BaseException:
@@ -82,11 +82,11 @@ def lr_find(config: TrainConfig | None = None, *, model: nn.Module | str | None 
     """The learning-rate range test (see `cnnkit.training.lr_find`) with the data, model and settings `train`
     would take; nothing is kept. Its `suggestion` is the rate `lr="auto"` trains with."""
     module, values = _settings(config, model, settings)
-    cfg = TrainConfig.from_dict(values)
+    # the rate is what it finds: set, so that the automatic recipe takes its one-rate optimiser
+    cfg = TrainConfig.from_dict({"lr": TrainConfig.lr, **values})
     machine = pick_machine(cfg.device, cfg.precision)
     with tempfile.TemporaryDirectory() as scratch, RunFolder.create(f"{scratch}/probe", "", machine) as folder:
-        # the rate is what it finds: given, so that the automatic recipe takes its one-rate optimiser
-        ctx = prepare(cfg, module, machine, folder, given=frozenset(values) | {"lr"})
+        ctx = prepare(cfg, module, machine, folder)
         ctx.model.to(machine.device, memory_format=machine.memory_format)  # type: ignore[call-overload]
         return range_test(Trainer(ctx.model, ctx.spec, train_batches(ctx), unit_rate(ctx.cfg), machine))
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import Machine
-from cnnkit.data import Dataset
+from cnnkit.data import DIGIT_DATA, Dataset, is_folder
 from cnnkit.models import AUTO, CUSTOM, pretrained
 from cnnkit.settings.config import TrainConfig
+from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
 
 # the automatic recipe, in one place (airbench's fastcnn on the CPU, the widths for a GPU). Muon trains the conv
 # filters: against SGD at equal steps, +1.3 points on CIFAR-10 and +4 to +9 on small folders (BENCHMARKS.md)
@@ -65,12 +67,20 @@ FINE_TUNE_PASSES = 10  # pretrained features need few passes ...
 FINE_TUNE_IMAGES_SEEN = (1_000, 60_000)  # ... within these bounds
 
 
-def fit_to_data(
-    cfg: TrainConfig, data: Dataset, machine: Machine, given: frozenset[str], source: dict | None = None
+def settle(cfg: TrainConfig, data: Dataset, machine: Machine, source: dict | None) -> tuple[TrainConfig, str]:
+    """The settings a run trains with, from what the user set (`cfg.given`: nothing else counts as set, and
+    the preset's values are already in `cfg`): the automatic recipe (model `auto`) or the preset fitted to
+    this data, then the defaults that depend on it. `source` is the model.json of the run fine-tuned from
+    (--init-from), if any. Returns them with a line that says what was chosen ("" for nothing)."""
+    cfg, line = _fit_to_data(cfg, data, machine, frozenset(cfg.given), source)
+    return _with_data_defaults(cfg, cfg.image_size or data.image_size), line
+
+
+def _fit_to_data(
+    cfg: TrainConfig, data: Dataset, machine: Machine, given: frozenset[str], source: dict | None
 ) -> tuple[TrainConfig, str]:
-    """The settings with the automatic recipe (model `auto`) or the preset fitted to this data; what the
-    user set themselves (`given`) always wins; `source` is the model.json of the run fine-tuned from
-    (--init-from), if any. Returns them with a line that says what was chosen."""
+    """The settings with the automatic recipe or the preset fitted to this data; what the user set
+    themselves (`given`) always wins."""
     if cfg.model == AUTO:
         chosen, line = {**auto_settings(data, machine, given), **_source_run(source)}, "automatic recipe"
         given = given - {"model"}  # `--model auto` asks for the recipe's model
@@ -85,6 +95,29 @@ def fit_to_data(
         chosen.pop("steps", None)
     cfg = dataclasses.replace(cfg, **chosen)
     return cfg, f"{line}: {describe(cfg, len(data.splits['train']))}"
+
+
+def _with_data_defaults(cfg: TrainConfig, image_size: int) -> TrainConfig:
+    """Fill the defaults that depend on the data, so config.yaml repeats the run even if defaults change later."""
+    # pretrained filters need small steps, a new head big ones (--lr auto: the range test splits its rate)
+    if cfg.starts_pretrained and cfg.head_lr is None and cfg.lr != AUTO:
+        cfg = dataclasses.replace(cfg, head_lr=cfg.peak_lr, lr=cfg.peak_lr / PRETRAINED_HEAD_RATE)
+    return dataclasses.replace(
+        cfg,
+        data=str(Path(cfg.data).expanduser().resolve()) if is_folder(cfg.data) else cfg.data,
+        data_dir=str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None,
+        init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
+        pretrained_weights=str(Path(cfg.pretrained_weights).expanduser().resolve()) if cfg.pretrained_weights else None,
+        image_size=image_size,
+        # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
+        translate=cfg.translate if cfg.translate is not None else image_size // 10,
+        flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
+        epochs=15 if cfg.epochs is None and cfg.steps is None and cfg.budget is None else cfg.epochs,
+        rotate=cfg.rotate or 0.0,
+        scale=cfg.scale or 0.0,
+        jitter=cfg.jitter or 0.0,
+        erase=cfg.erase or 0.0,
+    )
 
 
 def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = frozenset()) -> dict:
