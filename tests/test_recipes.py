@@ -24,7 +24,7 @@ from cnnkit.data.sets import ImageSet
 from cnnkit.runs.records import RunRecord
 from cnnkit.session.results import run_warnings
 from cnnkit.settings.presets import PRESETS
-from cnnkit.settings.recipes import AUTO_RECIPE, IMAGES_SEEN, PRESET_MIN_IMAGES, auto_settings, fit_batch, fitted_preset
+from cnnkit.settings.recipes import PRESET_MIN_IMAGES, RECIPE, auto_settings, fit_batch, fitted_preset
 
 
 def summary(run: Path) -> dict:
@@ -64,7 +64,7 @@ def test_a_small_folder_of_large_images_trades_pixels_for_steps(tmp_path, size, 
     n = len(data.splits["train"])
 
     def steps(more: float, batch: int) -> int:  # 16 passes, at least 3,000 images, times `more`
-        return round(more * max(16 * n, IMAGES_SEEN[0]) / batch)
+        return round(more * max(16 * n, RECIPE["images_seen"][0]) / batch)
 
     recipe = auto_settings(data, pick_machine("cpu"))
     assert recipe["image_size"] == chosen  # at most 48 px on a CPU for fewer than 500 images a class ...
@@ -199,7 +199,9 @@ def test_a_budget_is_planned_again_after_the_warm_up_and_config_yaml_repeats_the
     )
     last = int(re.findall(r"budget: (\d+) steps in all", out)[-1])  # then quicker again: planned longer
     cfg, result = config(run.dir), summary(run.dir)
-    assert second < first and warmup_steps == round(AUTO_RECIPE["warmup"] * first)  # slower: fewer after the warm-up
+    assert second < first and warmup_steps == round(
+        RECIPE["settings"]["warmup"] * first
+    )  # slower: fewer after the warm-up
     assert cfg["budget"] is None and cfg["steps"] == result["steps"] == last  # a repeat takes exactly these steps ...
     assert round(cfg["warmup"] * last) == warmup_steps  # ... and warms up over the same ones
     assert result["budget_seconds"] == 6 and result["seconds_used"] > 0

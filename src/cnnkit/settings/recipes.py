@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import Machine
@@ -18,53 +19,74 @@ from cnnkit.models import AUTO, CUSTOM, pretrained
 from cnnkit.settings.config import TrainConfig
 from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
 
-# the automatic recipe, in one place (airbench's fastcnn on the CPU, the widths for a GPU). Muon trains the conv
-# filters: against SGD at equal steps, +1.3 points on CIFAR-10 and +4 to +9 on small folders (BENCHMARKS.md)
+# The automatic recipe: every number it uses, in this one table, as airbench keeps its hyperparameters; each with
+# why, and where measured its effect (BENCHMARKS.md). It reads what the data is (training images, classes, image
+# size, grey or colour) and the machine, never the data's name. Defaults of the training loop itself stay with it
+# (training/ imports no settings): the whitening bias's EARLY_SHARE, the one-cycle warm-up of 0.25, and
+# PRETRAINED_HEAD_RATE, the backbone's rate a tenth of the new head's. The presets are tables of their own
+# (presets.py).
 # fmt: off
-AUTO_RECIPE = {
-    "whiten": True, "optimizer": "muon", "muon_lr": 0.06, "muon_momentum": 0.85, "momentum": 0.85,
-    "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.25, "ema": 0.0,
+RECIPE: dict[str, Any] = {
+    # airbench's fastcnn, whitened; its small width on a CPU. Muon trains the conv filters: against SGD at equal
+    # steps, +1.3 points on CIFAR-10 and +4 to +9 on small folders
+    "model": {"cpu": "fastcnn-small", "gpu": "fastcnn"},
+    "settings": {
+        "whiten": True, "optimizer": "muon", "muon_lr": 0.06, "muon_momentum": 0.85, "momentum": 0.85,
+        "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.25, "ema": 0.0,
+    },
+    "sgd_lr_per_image": 0.2 / 256,  # peak SGD rate (biases, head) per image of the batch: cifar10-cpu-best's, linear
+    "batch": {"grey": 128, "colour": 256},
+    "least_batch": 16,  # smaller batches make batch norm's statistics noise
+    "least_steps_per_pass": 16,  # a small folder learns from more, smaller steps; on a CPU they cost the same per image
+    "size_cap": {"cpu": 64, "gpu": 128},  # the image size at most: a 2-core CPU pays 4x per doubling of the side
+    "least_size": 16,  # smaller images are enlarged: fastcnn's stem and three poolings need at least 9 pixels
+    "passes": 16, "images_seen": (3_000, 270_000),  # within these bounds: a few-shot folder needs more, a big one fewer
+    "label_smoothing": {"grey": 0.1, "colour": 0.2},  # mnist-fast's and cifar10-cpu-best's
+    # flips and TTA (whose views include the mirror image) for colour only: grey images are mostly glyphs and scans,
+    # where a mirror image is another symbol (for colour letters, --no-flip --no-tta: 0.83 to 0.90 on `many`)
+    "flip": {"grey": False, "colour": True},
+    # below this many training images per class: stronger augmentation pays (colour jitter for colour only) ...
+    "few_per_class": 500,
+    "few_augment": {"rotate": 10.0, "scale": 0.1, "jitter": 0.2, "erase": 0.25},
+    # ... and fewer pixels: the net learns so few images by heart long before their detail runs out, so the time
+    # the pixels would cost buys more passes instead (the `photos` folder)
+    "few_size_cap": {"cpu": 48, "gpu": 128},
+    # on a CPU, from this many colour training images, the wider net behind a stride-2 stem: it pays with many photos
+    # (CIFAR-10 at 120 s: +1.3 points) but not on glyphs or a few thousand photos (MNIST -0.3, 49 classes -6); at a
+    # batch this CPU runs 15% faster per image than 256 (+0.8 points at 120 s); with Muon's momentum and the warm-up
+    # shorter and shifts of a 16th of the side, not a tenth: in the few passes a budget allows over many images,
+    # +0.5 points on CIFAR-10 at equal steps (on small folders -2 to +5, not taken); and SiLU for GELU: as accurate
+    # at equal steps, 7% more of them in a budget
+    "wide": {
+        "from_images": 20_000, "model": "fastcnn-s2", "batch": 512, "shift_share": 16,
+        "settings": {"muon_momentum": 0.75, "warmup": 0.15, "activation": "silu"},
+    },
+    # fine-tuning a pretrained backbone, for small or large-image folders when torchvision's weights are on this
+    # machine (never downloaded by the recipe): fastai's fine_tune in spirit (the head first, then all, Adam)
+    "fine_tune": {
+        "settings": {
+            "pretrained": True, "whiten": False, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
+            "schedule": "onecycle", "warmup": 0.1, "ema": 0.0, "freeze_epochs": 1,
+        },
+        "backbones": {  # the first whose weights are at hand: the fastest good one on a CPU, the best on a GPU
+            "cpu": ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "convnext_tiny"),
+            "gpu": ("convnext_tiny", "resnet50", "efficientnet_b0", "resnet18", "mobilenet_v3_small"),
+        },
+        "size": {"cpu": 112, "gpu": 224},  # half ImageNet's scale on a CPU, where each doubling costs 4x
+        "batch": 64,
+        "passes": 10, "images_seen": (1_000, 60_000),  # pretrained features need few passes
+    },
+    # a named model's defaults where the data decides: 15 passes, crops shifted by up to a tenth of the side (28 px
+    # images get 2, 32 px 3, 8 px none), flips but for the digit data sets
+    "named": {"epochs": 15, "shift_share": 10},
 }
 # fmt: on
-AUTO_MODEL = {"cpu": "fastcnn-small", "gpu": "fastcnn"}  # the fastest good CNN for each kind of machine ...
-# ... and on a CPU, from this many colour training images, the wider net behind a stride-2 stem: it pays with many
-# photos (CIFAR-10 at 120 s: +1.3 points) but not on glyphs or a few thousand photos (MNIST -0.3, 50 classes -6) ...
-WIDE_FROM, AUTO_WIDE_MODEL = 20_000, "fastcnn-s2"
-WIDE_BATCH = 512  # ... at a batch this CPU runs 15% faster per image than 256 (at 120 s: +0.8 points more) ...
-# ... with Muon's momentum and the warm-up shorter, and shifts of a 16th of the side, not a tenth: in the few passes
-# a budget allows over many images, +0.5 points on CIFAR-10 at equal steps (on small folders: -2 to +5, not taken);
-# and SiLU for GELU: as accurate at equal steps, 7% more of them in a budget
-WIDE_TUNING, WIDE_SHIFT = {"muon_momentum": 0.75, "warmup": 0.15, "activation": "silu"}, 16
-AUTO_SIZE_CAP = {"cpu": 64, "gpu": 128}  # default image size cap: a 2-core CPU pays 4x per doubling of the side
-SGD_LR_PER_IMAGE = 0.2 / 256  # peak SGD rate (biases, head) per image in the batch (cifar10-cpu-best's): linear rule
-PASSES = 16  # passes over the training images ...
-IMAGES_SEEN = (3_000, 270_000)  # ... within these bounds: a few-shot folder needs more passes, a big one fewer
-FEW_PER_CLASS = 500  # below this many training images per class, stronger augmentation pays ...
-FEW_MAX_SIZE = {"cpu": 48, "gpu": 128}  # ... and fewer pixels: the time they cost buys more passes instead
-MIN_SIZE = 16  # smaller images are enlarged to this: fastcnn's stem and three poolings need at least 9 pixels
-MIN_BATCH = 16  # smaller batches make batch norm's statistics noise
-MIN_STEPS_PER_PASS = 16  # a small folder learns from more, smaller steps; on a CPU they cost about the same per image
-PRESET_MIN_IMAGES = 2 * MIN_BATCH  # fewer training images than this and no preset's recipe can fit
+PRESET_MIN_IMAGES = 2 * RECIPE["least_batch"]  # fewer training images than this and no preset's recipe can fit
 # what `--help` says the recipe chooses (the length as --epochs: the recipe's steps stand for it)
-CHOSEN_FROM_DATA = frozenset(AUTO_RECIPE) | frozenset(WIDE_TUNING) | {
+CHOSEN_FROM_DATA = frozenset(RECIPE["settings"]) | frozenset(RECIPE["wide"]["settings"]) | {
     "image_size", "batch_size", "lr", "epochs", "label_smoothing", "flip", "tta", "translate", "rotate", "scale",
     "jitter", "erase",
 }  # fmt: skip
-# fine-tuning a pretrained backbone, the automatic recipe's choice for small or large-image folders when
-# torchvision's weights are on this machine: fastai's fine_tune in spirit (head first, then all, Adam)
-# fmt: off
-FINE_TUNE = {
-    "pretrained": True, "whiten": False, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01,
-    "schedule": "onecycle", "warmup": 0.1, "ema": 0.0, "freeze_epochs": 1,
-}
-# fmt: on
-BACKBONE_ORDER = {  # the first whose weights are at hand: the fastest good one on a CPU, the best on a GPU
-    "cpu": ("resnet18", "mobilenet_v3_small", "efficientnet_b0", "resnet50", "convnext_tiny"),
-    "gpu": ("convnext_tiny", "resnet50", "efficientnet_b0", "resnet18", "mobilenet_v3_small"),
-}
-FINE_TUNE_SIZE = {"cpu": 112, "gpu": 224}  # half ImageNet's scale on a CPU, where each doubling costs 4x
-FINE_TUNE_PASSES = 10  # pretrained features need few passes ...
-FINE_TUNE_IMAGES_SEEN = (1_000, 60_000)  # ... within these bounds
 
 
 def settle(cfg: TrainConfig, data: Dataset, machine: Machine, source: dict | None) -> tuple[TrainConfig, str]:
@@ -102,6 +124,7 @@ def _with_data_defaults(cfg: TrainConfig, image_size: int) -> TrainConfig:
     # pretrained filters need small steps, a new head big ones (--lr auto: the range test splits its rate)
     if cfg.starts_pretrained and cfg.head_lr is None and cfg.lr != AUTO:
         cfg = dataclasses.replace(cfg, head_lr=cfg.peak_lr, lr=cfg.peak_lr / PRETRAINED_HEAD_RATE)
+    named = RECIPE["named"]
     return dataclasses.replace(
         cfg,
         data=str(Path(cfg.data).expanduser().resolve()) if is_folder(cfg.data) else cfg.data,
@@ -109,10 +132,9 @@ def _with_data_defaults(cfg: TrainConfig, image_size: int) -> TrainConfig:
         init_from=str(Path(cfg.init_from).expanduser().resolve()) if cfg.init_from else None,
         pretrained_weights=str(Path(cfg.pretrained_weights).expanduser().resolve()) if cfg.pretrained_weights else None,
         image_size=image_size,
-        # random-crop padding: 28 px images get 2, 32 px get 3, 8 px none
-        translate=cfg.translate if cfg.translate is not None else image_size // 10,
+        translate=cfg.translate if cfg.translate is not None else image_size // named["shift_share"],
         flip=cfg.flip if cfg.flip is not None else cfg.data not in DIGIT_DATA,
-        epochs=15 if cfg.epochs is None and cfg.steps is None and cfg.budget is None else cfg.epochs,
+        epochs=named["epochs"] if cfg.epochs is None and cfg.steps is None and cfg.budget is None else cfg.epochs,
         rotate=cfg.rotate or 0.0,
         scale=cfg.scale or 0.0,
         jitter=cfg.jitter or 0.0,
@@ -121,37 +143,37 @@ def _with_data_defaults(cfg: TrainConfig, image_size: int) -> TrainConfig:
 
 
 def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = frozenset()) -> dict:
-    """A whole recipe from the data: model, batch, rate, number of steps, augmentation and TTA."""
-    n, grey = len(data.splits["train"]), data.channels == 1
-    few = n / len(data.classes) < FEW_PER_CLASS
+    """A whole recipe from the data: model, batch, rate, number of steps, augmentation and TTA (see RECIPE)."""
+    n, grey, kind = len(data.splits["train"]), data.channels == 1, _kind(machine)
+    colour = "grey" if grey else "colour"
+    few = n / len(data.classes) < RECIPE["few_per_class"]
     backbone = _backbone_at_hand(machine, few or data.image_size >= auto_size(machine), given)
     more = 1.0  # times the images seen: what a smaller image size saves, spent on more steps
     if backbone:
-        batch, passes, seen = fit_batch(64, n, machine.world_size), FINE_TUNE_PASSES, FINE_TUNE_IMAGES_SEEN
-        recipe = {**FINE_TUNE, "model": backbone, "image_size": FINE_TUNE_SIZE[_kind(machine)]}
+        tune = RECIPE["fine_tune"]
+        batch, passes, seen = fit_batch(tune["batch"], n, machine.world_size), tune["passes"], tune["images_seen"]
+        recipe = {**tune["settings"], "model": backbone, "image_size": tune["size"][kind]}
     else:
-        size = max(data.image_size, MIN_SIZE)
+        size = max(data.image_size, RECIPE["least_size"])
         if few and "image_size" not in given:  # a small folder is learned by heart long before its pixels run out
-            size = min(size, FEW_MAX_SIZE[_kind(machine)])
+            size = min(size, RECIPE["few_size_cap"][kind])
             more = max(1.0, (data.image_size / size) ** 2)
-        wide = _kind(machine) == "cpu" and n >= WIDE_FROM and not grey
-        batch = fit_batch(WIDE_BATCH if wide else 128 if grey else 256, n, machine.world_size)
-        passes, seen = PASSES, IMAGES_SEEN
-        recipe = {**AUTO_RECIPE, "model": AUTO_MODEL[_kind(machine)], "image_size": size}
+        wide = RECIPE["wide"] if kind == "cpu" and n >= RECIPE["wide"]["from_images"] and not grey else None
+        batch = fit_batch(wide["batch"] if wide else RECIPE["batch"][colour], n, machine.world_size)
+        passes, seen = RECIPE["passes"], RECIPE["images_seen"]
+        recipe = {**RECIPE["settings"], "model": RECIPE["model"][kind], "image_size": size}
         if wide:
-            recipe |= {**WIDE_TUNING, "model": AUTO_WIDE_MODEL, "translate": max(1, size // WIDE_SHIFT)}
-        recipe["lr"] = round(SGD_LR_PER_IMAGE * batch, 6)
+            recipe |= {**wide["settings"], "model": wide["model"], "translate": max(1, size // wide["shift_share"])}
+        recipe["lr"] = round(RECIPE["sgd_lr_per_image"] * batch, 6)
+    augment = {k: v if few and (k != "jitter" or not grey) else 0.0 for k, v in RECIPE["few_augment"].items()}
     return {
         **recipe,
         "batch_size": batch,
         "steps": max(1, round(more * min(max(passes * n, seen[0]), seen[1]) / batch)),
-        "label_smoothing": 0.1 if grey else 0.2,
-        "flip": not grey,  # grey images are mostly glyphs and scans, where a mirror image is another symbol
-        "tta": not grey,  # its views include the mirror image
-        "rotate": 10.0 if few else 0.0,  # few images: show each from more angles, sizes and lights
-        "scale": 0.1 if few else 0.0,
-        "jitter": 0.2 if few and not grey else 0.0,
-        "erase": 0.25 if few else 0.0,
+        "label_smoothing": RECIPE["label_smoothing"][colour],
+        "flip": RECIPE["flip"][colour],
+        "tta": RECIPE["flip"][colour],  # its views include the mirror image
+        **augment,
     }
 
 
@@ -160,7 +182,7 @@ def _backbone_at_hand(machine: Machine, worth_it: bool, given: frozenset[str]) -
     are on this machine; never when the user chose how to start (--init-from, --pretrained-weights, --whiten)."""
     if not worth_it or given & {"init_from", "pretrained", "pretrained_weights", "whiten"}:
         return None
-    return next((name for name in BACKBONE_ORDER[_kind(machine)] if pretrained.at_hand(name)), None)
+    return next((name for name in RECIPE["fine_tune"]["backbones"][_kind(machine)] if pretrained.at_hand(name)), None)
 
 
 def _source_run(source: dict | None) -> dict:
@@ -174,7 +196,7 @@ def _source_run(source: dict | None) -> dict:
 
 def auto_size(machine: Machine) -> int:
     """The automatic recipe's largest image side on this machine."""
-    return AUTO_SIZE_CAP[_kind(machine)]
+    return RECIPE["size_cap"][_kind(machine)]
 
 
 def _kind(machine: Machine) -> str:
@@ -200,10 +222,11 @@ def fitted_preset(cfg: TrainConfig, n_train: int, processes: int = 1) -> dict:
 
 
 def fit_batch(batch: int, n_train: int, processes: int = 1) -> int:
-    """Halve `batch` until a pass over `n_train` images takes at least MIN_STEPS_PER_PASS steps; then round it
+    """Halve `batch` until a pass over `n_train` images takes at least RECIPE's least steps a pass; then round it
     down to a multiple of `processes`, which share every batch evenly."""
-    while batch > MIN_BATCH and n_train < MIN_STEPS_PER_PASS * batch:
-        batch = max(MIN_BATCH, batch // 2)
+    least, steps = RECIPE["least_batch"], RECIPE["least_steps_per_pass"]
+    while batch > least and n_train < steps * batch:
+        batch = max(least, batch // 2)
     batch = max(1, min(batch, n_train))
     return max(processes, batch - batch % processes)
 
