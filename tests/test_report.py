@@ -21,6 +21,7 @@ from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import read_json
 from cnnkit.inspect.plots import GRID_IMAGES, PLOTS, confusion_figure, grid_figure, pyplot, schedule_figure
 from cnnkit.inspect.report import PLOT_TITLES
+from cnnkit.runs.records import RunFiles
 from cnnkit.settings.config import TrainConfig
 
 pytest.importorskip("matplotlib", reason="plots need the report extra: pip install 'cnnkit[report]'")
@@ -67,17 +68,14 @@ def test_confusion_plot_shows_the_test_counts_and_rows_of_one(digits_run):
     assert np.allclose(normalised.axes[0].images[0].get_array().sum(1), 1.0)
 
 
-def test_schedule_plot_passes_through_the_rates_the_run_recorded(digits_run):
-    import csv
-
-    with (digits_run.dir / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    cfg = TrainConfig.from_yaml(digits_run.dir / "config.yaml")
-    steps_per_epoch = read_json(digits_run.dir / "summary.json")["num_train_images"] // cfg.batch_size
-    line, recorded = schedule_figure(cfg, steps_per_epoch, rows).axes[0].lines
+def test_schedule_plot_draws_the_rates_the_run_took(digits_run):
+    files = RunFiles.read(digits_run.dir)
+    line, recorded = schedule_figure(files.settings["schedule"], files.rates, files.metrics).axes[0].lines
     steps, rates = line.get_data()
-    assert len(steps) == 3 * steps_per_epoch  # three epochs of full batches
-    for step, rate in zip(*recorded.get_data(), strict=True):
+    steps_per_epoch = files.summary["num_train_images"] // files.settings["batch_size"]
+    assert list(steps) == list(range(1, 3 * steps_per_epoch + 1))  # a rate a step: three epochs of full batches
+    assert max(rates) == pytest.approx(files.settings["lr"])  # the one-cycle peak is the rate --lr auto found
+    for step, rate in zip(*recorded.get_data(), strict=True):  # metrics.csv's rate is its epoch's first step's
         assert rates[int(step) - 1] == pytest.approx(rate)
 
 

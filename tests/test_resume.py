@@ -91,6 +91,8 @@ def assert_identical(run: Path, reference: Path) -> None:
     best, best_again = (load_file(str(r / "weights.safetensors")) for r in (reference, run))
     assert all(torch.equal(best[k], best_again[k]) for k in best)
     assert metrics_without_times(run) == metrics_without_times(reference)
+    # every step's rate, as the run took it: one row a step, the same as the run never stopped
+    assert (run / "rates.csv").read_text() == (reference / "rates.csv").read_text()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

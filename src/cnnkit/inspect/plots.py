@@ -19,8 +19,6 @@ from cnnkit.core.files import atomic_write
 from cnnkit.data.ondisk import loaded
 from cnnkit.data.sets import ImageSet
 from cnnkit.runs.records import RunFiles
-from cnnkit.settings.config import TrainConfig
-from cnnkit.training.schedule import planned_steps, schedule_of
 
 PLOTS = "plots"  # the run folder's sub-folder of PNG files
 ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion matrix shows its number
@@ -60,18 +58,21 @@ def curves_figure(rows: list[dict]) -> Any:
     return fig
 
 
-def schedule_figure(cfg: TrainConfig, steps_per_epoch: int, rows: list[dict]) -> Any:
-    """The peak rate times the schedule at every step, and the rate metrics.csv recorded for each epoch."""
+def schedule_figure(schedule: str, rates: list[dict], rows: list[dict]) -> Any:
+    """The rate every step took (rates.csv), and the rate metrics.csv recorded for each epoch: its first step's.
+    Both are the run's own records (of its first parameter group: the conv and linear weights, Muon's with
+    muon); nothing is derived again from the settings."""
     plt = pyplot()
-    total = planned_steps(cfg, steps_per_epoch)
-    factor = schedule_of(cfg, total)
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    ax.plot(range(1, total + 1), [cfg.peak_lr * factor(s) for s in range(total)])
-    starts = [((int(r["epoch"]) - 1) * steps_per_epoch + 1, float(r["lr"])) for r in rows]
-    if starts:  # metrics.csv's rate is the one each epoch's first step took
+    ax.plot([int(r["step"]) for r in rates], [float(r["lr"]) for r in rates], label="rates.csv: every step")
+    first: dict[str, int] = {}
+    for r in rates:
+        first.setdefault(r["epoch"], int(r["step"]))
+    starts = [(first[r["epoch"]], float(r["lr"])) for r in rows if r["epoch"] in first]
+    if starts:
         ax.plot(*zip(*starts, strict=True), "o", markersize=3, label="metrics.csv: each epoch's first step")
-        ax.legend()
-    ax.set(xlabel="step", ylabel="learning rate", title=f"{cfg.schedule} schedule, {total} steps")
+    ax.legend()
+    ax.set(xlabel="step", ylabel="learning rate", title=f"{schedule} schedule, {len(rates)} steps")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -189,12 +190,11 @@ def write_plots(run_dir: Path, predictions: Predictions | None) -> dict[str, Pat
     """Every figure of a finished run as a PNG in RUN/plots/; returns them by name. `predictions` (the test
     images, their logits and labels: `Run.test_predictions()`) add the image grid and the top losses."""
     files = RunFiles.read(run_dir)
-    summary, cfg, rows = files.summary, TrainConfig.from_dict(files.settings), files.metrics
+    summary, rows = files.summary, files.metrics
     classes = summary["classes"]
-    steps_per_epoch = max(1, summary["num_train_images"] // cfg.batch_size)  # training drops a partial batch
     figures = {
         "curves": curves_figure(rows),
-        "learning_rate": schedule_figure(cfg, steps_per_epoch, rows),
+        "learning_rate": schedule_figure(str(files.settings.get("schedule")), files.rates, rows),
         "confusion": confusion_figure(summary["confusion_matrix"], classes, normalised=False),
         "confusion_normalised": confusion_figure(summary["confusion_matrix"], classes, normalised=True),
         "per_class_accuracy": per_class_figure(summary["per_class_accuracy"]),

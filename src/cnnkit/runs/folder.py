@@ -42,6 +42,7 @@ PLAN = "plan.json"  # with --lr auto or --budget: what the run decided as it wen
 ONNX = "model.onnx"  # `cnnkit export`'s ONNX file; the model itself in an int8 run from `cnnkit compress`
 TENSORBOARD = "tensorboard"  # with --tensorboard: the event files
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+RATES, RATE_FIELDS = "rates.csv", ("epoch", "step", "lr")  # every step's rate, as the run took it
 
 
 class RunFolder:
@@ -119,28 +120,33 @@ class RunFolder:
             save_checkpoint(self.path / CHECKPOINT, state)
 
     def start_metrics(self, keep_before_epoch: int = 1) -> None:
-        """metrics.csv anew, keeping the rows of epochs before `keep_before_epoch` (a resumed run redoes the
-        rest)."""
-        if not self.writer:
-            return
-        path, kept = self.path / METRICS, []
+        """metrics.csv and rates.csv anew, keeping the rows of epochs before `keep_before_epoch` (a resumed run
+        redoes the rest)."""
+        if self.writer:
+            for name, fields in ((METRICS, METRIC_FIELDS), (RATES, RATE_FIELDS)):
+                self._restart_csv(name, fields, keep_before_epoch)
+
+    def _restart_csv(self, name: str, fields: tuple[str, ...], keep_before_epoch: int) -> None:
+        path, kept = self.path / name, []
         if keep_before_epoch > 1 and path.is_file():
             with open(path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["epoch"]) < keep_before_epoch]
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, METRIC_FIELDS)
+                writer = csv.DictWriter(f, fields)
                 writer.writeheader()
                 writer.writerows(kept)
 
         atomic_write(path, write)  # a resume that fails here keeps every row it had
 
     def append_metrics(self, row: dict) -> None:
-        """One epoch's row, flushed as it goes, so a crash keeps every finished epoch."""
+        """One epoch's row, and its steps' rates, flushed as they go, so a crash keeps every finished epoch."""
         if self.writer:
             with writing(self.path / METRICS), open(self.path / METRICS, "a", newline="") as f:
                 csv.writer(f).writerow(["" if row[k] is None else row[k] for k in METRIC_FIELDS])
+            with writing(self.path / RATES), open(self.path / RATES, "a", newline="") as f:
+                csv.writer(f).writerows([row["epoch"], int(step), rate] for step, rate in row["rates"])
 
     def ensure_free_space(self, needed: int) -> None:
         """Fail before training, not in the middle of it, when the run's files cannot fit on the disk."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import read_json, read_yaml
-from cnnkit.runs.folder import CONFIG, LR_FIND, METRICS, SUMMARY
+from cnnkit.runs.folder import CONFIG, LR_FIND, METRICS, RATES, SUMMARY
 
 if TYPE_CHECKING:
     from cnnkit.settings.config import TrainConfig
@@ -59,12 +59,14 @@ class RunRecord:
 @dataclasses.dataclass(frozen=True)
 class RunFiles:
     """A finished run folder's records, read in this one place: the settings as config.yaml holds them,
-    summary.json, metrics.csv's rows, and --lr auto's range test (None without it)."""
+    summary.json, metrics.csv's rows, every step's rate from rates.csv (none in a run older than it), and
+    --lr auto's range test (None without it)."""
 
     path: Path
     settings: dict
     summary: dict
     metrics: list[dict]
+    rates: list[dict]  # epoch, step, lr
     lr_find: dict | None
 
     @classmethod
@@ -73,11 +75,17 @@ class RunFiles:
             raise CnnkitError(
                 f"{path} is not a finished cnnkit run folder (no {SUMMARY}); pass the folder `cnnkit train` wrote"
             )
-        with (path / METRICS).open(newline="") as f:
-            metrics = list(csv.DictReader(f))
+        metrics, rates = (_rows(path / name) for name in (METRICS, RATES))
         lr_find = read_json(path / LR_FIND) if (path / LR_FIND).is_file() else None
-        return cls(path, read_yaml(path / CONFIG), read_json(path / SUMMARY), metrics, lr_find)
+        return cls(path, read_yaml(path / CONFIG), read_json(path / SUMMARY), metrics, rates, lr_find)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

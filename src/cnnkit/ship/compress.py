@@ -14,7 +14,7 @@ from cnnkit.core.errors import CnnkitError, require_extra
 from cnnkit.core.files import atomic_write
 from cnnkit.core.progress import say
 from cnnkit.models import AUTO
-from cnnkit.runs.folder import CONFIG, METRICS, MODEL_INFO, ONNX, SUMMARY, WEIGHTS, RunFolder
+from cnnkit.runs.folder import CONFIG, METRICS, MODEL_INFO, ONNX, RATES, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.runs.run import Run, load
 from cnnkit.session.train import train
 from cnnkit.settings.config import TrainConfig
@@ -55,7 +55,7 @@ def quantize(run: Run, out: Path | None = None, calibration_images: int = CALIBR
 
 
 def _write_int8(run: Run, folder: RunFolder, quantized: Path, calibration_images: int) -> Run:
-    for name in (CONFIG, METRICS):  # how its weights were trained
+    for name in (CONFIG, METRICS, RATES):  # how its weights were trained
         folder.write_text(name, (run.dir / name).read_text())
     origin = {"from": str(run.dir.resolve()), "calibration_images": calibration_images, "ops": QUANTIZED_OPS}
     folder.write_json(MODEL_INFO, {**run.info, "quantized": origin})

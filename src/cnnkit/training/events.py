@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +20,7 @@ class EpochResult:
     val_accuracy: float | None
     lr: float
     seconds: float
+    rates: list[list[float]] = field(default_factory=list)  # [step of the run, the rate it took], each step's
 
 
 class Callback:

@@ -3,7 +3,7 @@ non-finite), and each process's own random state, which a checkpoint holds besid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,7 @@ class Position:
     seconds: float = 0.0
     lr: float = 0.0  # the learning rate the epoch started with
     first_bad_step: torch.Tensor | int = -1  # the first step whose loss was not finite
+    rates: list[list[float]] = field(default_factory=list)  # [step of the run, the rate it took] for each step
 
     def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         bad = torch.as_tensor(self.first_bad_step, device=loss.device)  # recorded on the device: no sync

@@ -42,12 +42,6 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * steps_per_epoch
 
 
-def schedule_of(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """The run's multiplier of the peak rate at each step: its schedule, warm-up, and the bends of --budget."""
-    warmup = default_warmup(cfg.schedule, cfg.warmup)
-    return partial(lr_factor, cfg.schedule, warmup, total_steps, bends=parse_bends(cfg.bends))
-
-
 def lr_factor(
     schedule: str, warmup: float, total_steps: int, step: int, bends: tuple[tuple[int, int], ...] = ()
 ) -> float:

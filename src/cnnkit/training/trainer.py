@@ -94,11 +94,13 @@ class Trainer:
             self._skip_step(loss)
             return loss.detach()
         loss.backward()
+        rate = self.optimizer.param_groups[0]["lr"]  # the rate this step takes (the conv and linear weights')
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.net)
         self.pos.record(loss.detach(), logits, labels)
+        self.pos.rates.append([self.scheduler.last_epoch, rate])  # recorded as used: a plot derives nothing
         return loss.detach()
 
     def fit(
@@ -201,7 +203,8 @@ class Trainer:
         loss_sum, correct, seen = self._totals()
         seen = max(1, seen)  # every step of the epoch may have been skipped
         pos = self.pos
-        return EpochResult(pos.epoch, loss_sum / seen, correct / seen, val_loss, val_accuracy, pos.lr, pos.seconds)
+        result = (pos.epoch, loss_sum / seen, correct / seen, val_loss, val_accuracy, pos.lr, pos.seconds)
+        return EpochResult(*result, rates=pos.rates)
 
     def _totals(self) -> tuple[float, int, int]:
         """The epoch's loss sum, right answers and images so far, over every process."""
