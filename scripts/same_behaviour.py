@@ -75,13 +75,12 @@ def make_shapes_folder(root: Path) -> Path:
 
 
 def killed_and_resumed(run: Path, settings: list[str]) -> None:
+    """Train, SIGKILL the process once its first checkpoint is written, then resume it to the end."""
     process = cnnkit_train([*settings, "--out", str(run)], run.parent)
     while not (run / "checkpoint.safetensors").exists() and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.5)
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-    process.wait()
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before the kill: nothing was resumed"
     assert cnnkit_train(["--resume", str(run)], run.parent).wait() == 0
 
 
@@ -103,7 +102,7 @@ def main() -> None:
         for name, settings in runs.items():
             assert cnnkit_train([*settings, "--out", str(root / name)], root).wait() == 0, name
             results[name] = result(root / name)
-        resumed = ["--model", "simplecnn", "--epochs", "4", "--checkpoint-every", "10"]
+        resumed = ["--model", "simplecnn", "--epochs", "12", "--checkpoint-every", "10"]
         killed_and_resumed(root / "resume", resumed)
         results["resume after a kill"] = result(root / "resume")
         assert cnnkit_train([*resumed, "--out", str(root / "unstopped")], root).wait() == 0

@@ -251,6 +251,7 @@ class Trainer:
         pos = Position(**state["position"])
         if not self.machine.is_main:  # the epoch's sums so far are every process's: the main one carries them
             pos.loss_sum, pos.correct, pos.seen = 0.0, 0, 0
+        pos.rates = [[int(step), float(rate)] for step, rate in pos.rates]  # numbers, or refused as damaged
         pos.order = pos.order.to(device) if pos.order is not None else None
         pos.loss_sum = torch.as_tensor(pos.loss_sum).to(device)
         pos.correct = torch.as_tensor(pos.correct).to(device)
