@@ -186,10 +186,9 @@ def _show(ax: Any, image: torch.Tensor, title: str, colour: str) -> None:
             spine.set(color="red", linewidth=2)
 
 
-def write_plots(run_dir: Path, predictions: Predictions | None) -> dict[str, Path]:
+def write_plots(files: RunFiles, predictions: Predictions | None) -> dict[str, Path]:
     """Every figure of a finished run as a PNG in RUN/plots/; returns them by name. `predictions` (the test
     images, their logits and labels: `Run.test_predictions()`) add the image grid and the top losses."""
-    files = RunFiles.read(run_dir)
     summary, rows = files.summary, files.metrics
     classes = summary["classes"]
     figures = {
@@ -212,7 +211,7 @@ def write_plots(run_dir: Path, predictions: Predictions | None) -> dict[str, Pat
         figures["top_losses"] = top_losses_figure(
             loaded(test.subset(worst).images), logits[worst], labels[worst], classes
         )
-    folder = run_dir / PLOTS
+    folder = files.path / PLOTS
     folder.mkdir(exist_ok=True)
     return {name: save_figure(fig, folder / f"{name}.png") for name, fig in figures.items()}
 

@@ -65,7 +65,7 @@ def write_report(
             predictions = run.test_predictions()
         except CnnkitError as e:
             missing = f"the test images are not drawn: {e}"
-    plots = write_plots(run_dir, predictions)
+    plots = write_plots(files, predictions)
     title, model = run_summary(run)
     sections = [
         f"<h1>{_text(run_dir.name)}</h1>",

@@ -48,7 +48,7 @@ def quantize(run: Run, out: Path | None = None, calibration_images: int = CALIBR
             quantized = _int8_onnx(run, Path(scratch), _sample(run, calibration_images))
             return _write_int8(run, folder, quantized, calibration_images)
         except BaseException:  # a folder half written is no run: it goes (or stays empty, if it was yours)
-            for name in (METRICS, ONNX, SUMMARY):
+            for name in (METRICS, RATES, ONNX, SUMMARY):
                 (folder / name).unlink(missing_ok=True)
             folder.abandon()
             raise
