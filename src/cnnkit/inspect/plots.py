@@ -1,7 +1,7 @@
 """A run's figures, drawn off-screen by matplotlib (the `report` extra): learning curves, the learning-rate
 schedule, the confusion matrix (counts, and normalised per true class), per-class accuracy, and, from the
 test images themselves, a grid of them with their predicted labels and the most confidently wrong ones.
-The first four are made from what the run folder holds (metrics.csv, summary.json, config.yaml), so any
+The first four are made from what the run folder holds (metrics.csv, rates.csv, summary.json), so any
 finished run can be drawn again."""
 
 from __future__ import annotations

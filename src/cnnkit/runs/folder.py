@@ -1,7 +1,7 @@
-"""The run folder on disk: config.yaml, model.json, metrics.csv, weights.safetensors, summary.json and
-checkpoint.safetensors (and lr_find.json, report.html and plots/ when asked for). Only the main process of a run
-writes to it (`RunFolder`); every other process knows the same path and writes nothing. What is in the files is
-read through `cnnkit.runs.records`."""
+"""The run folder on disk: config.yaml, model.json, metrics.csv, rates.csv, weights.safetensors, summary.json
+and checkpoint.safetensors (and plan.json, lr_find.json, report.html and plots/ when asked for). Only the main
+process of a run writes to it (`RunFolder`); every other process knows the same path and writes nothing. What is
+in the files is read through `cnnkit.runs.records`."""
 
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ def train_batches(ctx: RunContext) -> DeviceBatches:
 
 
 def find_lr(ctx: RunContext, train: DeviceBatches) -> None:
-    """--lr auto: the range test's rate, written to config.yaml (a resumed or repeated run takes it as it is)
-    and its curve to lr_find.json (drawn in the report)."""
+    """--lr auto: the range test's rate, into the run's plan (a resumed or repeated run takes it as it is), and
+    its curve to lr_find.json (drawn in the report)."""
     test = range_test(Trainer(ctx.model, ctx.spec, train, unit_rate(ctx.cfg), ctx.machine))
     rate = ctx.machine.share(test.suggestion)  # every process trains at the main one's rate
     if rate is None:
@@ -63,8 +63,8 @@ def find_lr(ctx: RunContext, train: DeviceBatches) -> None:
 
 
 def plan_budget(ctx: RunContext, trainer: Trainer, record: RunRecord, elapsed: float) -> list[Callback]:
-    """Plan the steps that fit the --budget from a measured warm-up, and write them to config.yaml: a
-    resumed or repeated run takes exactly these steps, on any machine. Returns the callback that plans them
+    """Plan the steps that fit the --budget from a measured warm-up, into the run's plan (and so config.yaml):
+    a resumed or repeated run takes exactly these steps, on any machine. Returns the callback that plans them
     again as the run goes (none for a schedule without a warm-up)."""
     cfg, splits = ctx.cfg, ctx.data.splits
     assert cfg.budget is not None

@@ -1,9 +1,9 @@
 """A time budget: how many optimiser steps fit in it, planned from a short warm-up measured on this machine,
-and planned again as the run goes (planning.py), from the time its steps really took.
+and planned again as the run goes (cnnkit.session.planning), from the time its steps really took.
 
-Each plan is written to config.yaml as `steps` (the later ones with the warm-up's share of them, and the
-bends of the decay): the run then repeats exactly, anywhere, and the learning-rate schedule knows its
-length from the start.
+Each plan moves the trainer's `Length`, and the run's plan (plan.json, and config.yaml) records it as `steps`
+(the later ones with the warm-up's share of them, and the bends of the decay): the run then repeats exactly,
+anywhere, and the learning-rate schedule knows its length from the start.
 """
 
 from __future__ import annotations
