@@ -49,7 +49,7 @@ class TensorBoardLog(Callback):
     def on_epoch_end(self, trainer: Trainer, result: EpochResult) -> None:
         step = trainer.scheduler.last_epoch  # optimiser steps so far: epochs of any length line up
         for name, value in dataclasses.asdict(result).items():
-            if name not in ("epoch", "seconds") and value is not None:
+            if name not in ("epoch", "seconds", "rates") and value is not None:  # the scalars, as metrics.csv
                 self.writer.add_scalar(name.replace("_", "/", 1) if name != "lr" else "lr", value, step)
         self.writer.flush()
 
