@@ -61,12 +61,16 @@ class Trainer:
 
     def plan(self, length: Length, done: int = 0) -> None:
         """Set the run's length and schedule: before the first step, or after `done` (--budget's later plans)."""
-        self.length, self.total_steps = length, length.steps
+        self.length = length
         self.epochs = -(-length.steps // len(self.train_batches))  # the last one may be partial
         early = length.early_steps
         self.early_steps = math.ceil(EARLY_SHARE * length.steps) if early is None else early  # the bias learns
         factor = length.factor(self.cfg.schedule)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor, last_epoch=done - 1)
+
+    @property
+    def total_steps(self) -> int:
+        return self.length.steps
 
     def steps_in_epoch(self, epoch: int) -> int:
         return min(len(self.train_batches), self.total_steps - (epoch - 1) * len(self.train_batches))
