@@ -51,7 +51,7 @@ def seconds_per_batch(size: int, device: torch.device, clock: Callable[[], float
     preprocess = Preprocess([0.5] * 3, [0.25] * 3).to(device)
     streams = {
         name: endless(
-            DeviceBatches(data, BATCH, preprocess, shuffle=True, augment=Augment(size // 10, True, **settings))
+            DeviceBatches(data, BATCH, preprocess, sampler="uniform", augment=Augment(size // 10, True, **settings))
         )
         for name, settings in SETTINGS.items()
     }

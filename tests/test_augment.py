@@ -45,7 +45,7 @@ def test_all_off_gives_the_same_batches_and_draws_as_crop_and_flip_alone():
     images, labels = colour_images(300), torch.arange(300)
     preprocess = Preprocess([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
     off = Augment(translate=2, flip=True, rotate=0.0, scale=0.0, jitter=0.0, erase=0.0)
-    batches = DeviceBatches(ImageSet(images, labels), 64, preprocess, shuffle=True, augment=off, seed=3)
+    batches = DeviceBatches(ImageSet(images, labels), 64, preprocess, sampler="uniform", augment=off, seed=3)
     got = [x for epoch in (1, 2) for x, _ in batches.iterate(batches.new_order(), epoch=epoch)]
     generator = torch.Generator().manual_seed(3)  # the pipeline before augment.py, step by step
     mirror_first, expected = torch.rand(300, generator=generator) < 0.5, []
@@ -64,7 +64,7 @@ def test_every_augmentation_keeps_shape_dtype_and_layout_and_differs_per_image()
     same = colour_images(1, size=24).repeat(64, 1, 1, 1)
     preprocess = Preprocess([0.5] * 3, [0.25] * 3, torch.channels_last)
     for augment in (Augment(rotate=20), Augment(scale=0.2), Augment(jitter=0.3), Augment(erase=1.0), ALL_ON):
-        batches = DeviceBatches(ImageSet(same, torch.arange(64)), 64, preprocess, shuffle=True, augment=augment)
+        batches = DeviceBatches(ImageSet(same, torch.arange(64)), 64, preprocess, sampler="uniform", augment=augment)
         x, labels = next(iter(batches))
         assert x.shape == (64, 3, 24, 24) and x.dtype == torch.float32 and len(labels) == 64
         assert x.is_contiguous(memory_format=torch.channels_last) and x.isfinite().all()

@@ -314,7 +314,7 @@ def test_a_runs_resize_rule_is_kept_for_eval_and_predict(image_folder, tmp_path)
         report=False, data=str(image_folder), model="small-cnn", epochs=1, resize="pad", out=str(tmp_path / "r")
     )
     loaded = cnnkit.load(run.dir)
-    assert (run.info["resize"], loaded.resize, loaded.config.resize) == ("pad", "pad", "pad")
+    assert (run.info.resize, loaded.info.resize, loaded.config.resize) == ("pad", "pad", "pad")
     wide = save_image(tmp_path / "wide.png", shape_image("bar", 32, np.random.default_rng(0))[:16])
     pixels = loaded._read_image(wide)
     assert pixels.shape[1:] == (32, 32) and int(pixels[:, :6].max()) == 0  # padded, not stretched
@@ -332,7 +332,7 @@ def test_a_folder_past_the_memory_budget_stays_on_disk_and_trains_alike(image_fo
     )  # 10 KiB: far too little
     weights = [load_file(str(run.dir / "weights.safetensors")) for run in (in_memory, on_disk)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the same pixels, batch for batch
-    assert in_memory.info["data"] == on_disk.info["data"]
+    assert in_memory.info.data == on_disk.info.data
     assert in_memory.evaluate()["test_accuracy"] == on_disk.evaluate()["test_accuracy"]
     data = load_data(str(image_folder), reading=Reading(memory_budget=10_000))  # from the cache on disk now
     images = data.splits["train"].images

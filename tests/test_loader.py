@@ -31,7 +31,7 @@ def test_translate_moves_each_image_by_at_most_the_padding():
 def test_flip_alternates_each_image_between_epochs():
     images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(1000, 1, 1, 1)
     data = ImageSet(images, torch.arange(1000))
-    train = DeviceBatches(data, 100, Preprocess([0.0], [1 / 255]), shuffle=True, augment=Augment(flip=True))
+    train = DeviceBatches(data, 100, Preprocess([0.0], [1 / 255]), sampler="uniform", augment=Augment(flip=True))
     mirrored = []
     for epoch in (1, 2, 3):
         batches = list(train.iterate(train.new_order(), epoch=epoch))
@@ -55,7 +55,7 @@ def test_normalize_gives_zero_mean_unit_std():
 def test_training_batches_shuffle_and_drop_the_partial_batch():
     data = ImageSet(torch.zeros(103, 1, 4, 4, dtype=torch.uint8), torch.arange(103))
     norm = Preprocess([0.0], [1.0])
-    train = DeviceBatches(data, 10, norm, shuffle=True, seed=0)
+    train = DeviceBatches(data, 10, norm, sampler="uniform", seed=0)
     labels = torch.cat([y for _, y in train])
     assert len(train) == 10 and len(labels) == 100 and len(set(labels.tolist())) == 100
     assert not torch.equal(labels, torch.arange(100))

@@ -49,8 +49,13 @@ def test_report_holds_every_section_with_its_plot(digits_run, tmp_path, again):
         result = run_cnnkit("report", str(digits_run.dir), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     page = (digits_run.dir / "report.html").read_text()
-    for heading in ("Results", "Warnings", *PLOT_TITLES.values(), "Test accuracy per class", "Model", "Settings"):
+    for heading in ("Results", "Warnings", *PLOT_TITLES.values(), "Test results per class", "Model", "Settings"):
         assert f"<h2>{heading}</h2>" in page
+    assert "<th>balanced accuracy (each class counts the same)</th>" in page and "<th>macro-F1</th>" in page
+    assert (
+        "<tr><th>class</th><th>test images</th><th>precision</th><th>recall</th><th>F1</th></tr>" in page
+        and len(re.findall(r"<tr><th>\d</th><td>\d+</td>", page)) == 10
+    )
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == len(PLOT_TITLES)
     for data in images:  # each a whole PNG, of a readable size

@@ -22,6 +22,9 @@ SUMMARY_KEYS = {
     "test_accuracy",
     "test_loss",
     "per_class_accuracy",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "per_class",
     "confusion_matrix",
     "classes",
     "epochs",
@@ -214,12 +217,12 @@ def test_the_inference_model_takes_raw_pixels_and_gives_probabilities(digits_run
     from cnnkit.data import load_data
 
     run = cnnkit.load(digits_run.dir)
-    images = load_data("digits", image_size=run.info["image_size"]).splits["test"].images[:16]
+    images = load_data("digits", image_size=run.info.image_size).splits["test"].images[:16]
     with torch.no_grad():
         probabilities = run.inference_model()(images)
         expected = run.model(
-            (images.float() / 255 - torch.tensor(run.info["mean"]).view(1, -1, 1, 1))
-            / torch.tensor(run.info["std"]).view(1, -1, 1, 1)
+            (images.float() / 255 - torch.tensor(run.info.mean).view(1, -1, 1, 1))
+            / torch.tensor(run.info.std).view(1, -1, 1, 1)
         ).softmax(1)
     assert probabilities.shape == (16, 10) and torch.allclose(probabilities, expected, atol=1e-5)
     assert set(run.inference_model().state_dict()) >= {"preprocess.scale", "preprocess.shift"}

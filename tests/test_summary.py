@@ -106,7 +106,7 @@ def test_command_summarises_a_run_folder_with_its_own_shape(tmp_path):
     run = cnnkit.train(report=False, model="simplecnn", epochs=1, out=str(tmp_path / "run"))  # 8x8 digits
     result = run_cnnkit("summary", str(run.dir), "--json", cwd=tmp_path)
     summary = json.loads(result.stdout)
-    assert summary["input_shape"] == [1, run.info["image_size"], run.info["image_size"]]
+    assert summary["input_shape"] == [1, run.info.image_size, run.info.image_size]
     assert summary["parameters"] == sum(p.numel() for p in run.model.parameters())
 
 

@@ -85,7 +85,7 @@ def test_tta_averages_mirrored_and_shifted_views():
 def test_ema_keeps_a_slow_average_of_the_weights():
     data = load_data("digits")
     machine = pick_machine("cpu", "fp32")
-    train = DeviceBatches(data.splits["train"], 32, Preprocess(data.mean, data.std), shuffle=True)
+    train = DeviceBatches(data.splits["train"], 32, Preprocess(data.mean, data.std), sampler="uniform")
     torch.manual_seed(0)
     model = create_model("small-cnn", 1, 10, 8)
     start = [p.detach().clone() for p in model.parameters()]
@@ -174,7 +174,7 @@ def test_muon_orthogonalizes_an_update_keeping_its_directions():
 def test_muon_trains_filters_at_fixed_norm_and_the_rest_by_sgd():
     data = load_data("digits", image_size=16)
     machine = pick_machine("cpu", "fp32")
-    train = DeviceBatches(data.splits["train"], 64, Preprocess(data.mean, data.std), shuffle=True)
+    train = DeviceBatches(data.splits["train"], 64, Preprocess(data.mean, data.std), sampler="uniform")
     torch.manual_seed(0)
     model = create_model("fastcnn-small", 1, 10, 16)
     whiten_conv(model.stem[0], normalized_digits()[0])

@@ -116,7 +116,7 @@ def test_train_steps_reuse_one_function_and_keep_the_running_sums():
     from cnnkit.training.trainer import Trainer
 
     data = load_data("digits")
-    train = DeviceBatches(data.splits["train"], 100, Preprocess(data.mean, data.std), shuffle=True)
+    train = DeviceBatches(data.splits["train"], 100, Preprocess(data.mean, data.std), sampler="uniform")
     torch.manual_seed(0)
     trainer = Trainer(
         create_model("small-cnn", 1, 10, 8),

@@ -73,7 +73,7 @@ def test_frozen_epoch_trains_the_new_head_alone_on_the_file_weights(colour_folde
     assert not torch.equal(trained["fc.weight"], torchvision.models.resnet18(num_classes=3).fc.weight)  # ... trained
     assert run.config.head_lr == 3e-3 and run.config.lr == pytest.approx(3e-4)  # the backbone learns 10x slower
     info = run.info
-    assert (info["image_size"], info["mean"], info["std"]) == (32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert (info.image_size, info.mean, info.std) == (32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 def test_grey_images_sum_the_colour_filters_and_training_moves_the_backbone(tmp_path):
@@ -90,7 +90,7 @@ def test_grey_images_sum_the_colour_filters_and_training_moves_the_backbone(tmp_
     )
     model = run.model
     assert model.conv1.weight.shape == (64, 1, 7, 7)
-    assert run.info["mean"] == [pytest.approx(0.449)]  # ImageNet's normalisation averaged over colours
+    assert run.info.mean == [pytest.approx(0.449)]  # ImageNet's normalisation averaged over colours
     assert not torch.equal(parameters(run)["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])  # unfrozen
     assert run.summary["test_accuracy"] > 0.8
 
@@ -115,7 +115,7 @@ def test_pretrained_downloads_once_then_reads_from_torch_home_offline(colour_fol
         image_size=32,
         out=str(tmp_path / "run"),
     )
-    assert run.config.pretrained and run.info["image_size"] == 32
+    assert run.config.pretrained and run.info.image_size == 32
     assert not torch.equal(parameters(run)["conv1.weight"], state["conv1.weight"])  # loaded, then one step
 
 

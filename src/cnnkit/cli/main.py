@@ -20,9 +20,10 @@ from cnnkit.core.machine import process_place
 from cnnkit.core.progress import printable
 from cnnkit.core.version import __version__
 from cnnkit.models import describe_models
+from cnnkit.models.timm_models import INSTALL
 from cnnkit.runs.folder import MODEL_INFO
+from cnnkit.runs.records import ModelInfo, model_info_problem
 from cnnkit.runs.run import load
-from cnnkit.runs.schema import model_info_problem
 from cnnkit.session.train import resume, train
 from cnnkit.settings.presets import PRESETS
 from cnnkit.training.stopping import TrainingDiverged, TrainingInterrupted
@@ -157,14 +158,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _note_if_data_changed(source: Path, info: dict) -> None:
+def _note_if_data_changed(source: Path, info: ModelInfo) -> None:
     """A repeat from a run's config.yaml on data that has changed since is a new run: say so."""
     recorded = read_json(source) if source.is_file() else None
-    if (
-        recorded is not None
-        and model_info_problem(recorded) is None
-        and recorded.get("data", info["data"]) != info["data"]
-    ):
+    if recorded is not None and model_info_problem(recorded) is None and recorded.get("data", info.data) != info.data:
         print(
             "cnnkit: note: the data changed since the run this config came from was trained, so this run learned "
             "from other images and its figures are not a repeat of that run's",
@@ -178,13 +175,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(to_json(metrics))
         return 0
     print(
-        f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
+        f"test accuracy {metrics['test_accuracy']:.4f}, balanced accuracy {metrics['test_balanced_accuracy']:.4f}, "
+        f"macro-F1 {metrics['test_macro_f1']:.4f}, loss {metrics['test_loss']:.4f} "
         f"on {metrics['num_test_images']} images"
     )
-    width = max(len(c) for c in metrics["classes"])
-    for name, accuracy in metrics["per_class_accuracy"].items():
-        print(printable(f"  {name:<{width}}  {'no test images' if accuracy is None else f'{accuracy:.4f}'}"))
+    width = max(len(c) for c in [*metrics["classes"], "class"])
+    print(f"  {'class':<{width}}  " + "  ".join(f"{title:>9}" for title in ("images", "precision", "recall", "F1")))
+    for name, s in metrics["per_class"].items():
+        scores = [f"{s['images']:>9}", *(f"{'-' if s[k] is None else f'{s[k]:.4f}':>9}" for k in SCORES)]
+        print(printable(f"  {name:<{width}}  " + "  ".join(scores)))
     return 0
+
+
+SCORES = ("precision", "recall", "f1")  # eval's per-class columns after the images; "-": nothing to divide
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -204,6 +207,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'model':<{width}}  {'parameters':>10}  (for 3x32x32 images, 10 classes)")
     for name, params, doc in rows:
         print(f"{name:<{width}}  {params:>10,}  {doc}")
+    print(f"\nand any of timm's models as --model timm/NAME ({INSTALL}), e.g. timm/resnet18")
     return 0
 
 

@@ -20,6 +20,7 @@ from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 
 NO_AUGMENT = Augment()  # evaluation batches, and training without augmentation
+SAMPLERS = ("uniform", "balanced")  # each image once a pass; or each class as often, images drawn with replacement
 
 
 def random_translate(images: torch.Tensor, pad: int, draws: Draws) -> torch.Tensor:
@@ -47,19 +48,19 @@ class DeviceBatches:
         batch_size: int,
         preprocess: Preprocess,
         *,
-        shuffle: bool = False,
+        sampler: str | None = None,
         augment: Augment = NO_AUGMENT,
         seed: int = 0,
         share: tuple[int, int] = (0, 1),
     ):
-        """Batches on the device that `preprocess` lives on; `shuffle` and `augment` for training; `share`:
-        (this process, processes), each taking its share of every global batch of `batch_size`."""
+        """Batches on the device that `preprocess` lives on; for training, a `sampler` (one of SAMPLERS: None
+        keeps the stored order) and `augment`; `share`: (this process, processes), each taking its share of
+        every global batch of `batch_size`."""
         device = preprocess.scale.device
         self.rank, self.processes = share
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
-        self.batch_size, self.preprocess, self.shuffle = batch_size, preprocess, shuffle
-        self.augment = augment
+        self.batch_size, self.preprocess, self.sampler, self.augment = batch_size, preprocess, sampler, augment
         self.generator = torch.Generator(device=device).manual_seed(seed)
         # alternating flip (airbench): each image is mirrored in every other epoch, a random half first, so
         # two epochs show every image both ways instead of each way by chance; it trains faster than coin flips
@@ -69,7 +70,7 @@ class DeviceBatches:
     def _stop(self) -> int:
         """Training drops the last partial batch: a batch of one breaks batch norm and a tiny one is noise."""
         n = len(self.labels)
-        return n - n % self.batch_size if self.shuffle and n >= self.batch_size else n
+        return n - n % self.batch_size if self.sampler and n >= self.batch_size else n
 
     def __len__(self) -> int:
         return -(-self._stop() // self.batch_size)
@@ -77,7 +78,12 @@ class DeviceBatches:
     def new_order(self) -> torch.Tensor | None:
         """The next epoch's shuffled order (None: in stored order)."""
         n = len(self.labels)
-        return torch.randperm(n, device=self.labels.device, generator=self.generator) if self.shuffle else None
+        if self.sampler is None:
+            return None
+        if self.sampler == "balanced":  # an image of a class of k images is drawn with weight 1/k: classes alike
+            weights = (1 / torch.bincount(self.labels).float())[self.labels]
+            return torch.multinomial(weights, n, replacement=True, generator=self.generator)
+        return torch.randperm(n, device=self.labels.device, generator=self.generator)
 
     def iterate(
         self, order: torch.Tensor | None, start_step: int = 0, epoch: int = 1, stop_step: int | None = None

@@ -13,6 +13,8 @@ from cnnkit.runs.records import RunFiles
 
 RESULTS = (
     ("test_accuracy", "test accuracy"),
+    ("test_balanced_accuracy", "balanced accuracy"),
+    ("test_macro_f1", "macro-F1"),
     ("test_loss", "test loss"),
     ("val_accuracy", "best validation accuracy"),
     ("best_epoch", "best epoch"),

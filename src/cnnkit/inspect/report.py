@@ -28,6 +28,8 @@ PLOT_TITLES = {
 }
 RESULTS = (  # summary.json's headline figures, in the order a reader wants them
     ("test_accuracy", "test accuracy"),
+    ("test_balanced_accuracy", "balanced accuracy (each class counts the same)"),
+    ("test_macro_f1", "macro-F1"),
     ("test_loss", "test loss"),
     ("val_accuracy", "best validation accuracy"),
     ("best_epoch", "best epoch"),
@@ -76,8 +78,8 @@ def write_report(
         "".join(f'<div class="warning">{_text(w)}</div>' for w in [*summary["warnings"], *filter(None, [missing])])
         or "<p>none</p>",
         *(f"<h2>{PLOT_TITLES[name]}</h2>\n{_image(path)}" for name, path in plots.items()),
-        "<h2>Test accuracy per class</h2>",
-        _table(summary["per_class_accuracy"].items()),
+        "<h2>Test results per class</h2>",
+        _class_table(summary),
         "<h2>Model</h2>",
         f"<pre>{_text(format_summary(title, model))}</pre>",
         "<h2>Settings</h2>",
@@ -90,6 +92,20 @@ def write_report(
     path = run_dir / REPORT
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path, missing
+
+
+def _class_table(summary: dict) -> str:
+    """Each class's test images, precision, recall and F1 (runs older than them: its accuracy alone)."""
+    if "per_class" not in summary:
+        return _table(summary["per_class_accuracy"].items())
+    head = "<tr><th>class</th><th>test images</th><th>precision</th><th>recall</th><th>F1</th></tr>"
+    rows = "".join(
+        f"<tr><th>{_text(name)}</th>"
+        + "".join(f"<td>{_text(shown(s[key]))}</td>" for key in ("images", "precision", "recall", "f1"))
+        + "</tr>"
+        for name, s in summary["per_class"].items()
+    )
+    return f"<table>{head}{rows}</table>"
 
 
 def _table(rows) -> str:

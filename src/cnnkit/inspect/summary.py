@@ -50,9 +50,9 @@ def model_summary(
 def run_summary(run: Run, given: dict[str, Any] | None = None) -> tuple[str, ModelSummary]:
     """The summary of a loaded run's model, at its own settings but those `given` (None: the run's)."""
     info = run.info
-    shape = (info["in_channels"], info["image_size"], info["image_size"])
-    title = f"{info['model']} from {run.dir}: {_shape(shape)}, {len(info['classes'])} classes"
-    return title, _summarize(run.network("summarise"), info["model"], shape, run.config, given or {})
+    shape = (info.in_channels, info.image_size, info.image_size)
+    title = f"{info.model} from {run.dir}: {_shape(shape)}, {len(info.classes)} classes"
+    return title, _summarize(run.network("summarise"), info.model, shape, run.config, given or {})
 
 
 def _summarize(

@@ -21,8 +21,8 @@ from cnnkit.models.registry import (
     model_spec,
     num_parameters,
     register,
-    unwrap,
 )
+from cnnkit.models.spec import unwrap
 
 __all__ = [
     "AUTO",

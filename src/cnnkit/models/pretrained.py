@@ -15,7 +15,9 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from cnnkit.core.errors import CnnkitError
-from cnnkit.models.registry import ModelSpec, model_names, model_spec
+from cnnkit.models.registry import model_names, model_spec
+from cnnkit.models.spec import ModelSpec
+from cnnkit.models.timm_models import HUB, hub_weights
 from cnnkit.models.weights import fit_state
 
 NESTED_KEYS = ("state_dict", "model")  # where Lightning's and many training scripts' checkpoints keep the weights
@@ -59,6 +61,8 @@ def at_hand(name: str) -> bool:
 
 def download(spec: ModelSpec) -> Path:
     """The model's pretrained weights file, downloaded once (with its hash checked) and then read from disk."""
+    if spec.weights and spec.weights.startswith(HUB):  # a timm model's: the hub downloads and keeps them
+        return hub_weights(spec)
     path = cached_file(spec)
     if path.is_file():
         return path

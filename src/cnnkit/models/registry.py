@@ -7,61 +7,18 @@ that cnnkit works on (like timm's pretrained configs), so nothing is guessed fro
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from cnnkit.core.errors import CnnkitError
+from cnnkit.models.spec import ModelSpec
+from cnnkit.models.timm_models import PREFIX, is_timm_name, timm_spec
 
 CUSTOM = "custom"  # the model name a run records when it trained an nn.Module passed in from Python
 AUTO = "auto"  # the model name that asks for a whole recipe chosen from the data (see `cnnkit.recipes`)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What cnnkit knows about a model besides its code."""
-
-    name: str
-    build: Callable[..., nn.Module] | None  # None: a module passed in from Python, which cnnkit cannot rebuild
-    about: str = ""
-    head: str | None = "head"  # the classifier head by name: remade for a new class count, given --head-lr
-    first_conv: str | None = None  # the first convolution by name: what --whiten initialises
-    input_size: int | None = None  # the image size the model expects (None: any size)
-    mean: tuple[float, ...] | None = None  # the model's own normalisation (a pretrained backbone's)
-    std: tuple[float, ...] | None = None
-    init_options: tuple[str, ...] = ()  # options that only initialise (e.g. pretrained=True): never stored
-    weights: str | None = None  # torchvision's name of its pretrained weights, which --pretrained downloads
-
-    @property
-    def options(self) -> list[str]:
-        return list(inspect.signature(self.build).parameters)[3:] if self.build else []
-
-    def architecture(self, options: dict) -> dict:
-        """The options that shape the network, as model.json stores them; initialisation-only ones left out."""
-        return {k: v for k, v in options.items() if k not in self.init_options}
-
-    def head_module(self, model: nn.Module, needed_for: str) -> nn.Linear:
-        return self._part(model, self.head, "classifier head", needed_for)
-
-    def backbone_parameters(self, model: nn.Module, needed_for: str) -> list[nn.Parameter]:
-        """Every parameter outside the classifier head."""
-        head = {id(p) for p in self.head_module(model, needed_for).parameters()}
-        return [p for p in unwrap(model).parameters() if id(p) not in head]
-
-    def first_conv_module(self, model: nn.Module, needed_for: str) -> nn.Conv2d:
-        return self._part(model, self.first_conv, "first convolution", needed_for)
-
-    def _part(self, model: nn.Module, name: str | None, what: str, needed_for: str):
-        if name is None:
-            raise CnnkitError(
-                f"{needed_for} needs the model's {what}, and model {self.name!r} names none; "
-                f"register its builder with cnnkit.register(name, head=..., first_conv=...)"
-            )
-        return unwrap(model).get_submodule(name)
 
 
 _SPECS: dict[str, ModelSpec] = {}
@@ -87,8 +44,13 @@ def model_names() -> list[str]:
 
 
 def check_model_name(name: str) -> None:
-    if name not in _SPECS and name not in (CUSTOM, AUTO):
-        raise CnnkitError(f"unknown model {name!r}; choose one of: {', '.join(_SPECS)} (`cnnkit models` lists them)")
+    if is_timm_name(name):
+        timm_spec(name)  # refuses a missing timm or a name it does not know
+    elif name not in _SPECS and name not in (CUSTOM, AUTO):
+        raise CnnkitError(
+            f"unknown model {name!r}; choose one of: {', '.join(_SPECS)} (`cnnkit models` lists them), "
+            f"or any of timm's as {PREFIX}NAME"
+        )
 
 
 def model_spec(name: str, module: nn.Module | None = None) -> ModelSpec:
@@ -96,6 +58,8 @@ def model_spec(name: str, module: nn.Module | None = None) -> ModelSpec:
     if module is not None:
         return ModelSpec(CUSTOM, None, type(module).__name__, head=None)
     check_model_name(name)
+    if is_timm_name(name):
+        return timm_spec(name)
     return _SPECS[name] if name != CUSTOM else ModelSpec(CUSTOM, None, head=None)
 
 
@@ -138,17 +102,6 @@ def flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
     """How many numbers `features` outputs for one image: sizes the first linear layer for any input."""
     with torch.no_grad():
         return features(torch.zeros(1, in_channels, image_size, image_size)).numel()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside torch.compile's and DDP's wrappers, whose parameter names carry no prefix."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def _smallest_size(spec: ModelSpec, in_channels: int, num_classes: int) -> int:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import atomic_write
-from cnnkit.models.registry import unwrap
+from cnnkit.models.spec import unwrap
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # added by torch.compile and DDP; never part of saved names
 

@@ -1,19 +1,104 @@
-"""The records a run folder keeps, typed: the bookkeeping a run carries in every checkpoint as it trains
-(`RunRecord`), and a finished run's files, read in this one place (`RunFiles`)."""
+"""The records a run folder keeps, typed, each read and written here: model.json (`ModelInfo`, checked at
+the edge: an edited or damaged file must not build a model or preprocess an image), plan.json (`RunPlan`), the
+bookkeeping a run carries in every checkpoint as it trains (`RunRecord`), and a finished run's files
+(`RunFiles`)."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import read_json, read_yaml
+from cnnkit.data.images import RESIZE_RULES
 from cnnkit.runs.folder import CONFIG, LR_FIND, METRICS, RATES, SUMMARY
 
 if TYPE_CHECKING:
     from cnnkit.settings.config import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """model.json: what rebuilds the network and prepares an image for it, and what it learned from."""
+
+    model: str
+    model_options: dict
+    in_channels: int
+    image_size: int
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    resize: str = "squash"  # runs from before --resize squashed every image
+    cnnkit_version: str | None = None
+    num_parameters: int | None = None
+    data: dict | None = None  # what pins the data down: each split's size and a hash (runs.schema)
+    module: str | None = None  # the class name of an nn.Module passed in from Python
+    quantized: dict | None = None  # an int8 run of `cnnkit compress`: the run it came from, its calibration
+
+    @classmethod
+    def read(cls, path: Path) -> ModelInfo:
+        values = read_json(path)
+        problem = model_info_problem(values)
+        if problem:
+            raise CnnkitError(
+                f"{path} is not a valid cnnkit model.json ({problem}); it was edited or damaged: use "
+                "the run folder as `cnnkit train` wrote it, or train again"
+            )
+        return cls.of(values)
+
+    @classmethod
+    def of(cls, values: dict) -> ModelInfo:
+        """From a mapping `model_info_problem` passed; keys of a later cnnkit's are left out."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @property
+    def label(self) -> str:
+        """The model's name, or the class name of a module passed in from Python."""
+        return self.module or self.model
+
+
+def model_info_problem(info: object) -> str | None:
+    """What is wrong with a model.json's content, or None."""
+    if not isinstance(info, dict):
+        return "it holds no mapping"
+    kinds = {
+        "model": str,
+        "model_options": dict,
+        "in_channels": int,
+        "image_size": int,
+        "classes": list,
+        "mean": list,
+        "std": list,
+    }
+    for key, kind in kinds.items():
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    channels, classes = info["in_channels"], info["classes"]
+    if channels not in (1, 3):
+        return f"in_channels is {channels}, not 1 or 3"
+    if not 4 <= info["image_size"] <= 1024:
+        return f"image_size is {info['image_size']}, not 4 to 1024"
+    if len(classes) < 2 or len(set(map(str, classes))) != len(classes) or not all(isinstance(c, str) for c in classes):
+        return "classes must be two or more different names"
+    for key in ("mean", "std"):
+        values = info[key]
+        if len(values) != channels or not all(_plausible(v) for v in values):
+            return f"{key} must hold {channels} number(s) from -10 to 10, one per channel (pixels are on a 0..1 scale)"
+    if info.get("resize", "squash") not in RESIZE_RULES:
+        return f"resize is {info['resize']!r}, not one of {', '.join(RESIZE_RULES)}"
+    if min(info["std"]) < 1e-6:
+        return "std must be positive: a zero std divides every pixel by zero"
+    return None
+
+
+def _plausible(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) <= 10
 
 
 @dataclasses.dataclass

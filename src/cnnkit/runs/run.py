@@ -4,7 +4,7 @@ every image exactly as training did."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,8 @@ from cnnkit.models import create_model
 from cnnkit.models.inference import Classifier, OnnxClassifier, probabilities_of
 from cnnkit.models.weights import load_weights
 from cnnkit.runs.folder import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS
-from cnnkit.runs.schema import check_same_run, data_fingerprint, read_model_info, require_module
+from cnnkit.runs.records import ModelInfo
+from cnnkit.runs.schema import check_same_run, data_fingerprint, require_module
 from cnnkit.settings.config import TrainConfig, folder_reading
 from cnnkit.training.evaluation import eval_batch, predict_logits, test_metrics
 
@@ -35,30 +36,25 @@ class Run:
 
     dir: Path
     model: nn.Module
-    info: dict  # model.json: architecture, classes and preprocessing
+    info: ModelInfo  # model.json: architecture, classes and preprocessing
     config: TrainConfig
     machine: Machine
 
     @property
     def classes(self) -> list[str]:
-        return self.info["classes"]
-
-    @property
-    def resize(self) -> str:
-        """How the run made non-square images square (runs from before --resize squashed them)."""
-        return self.info.get("resize", "squash")
+        return self.info.classes
 
     @property
     def summary(self) -> dict:
         return read_json(self.dir / SUMMARY)
 
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.info["mean"], self.info["std"], self.machine.memory_format).to(self.machine.device)
+        return Preprocess(self.info.mean, self.info.std, self.machine.memory_format).to(self.machine.device)
 
     @property
     def quantized(self) -> bool:
         """An int8 run from `cnnkit compress`: its model is the whole prediction in one ONNX file."""
-        return "quantized" in self.info
+        return self.info.quantized is not None
 
     def inference_model(self) -> nn.Module:
         """The whole prediction as one module in float32: uint8 (N, C, H, W) images of the run's channels and
@@ -70,17 +66,17 @@ class Run:
 
     def network(self, purpose: str) -> nn.Module:
         """The trained torch network, for work that needs one (a summary, an export, a compression)."""
-        if self.quantized:
+        if self.info.quantized is not None:
             raise CnnkitError(
                 f"{self.dir} holds an int8 ONNX model from `cnnkit compress`, which cnnkit can predict with, evaluate "
-                f"and serve, but cannot {purpose}; use the run it was made from, {self.info['quantized']['from']}"
+                f"and serve, but cannot {purpose}; use the run it was made from, {self.info.quantized['from']}"
             )
         return self.model
 
     def probabilities(self, images: torch.Tensor | DiskImages) -> torch.Tensor:
         """uint8 images (N, C, H, W) of the run's channels and size, in memory or on disk -> (N, classes) class
         probabilities in float32, from `inference_model()`."""
-        batch = eval_batch(self.info["image_size"])
+        batch = eval_batch(self.info.image_size)
         return probabilities_of(self.inference_model(), images, batch, self.machine.device)
 
     def evaluate(self, data: str | None = None, data_dir: str | None = None) -> dict:
@@ -97,7 +93,7 @@ class Run:
             return test, self.probabilities(test.images).clamp_min(torch.finfo().tiny).log(), test.labels
         logits, labels = predict_logits(
             self.model,
-            DeviceBatches(test, eval_batch(self.info["image_size"]), self.preprocess()),
+            DeviceBatches(test, eval_batch(self.info.image_size), self.preprocess()),
             self.machine,
             self.config.tta,
         )
@@ -110,14 +106,14 @@ class Run:
         dataset = load_data(
             data or cfg.data,
             data_dir=data_dir or cfg.data_dir,
-            image_size=self.info["image_size"],
+            image_size=self.info.image_size,
             val_fraction=cfg.val_fraction,
             split=cfg.split,
             seed=cfg.seed,
-            reading=folder_reading(cfg, self.resize),
+            reading=folder_reading(cfg, self.info.resize),
         )
         if data is None:  # the run's own test split: the same images it was tested on, or a clear refusal
-            check_same_run(self.info, {**self.info, "data": data_fingerprint(dataset)}, f"its {name} split")
+            check_same_run(self.info.to_json(), replace(self.info, data=data_fingerprint(dataset)), f"its {name} split")
         return self._conform(dataset.splits[name], dataset.classes, data or cfg.data)
 
     def predict_images(
@@ -150,9 +146,9 @@ class Run:
         ]
 
     def _as_input(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
-        size, channels = self.info["image_size"], self.info["in_channels"]
+        size, channels = self.info.image_size, self.info.in_channels
         if isinstance(image, Image.Image):
-            return image_to_tensor(image, size, channels, self.resize)
+            return image_to_tensor(image, size, channels, self.info.resize)
         if (
             not isinstance(image, torch.Tensor)
             or image.dtype != torch.uint8
@@ -163,13 +159,13 @@ class Run:
                 "predict_images takes PIL images or uint8 tensors of shape (channels, height, width) "
                 f"with 1 or 3 channels; got {_describe(image)}"
             )
-        return resize_images(to_square(to_channels(image[None], channels), self.resize), size)[0]
+        return resize_images(to_square(to_channels(image[None], channels), self.info.resize), size)[0]
 
     def _read_image(self, path: Path) -> torch.Tensor:
         if not path.is_file():
             raise CnnkitError(f"image {path} does not exist")
         try:
-            return decode_image(path, self.info["image_size"], self.info["in_channels"], self.resize)
+            return decode_image(path, self.info.image_size, self.info.in_channels, self.info.resize)
         except DECODE_ERRORS as e:
             raise CnnkitError(f"cannot decode image {path} ({e})") from None
 
@@ -182,7 +178,7 @@ class Run:
                 f"the run knows {', '.join(self.classes)}"
             )
         remap = torch.tensor([self.classes.index(c) for c in classes])
-        channels = self.info["in_channels"]
+        channels = self.info.in_channels
         images = test.images if test.images.shape[1] == channels else to_channels(loaded(test.images), channels)
         return ImageSet(images, remap[test.labels])
 
@@ -191,9 +187,9 @@ def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "aut
     """Open a run folder written by `train` (or by `cnnkit compress`); pass `model` for runs that trained a
     custom nn.Module."""
     run_dir = Path(run_dir)
-    info = read_model_info(run_dir / MODEL_INFO) if (run_dir / MODEL_INFO).is_file() else {}
-    weights = run_dir / (ONNX if "quantized" in info else WEIGHTS)
-    if not info or not weights.is_file():
+    info = ModelInfo.read(run_dir / MODEL_INFO) if (run_dir / MODEL_INFO).is_file() else None
+    weights = run_dir / (ONNX if info is not None and info.quantized is not None else WEIGHTS)
+    if info is None or not weights.is_file():
         raise CnnkitError(
             f"{run_dir} is not a finished cnnkit run folder (it needs {MODEL_INFO} and {weights.name}); "
             "pass the folder that `cnnkit train` printed at the end"
@@ -201,14 +197,12 @@ def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "aut
     require_module(info, model)
     config = TrainConfig.from_yaml(run_dir / CONFIG)
     machine = pick_machine(device, config.precision)
-    if "quantized" in info:
+    if info.quantized is not None:
         return Run(run_dir, OnnxClassifier(weights), info, config, machine)
     net = (
         model
         if model is not None
-        else create_model(
-            info["model"], info["in_channels"], len(info["classes"]), info["image_size"], **info["model_options"]
-        )
+        else create_model(info.model, info.in_channels, len(info.classes), info.image_size, **info.model_options)
     )
     load_weights(net, weights)
     net.to(machine.device, memory_format=machine.memory_format)  # type: ignore[call-overload]

@@ -21,8 +21,8 @@ from cnnkit.models.pretrained import download, load_pretrained
 from cnnkit.models.weights import load_weights
 from cnnkit.models.whitening import whiten_conv
 from cnnkit.runs.folder import MODEL_INFO, WEIGHTS, RunFolder
-from cnnkit.runs.records import RunPlan
-from cnnkit.runs.schema import data_fingerprint, read_model_info
+from cnnkit.runs.records import ModelInfo, RunPlan
+from cnnkit.runs.schema import data_fingerprint
 from cnnkit.settings.config import TrainConfig, folder_reading
 from cnnkit.settings.recipes import auto_size, settle
 from cnnkit.settings.rules import check_processes
@@ -39,7 +39,7 @@ class RunContext:
     machine: Machine
     folder: RunFolder
     preprocess: Preprocess  # on the machine's device
-    info: dict  # model.json: architecture, classes and preprocessing
+    info: ModelInfo  # model.json: architecture, classes and preprocessing
     plan: RunPlan = dataclasses.field(default_factory=RunPlan)  # what the run decides as it goes
 
     @property
@@ -90,21 +90,20 @@ def prepare(
         whiten_conv(spec.first_conv_module(net, "--whiten"), sample)
     if (cfg.init_from or cfg.starts_pretrained) and fresh:
         _start_from(net, spec, cfg)
-    info = {
-        "cnnkit_version": __version__,
-        "model": cfg.model,
-        "model_options": spec.architecture(options),
-        "in_channels": data.channels,
-        "image_size": data.image_size,
-        "classes": data.classes,
-        "mean": mean,
-        "std": std,
-        "resize": cfg.resize,
-        "num_parameters": num_parameters(net),
-        "data": data_fingerprint(data),
-    }
-    if module is not None:
-        info["module"] = type(module).__name__
+    info = ModelInfo(
+        model=cfg.model,
+        model_options=spec.architecture(options),
+        in_channels=data.channels,
+        image_size=data.image_size,
+        classes=data.classes,
+        mean=mean,
+        std=std,
+        resize=cfg.resize,
+        cnnkit_version=__version__,
+        num_parameters=num_parameters(net),
+        data=data_fingerprint(data),
+        module=None if module is None else type(module).__name__,
+    )
     preprocess = Preprocess(mean, std, machine.memory_format).to(machine.device)
     if machine.rank:  # the same initial weights everywhere, then each further process its own dropout masks
         torch.manual_seed(hash((cfg.seed, machine.rank)) % 2**63)
@@ -126,7 +125,7 @@ def _load(cfg: TrainConfig, image_size: int | None, listed: bool = True) -> Data
 def _source_run(cfg: TrainConfig) -> dict | None:
     """The model.json of the run this one fine-tunes (--init-from), when it has one."""
     info = Path(cfg.init_from or "") / MODEL_INFO
-    return read_model_info(info) if cfg.init_from and info.is_file() else None
+    return ModelInfo.read(info).to_json() if cfg.init_from and info.is_file() else None
 
 
 def _normalisation(spec: ModelSpec, data: Dataset) -> tuple[list[float], list[float]]:

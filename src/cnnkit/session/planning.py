@@ -41,11 +41,24 @@ def train_batches(ctx: RunContext) -> DeviceBatches:
         ctx.data.splits["train"],
         cfg.batch_size,
         ctx.preprocess,
-        shuffle=True,
+        sampler=cfg.sampler,
         augment=augment,
         seed=cfg.seed,
         share=(ctx.machine.rank, ctx.machine.world_size),
     )
+
+
+def loss_weights(ctx: RunContext) -> torch.Tensor | None:
+    """--class-weights balanced: each class's loss weighed by the inverse of its share of the training images
+    (scikit-learn's "balanced": images / (classes x the class's images)), so a small class pulls on the weights
+    as hard as a large one. A class with no training image keeps weight 1 (only label smoothing reaches it)."""
+    if ctx.cfg.class_weights == "none":
+        return None
+    classes = len(ctx.data.classes)
+    labels = ctx.data.splits["train"].labels
+    counts = torch.bincount(labels, minlength=classes).float()
+    weights = torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), 1.0)
+    return weights.to(ctx.machine.device)
 
 
 def find_lr(ctx: RunContext, train: DeviceBatches) -> None:

@@ -69,15 +69,10 @@ def opening_line(ctx: RunContext) -> str:
     data, machine = ctx.data, ctx.machine
     sizes = "/".join(str(len(data.splits[s])) for s in ("train", "val", "test"))
     return (
-        f"cnnkit: {model_label(ctx.info)} ({num_parameters(ctx.model):,} parameters) on {data.name}: {sizes} "
+        f"cnnkit: {ctx.info.label} ({num_parameters(ctx.model):,} parameters) on {data.name}: {sizes} "
         f"train/val/test images of {data.channels}x{data.image_size}x{data.image_size}, {len(data.classes)} "
         f"classes; {machine.device}{' bf16' if machine.bf16 else ''}; run folder {ctx.folder}"
     )
-
-
-def model_label(info: dict) -> str:
-    """The model's name, or the class name of a module passed in from Python."""
-    return info.get("module") or info["model"]
 
 
 NEAR_CHANCE = 0.01  # an accuracy this close to always answering the most common class means nothing was learned
@@ -88,7 +83,10 @@ def closing_line(summary: dict, folder: RunFolder) -> str:
     if summary["test_accuracy"] is None:
         val = summary["val_accuracy"]
         return f"validation accuracy {'none' if val is None else f'{val:.4f}'}, not tested; run saved in {folder}"
-    return f"test accuracy {summary['test_accuracy']:.4f}, loss {summary['test_loss']:.4f}; run saved in {folder}"
+    return (
+        f"test accuracy {summary['test_accuracy']:.4f} (balanced {summary['test_balanced_accuracy']:.4f}), "
+        f"loss {summary['test_loss']:.4f}; run saved in {folder}"
+    )
 
 
 def summary_json(ctx: RunContext, metrics: dict, record: RunRecord, timings: dict[str, float]) -> dict:
@@ -109,7 +107,7 @@ def summary_json(ctx: RunContext, metrics: dict, record: RunRecord, timings: dic
         "num_val_images": len(data.splits["val"]),
         "data": settings.data,
         "model": settings.model,
-        "module": ctx.info.get("module"),
+        "module": ctx.info.module,
         "skipped_images": data.skipped,
         **provenance(ctx.machine),
     }
@@ -134,6 +132,8 @@ def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]
             )
             learned_nothing = True
             break
+    if not learned_nothing and metrics.get("test_balanced_accuracy") is not None:
+        learned_nothing = _warn_if_small_classes_ignored(metrics, warnings)
     seen = record.train_accuracy
     if len(splits["val"]) and not learned_nothing and seen - record.best_score > MEMORISED_GAP:
         warnings.append(
@@ -142,6 +142,24 @@ def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]
             "steps, more images, or --init-from a run trained on similar images"
         )
     return warnings
+
+
+def _warn_if_small_classes_ignored(metrics: dict, warnings: list[str]) -> bool:
+    """Plain accuracy can beat the largest class's share while the small classes are never answered: balanced
+    accuracy (each class's recall, averaged) then sits at chance, 1 / classes, which is what one answer gets."""
+    present = {c: s for c, s in metrics["per_class"].items() if s["images"]}
+    chance = 1 / len(present)
+    balanced = metrics["test_balanced_accuracy"]
+    if len(present) < 2 or balanced > chance + NEAR_CHANCE:
+        return False
+    missed = [c for c, s in present.items() if not s["recall"]]
+    named = f" (it recognised no test image of {', '.join(missed[:5])})" if missed else ""
+    warnings.append(
+        f"test balanced accuracy {balanced:.3f} is no better than answering one class for every image ({chance:.3f}):"
+        f" the model ignores the smaller classes{named}. Try --class-weights balanced or --sampler balanced, or "
+        "more images of the small classes"
+    )
+    return True
 
 
 def provenance(machine: Machine) -> dict:

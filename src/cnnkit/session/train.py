@@ -25,12 +25,12 @@ from cnnkit.inspect.report import add_report
 from cnnkit.models import AUTO, CUSTOM, num_parameters
 from cnnkit.models.weights import load_weights
 from cnnkit.runs.folder import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
-from cnnkit.runs.records import RunRecord
+from cnnkit.runs.records import ModelInfo, RunRecord
 from cnnkit.runs.run import Run, load
-from cnnkit.runs.schema import check_same_run, read_model_info, require_module
+from cnnkit.runs.schema import check_same_run, require_module
 from cnnkit.session.context import RunContext, prepare
 from cnnkit.session.launch import check_launch, launch_train, share_cores
-from cnnkit.session.planning import find_lr, plan_budget, train_batches
+from cnnkit.session.planning import find_lr, loss_weights, plan_budget, train_batches
 from cnnkit.session.results import EpochReport, TensorBoardLog, closing_line, opening_line, summary_json
 from cnnkit.settings.config import TrainConfig
 from cnnkit.training.checkpoint import CHECKPOINT, RUN_PARTS, load_checkpoint, require_checkpoint
@@ -71,7 +71,7 @@ def train(
         try:
             ctx = prepare(cfg, module, machine, folder)
             folder.write_config(ctx.cfg)
-            folder.write_json(MODEL_INFO, ctx.info)
+            folder.write_json(MODEL_INFO, ctx.info.to_json())
         except BaseException:
             folder.abandon()
             raise
@@ -117,7 +117,7 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
     machine = pick_machine(cfg.device, cfg.precision)
     with RunFolder.reopen(run_dir, machine) as folder:  # claimed: no other run is writing it meanwhile
         state = load_checkpoint(run_dir / CHECKPOINT, RUN_PARTS)
-        require_module(read_model_info(run_dir / MODEL_INFO), model)
+        require_module(ModelInfo.read(run_dir / MODEL_INFO), model)
         ctx = prepare(cfg, model, machine, folder, fresh=False)
         check_same_run(state["model_info"], ctx.info, f"the checkpoint in {run_dir}")
         position, then = state["position"], state.get("processes", 1)
@@ -177,7 +177,7 @@ def _fit_and_test(
         if ctx.data.splits["val"]
         else None
     )
-    trainer = Trainer(step_model, ctx.spec, train, ctx.settings, ctx.machine)
+    trainer = Trainer(step_model, ctx.spec, train, ctx.settings, ctx.machine, loss_weights(ctx))
     if resume_state:
         _restore(trainer, resume_state, ctx.folder)
     compile_seconds = 0.0
@@ -198,7 +198,7 @@ def _fit_and_test(
         trainer.callbacks.append(TensorBoardLog(ctx.folder))
 
     def save(state: dict) -> None:  # the checkpoint describes itself: version, model, classes, preprocessing
-        ctx.folder.save_checkpoint({**state, "run": dataclasses.asdict(record), "model_info": ctx.info})
+        ctx.folder.save_checkpoint({**state, "run": dataclasses.asdict(record), "model_info": ctx.info.to_json()})
 
     with stop_on_signals() as stop:
         trainer.fit(val, save, stop)

@@ -126,6 +126,16 @@ class TrainConfig:
         "planned until then (written to config.yaml, so that a repeat takes the same rates)",
     )
     label_smoothing: float = _knob(0.0, "label smoothing for the cross-entropy loss")
+    class_weights: str = _knob(
+        "none",
+        "none | balanced: weigh each class's loss by the inverse of its share of the training images, so the "
+        "small classes count as much as the large ones",
+    )
+    sampler: str = _knob(
+        "uniform",
+        "uniform (each training image once a pass) | balanced (images drawn so that every class comes up as "
+        "often, small classes' images repeated)",
+    )
     ema: float = _knob(
         0.0, "evaluate and keep a moving average of the weights with this decay per step, e.g. 0.999 (0: off)"
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.data.images import RESIZE_RULES
+from cnnkit.data.loader import SAMPLERS
 from cnnkit.data.splits import parse_split
 from cnnkit.models import AUTO, check_model_name
 from cnnkit.models.fast import ACTIVATIONS
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+CLASS_WEIGHTS = ("none", "balanced")  # --class-weights: every class alike, or each by the inverse of its share
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -83,6 +85,10 @@ def check_settings(cfg: TrainConfig) -> None:
     _require(cfg.schedule in SCHEDULES, "schedule", cfg.schedule, "must be one of " + ", ".join(SCHEDULES))
     _require(not cfg.memory_budget or cfg.memory_budget > 0, "memory_budget", cfg.memory_budget, "must be > 0")
     _require(cfg.resize in RESIZE_RULES, "resize", cfg.resize, "must be one of " + ", ".join(RESIZE_RULES))
+    _require(
+        cfg.class_weights in CLASS_WEIGHTS, "class_weights", cfg.class_weights, "must be " + " or ".join(CLASS_WEIGHTS)
+    )
+    _require(cfg.sampler in SAMPLERS, "sampler", cfg.sampler, "must be " + " or ".join(SAMPLERS))
     _require(cfg.device in DEVICES, "device", cfg.device, "must be one of " + ", ".join(DEVICES))
     _require(cfg.precision in PRECISIONS, "precision", cfg.precision, "must be one of " + ", ".join(PRECISIONS))
     check_model_name(cfg.model)

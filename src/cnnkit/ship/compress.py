@@ -58,7 +58,7 @@ def _write_int8(run: Run, folder: RunFolder, quantized: Path, calibration_images
     for name in (CONFIG, METRICS, RATES):  # how its weights were trained
         folder.write_text(name, (run.dir / name).read_text())
     origin = {"from": str(run.dir.resolve()), "calibration_images": calibration_images, "ops": QUANTIZED_OPS}
-    folder.write_json(MODEL_INFO, {**run.info, "quantized": origin})
+    folder.write_json(MODEL_INFO, {**run.info.to_json(), "quantized": origin})
     atomic_write(folder / ONNX, lambda tmp: tmp.write_bytes(quantized.read_bytes()))
     int8 = load(folder.path, device="cpu")
     record = _record(run, int8, "int8", **origin)
@@ -76,8 +76,8 @@ def prune(run: Run, fraction: float, out: Path | None = None, steps: int | None 
     if steps is not None and steps < 1:
         raise CnnkitError(f"--steps {steps} must be at least 1")
     cfg = _fine_tune(run, fraction, out or _beside(run, f"pruned{round(100 * fraction)}"), steps)
-    tuned = train(cfg, model=run.model if "module" in run.info else None)
-    pruned = load(tuned.dir, model=tuned.model if "module" in run.info else None, device="cpu")
+    tuned = train(cfg, model=run.model if run.info.module else None)
+    pruned = load(tuned.dir, model=tuned.model if run.info.module else None, device="cpu")
     details = {"fraction": fraction, "sparsity": round(sparsity(pruned.model), 6), "fine_tune_steps": cfg.steps}
     record = _record(run, pruned, "pruned", **details)
     with RunFolder.reopen(pruned.dir, pruned.machine) as folder:

@@ -86,7 +86,7 @@ def predictor(run: Run) -> tuple[str, Predict]:
 def decode_upload(body: bytes, run: Run) -> torch.Tensor:
     """An uploaded file's bytes as the run's input image; a ValueError says what is wrong with them."""
     try:
-        return decode_bytes(body, run.info["image_size"], run.info["in_channels"], run.resize)
+        return decode_bytes(body, run.info.image_size, run.info.in_channels, run.info.resize)
     except DECODE_ERRORS as e:
         raise ValueError(f"the body is not an image this server can read ({type(e).__name__}: {e})") from None
 

@@ -1,4 +1,5 @@
-"""Test-time numbers: loss, accuracy, per-class accuracy and the confusion matrix."""
+"""Test-time numbers: loss, accuracy, balanced accuracy and macro-F1, each class's precision, recall and F1, and
+the confusion matrix."""
 
 from __future__ import annotations
 
@@ -65,13 +66,42 @@ def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str])
     confusion = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n).cpu()  # rows: true, cols: predicted
     counts = confusion.sum(1)
     per_class = confusion.diag() / counts.clamp_min(1)
+    scores = class_scores(confusion, classes)
+    present = [s for s in scores.values() if s["images"]]  # a class with no test images has no recall to average
     return {
         "test_accuracy": (predicted == labels).float().mean().item(),
+        # what plain accuracy hides on imbalanced classes: every class counts the same, however many images it has
+        "test_balanced_accuracy": _mean([s["recall"] for s in present]),
+        "test_macro_f1": _mean([s["f1"] for s in present]),
         "test_loss": F.cross_entropy(logits, labels).item(),
         "per_class_accuracy": {  # None for a class with no test images: its accuracy is undefined, not 0
             c: round(a, 6) if n else None for c, a, n in zip(classes, per_class.tolist(), counts.tolist(), strict=True)
         },
+        "per_class": scores,
         "confusion_matrix": confusion.tolist(),
         "classes": classes,
         "num_test_images": len(labels),
     }
+
+
+def class_scores(confusion: torch.Tensor, classes: list[str]) -> dict[str, dict]:
+    """Each class's precision, recall and F1 from the confusion matrix (rows: true, columns: predicted), and its
+    test images. A share with nothing to divide is None (never predicted: no precision), not 0."""
+    hits, images, predicted = confusion.diag().tolist(), confusion.sum(1).tolist(), confusion.sum(0).tolist()
+    return {
+        c: {
+            "precision": _share(tp, shown),
+            "recall": _share(tp, n),
+            "f1": _share(2 * tp, n + shown),  # 2PR / (P + R), which stays defined while either is
+            "images": n,
+        }
+        for c, tp, n, shown in zip(classes, hits, images, predicted, strict=True)
+    }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def _mean(values: list) -> float | None:
+    return round(sum(values) / len(values), 6) if values else None

@@ -40,7 +40,16 @@ EARLY_SHARE = 0.3
 class Trainer:
     """A model, its optimiser, schedule and weight average, and where training stands."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, train: DeviceBatches, cfg: TrainConfig, machine: Machine):
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        train: DeviceBatches,
+        cfg: TrainConfig,
+        machine: Machine,
+        loss_weights: torch.Tensor | None = None,
+    ):
+        """`loss_weights`: one per class (--class-weights), on the machine's device; None weighs all alike."""
         self.net, self.train_batches, self.cfg, self.machine = model, train, cfg, machine
         whitening = spec.first_conv_module(unwrap(model), "--whiten") if cfg.whiten else None
         self.learns_early = [whitening.bias] if whitening is not None and whitening.bias is not None else []
@@ -54,7 +63,7 @@ class Trainer:
         )
         self.plan(Length.of(cfg, len(train)))
         self.backbone = spec.backbone_parameters(model, "--freeze-epochs") if cfg.freeze_epochs else []
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.loss_fn = nn.CrossEntropyLoss(weight=loss_weights, label_smoothing=cfg.label_smoothing)
         self.pos = Position()
         self.callbacks: list[Callback] = []
         self.stop_training, self._clock = False, 0.0
