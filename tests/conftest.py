@@ -61,7 +61,8 @@ def shape_image(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
-    """Two classes of real image files in mixed formats, modes and sizes, plus files that must be ignored."""
+    """Two classes of real image files in mixed formats, modes and sizes, some in colour, plus files that must be
+    ignored."""
     rng = np.random.default_rng(0)
     root = tmp_path / "shapes"
     formats = [("png", "L"), ("jpg", "RGB"), ("bmp", "RGB"), ("webp", "RGB"), ("png", "RGBA"), ("png", "P")]
@@ -69,7 +70,10 @@ def image_folder(tmp_path) -> Path:
         for i in range(60):
             ext, mode = formats[i % len(formats)]
             size = 32 if i % 5 else 40  # mostly 32x32: the folder's most common size
-            img = Image.fromarray(shape_image(label, size, rng)).convert(mode)
+            img = Image.fromarray(shape_image(label, size, rng))
+            if mode in ("RGB", "RGBA"):  # tinted, so the folder is in colour: grey pixels count as grey in any mode
+                img = Image.merge("RGB", (img, img, img.point(lambda v: v // 2)))
+            img = img.convert(mode)
             path = root / label / f"{i:03d}.{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
             img.save(path)

@@ -187,6 +187,56 @@ def test_cache_notices_a_changed_image_even_with_the_same_size_and_time(image_fo
     assert len(list((tmp_path / "cache" / "folders").iterdir())) == 2  # decoded afresh, not the stale cache
 
 
+def grey_folder(root: Path, modes: tuple[str, ...], ext: str = "png") -> Path:
+    """Two classes of grey shapes, each file saved in the next of `modes` (grey pixels whatever the mode)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for label in ("bar", "ring"):
+        for i in range(12):
+            path = root / label / f"{i:02d}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(shape_image(label, 24, rng)).convert(modes[i % len(modes)]).save(path)
+    return root
+
+
+def test_grey_pictures_saved_as_rgb_or_rgba_are_read_as_grey(tmp_path):
+    from cnnkit.core.machine import pick_machine
+    from cnnkit.settings.recipes import settle
+
+    root = grey_folder(tmp_path / "grey", ("L", "RGB", "RGBA"))
+    data = load_data(str(root))
+    assert data.channels == 1 and data.channels_reason == "grey: every image's colour channels are equal"
+    assert load_data(str(root)).channels_reason == data.channels_reason  # from the cache, too
+    _, line = settle(cnnkit.TrainConfig(data=str(root)), data, pick_machine("cpu"), None)
+    assert line.startswith("automatic recipe: ") and line.endswith("; grey: every image's colour channels are equal")
+    assert load_data(str(grey_folder(tmp_path / "plain", ("L",)))).channels_reason == "grey: every file is greyscale"
+
+
+def test_one_colourful_picture_makes_a_grey_folder_colour(tmp_path):
+    root = grey_folder(tmp_path / "grey", ("L", "RGB", "RGBA"))
+    colourful = np.zeros((24, 24, 3), np.uint8)
+    colourful[..., 0] = 200  # red
+    save_image(root / "ring" / "red.png", colourful)
+    data = load_data(str(root))
+    assert data.channels == 3 and data.channels_reason == f"colour: {root / 'ring' / 'red.png'} is in colour"
+    every = torch.cat([part.images for part in data.splits.values()]).int()
+    assert (every[:, 0] - every[:, 1]).amax() >= 200  # the red image keeps its colour
+
+
+def test_a_grey_picture_saved_as_an_rgb_jpeg_counts_as_grey(tmp_path):
+    from PIL import Image
+
+    from cnnkit.data.images import has_colour
+
+    root = grey_folder(tmp_path / "jpegs", ("RGB",), "jpg")
+    with Image.open(root / "bar" / "00.jpg") as img:
+        assert img.mode == "RGB"
+    assert load_data(str(root)).channels == 1
+    tinted = np.stack([np.full((24, 24), 120, np.uint8)] * 3, axis=-1) + np.array([0, 0, 12], np.uint8)
+    assert has_colour(save_image(tmp_path / "tinted.jpg", tinted))  # a faint blue is colour, not rounding
+
+
 def test_one_grey_conversion_for_files_and_for_tensors(tmp_path):
     from PIL import Image
 

@@ -28,6 +28,7 @@ class Dataset:
     mean: list[float]  # per channel, 0..1 scale, from the training split
     std: list[float]
     skipped: list[str]
+    channels_reason: str = ""  # why a folder's images are grey or colour ("" for a named data set)
 
     @property
     def channels(self) -> int:
@@ -95,7 +96,7 @@ def load_data(
                 "them; check that the files hold the pictures you expect (their bit depth, their exposure)"
             )
     mean, std = channel_stats(splits["train"].images)
-    return Dataset(data_name(data), raw.classes, splits, mean, std, raw.skipped)
+    return Dataset(data_name(data), raw.classes, splits, mean, std, raw.skipped, raw.channels_reason)
 
 
 def nearly_constant(images: torch.Tensor | DiskImages, sample: int = 1000) -> bool:

@@ -24,19 +24,19 @@ from safetensors.torch import save_file
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import is_main_process
 from cnnkit.core.progress import bar, say
-from cnnkit.data.images import DECODE_ERRORS, decode_image, jpeg_header, peek_image
+from cnnkit.data.images import DECODE_ERRORS, decode_image, has_colour, jpeg_header, peek_image
 from cnnkit.data.layout import scan_folder
 from cnnkit.data.ondisk import DiskImages, DiskRows, MemoryRows, default_memory_budget
 from cnnkit.data.sets import ImageSet, RawData
 
 DEFAULT_SIZE_CAP = 128  # the default input size is the folder's most common size, but no larger than this
-CACHE_FORMAT = "4"  # in the key: raise it whenever decoding changes a pixel, or old caches mislead eval and report
+CACHE_FORMAT = "5"  # in the key: raise it whenever decoding changes a pixel, or old caches mislead eval and report
 THREADED_DECODE_PIXELS = 128 * 128  # above this mean image size, decoding runs on several threads
 DECODE_CHUNK = 256
 HASH_CHUNK = 1 << 20
 
 
-Header = tuple[tuple[int, int], bool]  # (width, height), grey
+Header = tuple[tuple[int, int], bool]  # (width, height), grey by the file's mode
 
 
 class AtMost(int):
@@ -93,7 +93,7 @@ def _decode_folder(
     bad = _parallel(lambda p: known.get(p) or peek_image(p), every, "reading image headers", 1, headers.__setitem__)
     if not headers:
         raise CnnkitError(f"none of the {len(every)} image files could be read, e.g. {every[0]}: {bad[every[0]]}")
-    channels = 1 if all(gray for _, gray in headers.values()) else 3
+    channels, channels_reason = _grey_or_colour(headers)
     common = Counter(size for size, _ in headers.values()).most_common(1)[0][0]  # the most common (width, height)
     image_size = sizes[0] or min(max(common), sizes[1])
     good = {part: [(p, c) for p, c in items if p in headers] for part, items in files.items()}
@@ -110,7 +110,28 @@ def _decode_folder(
             rows, good, classes, lambda p: decode_image(p, image_size, channels, reading.resize), threads, bad
         )
     parts = {part: ImageSet(rows.images(part), torch.tensor(labels[part], dtype=torch.int64)) for part in good}
-    return RawData(classes, parts, [f"{path}: {reason}" for path, reason in sorted(bad.items())])
+    skipped = [f"{path}: {reason}" for path, reason in sorted(bad.items())]
+    return RawData(classes, parts, skipped, channels_reason)
+
+
+def _grey_or_colour(headers: dict[str, Header]) -> tuple[int, str]:
+    """1 channel when every image is grey by its pixels, else 3; with why. Only the files whose header says
+    colour are opened, up to the first in colour: a colour folder costs one more decode, not a second pass."""
+    coloured_modes = [path for path, (_, grey) in headers.items() if not grey]
+    if not coloured_modes:
+        return 1, "grey: every file is greyscale"
+    in_colour = next((path for path in coloured_modes if _in_colour(path)), None)
+    if in_colour is None:
+        return 1, "grey: every image's colour channels are equal"
+    return 3, f"colour: {in_colour} is in colour"
+
+
+def _in_colour(path: str) -> bool:
+    """`has_colour`, but a file that cannot be decoded has no say: the decode leaves it out and lists it."""
+    try:
+        return has_colour(path)
+    except DECODE_ERRORS:
+        return False
 
 
 def _decode_into(
@@ -197,7 +218,11 @@ def _write_cache(path: Path, raw: RawData) -> None:
             on_disk[part], count, shape = (first, len(s.images)), s.images.count, list(s.images.row_shape)
         else:
             tensors[f"{part}.images"] = s.images.contiguous()
-    meta = {"classes": json.dumps(raw.classes), "skipped": json.dumps(raw.skipped)}
+    meta = {
+        "classes": json.dumps(raw.classes),
+        "skipped": json.dumps(raw.skipped),
+        "channels_reason": raw.channels_reason,
+    }
     if on_disk:
         meta["on_disk"] = json.dumps({"count": count, "shape": shape, "parts": on_disk})
     try:
@@ -222,7 +247,7 @@ def _read_cache(path: Path, memory_budget: int) -> RawData | None:
         disk = json.loads(meta.get("on_disk", "null"))
         names = [key.removesuffix(".labels") for key in tensors if key.endswith(".labels")]
         parts = {part: ImageSet(_images(tensors, part, path, disk), tensors[f"{part}.labels"]) for part in names}
-        return RawData(json.loads(meta["classes"]), parts, json.loads(meta["skipped"]))
+        return RawData(json.loads(meta["classes"]), parts, json.loads(meta["skipped"]), meta["channels_reason"])
     except Exception:  # a damaged cache is rebuilt, never trusted
         return None
 

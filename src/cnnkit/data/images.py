@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # more than 8 bits per pixel
 GRAY_MODES = frozenset({"1", "L", "LA"}) | WIDE_GRAY_MODES
+GREY_TOLERANCE = 4  # levels of 255: JPEG's colour conversion may round a grey pixel's channels a level or two apart
 # how a non-square image becomes square; squash (the default) keeps every pixel in view, at the cost of
 # stretching: an object near the border is never cut off, and train and predict stretch alike
 RESIZE_RULES = ("squash", "crop", "pad")
@@ -61,6 +62,16 @@ def peek_image(path: str | Path) -> tuple[tuple[int, int], bool]:
     theirs read on the way by its cache hash, with `jpeg_header`.)"""
     with open_image(path) as img:
         return img.size, img.mode in GRAY_MODES
+
+
+def has_colour(path: str | Path) -> bool:
+    """Whether some pixel's red, green and blue differ by more than GREY_TOLERANCE (alpha aside): grey pictures
+    are often saved as RGB or RGBA, so the pixels say what an image is, not its file's mode. A JPEG is read at
+    an eighth of its side, which costs a fraction of a full decode."""
+    with open_image(path) as img:
+        img.draft("RGB", (1, 1))  # a JPEG's smallest DCT scale (its 8x8 blocks' means); other formats ignore it
+        rgb = np.asarray(img.convert("RGBA"))[..., :3]  # by RGBA: PIL warns on a palette's transparency to RGB
+    return int(np.ptp(rgb, axis=2).max()) > GREY_TOLERANCE
 
 
 def decode_image(path: str | Path, size: int, channels: int, resize: str = "squash") -> torch.Tensor:

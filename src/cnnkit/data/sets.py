@@ -35,3 +35,4 @@ class RawData:
     classes: list[str]
     parts: dict[str, ImageSet]
     skipped: list[str] = field(default_factory=list)  # image files left out by --skip-bad-images
+    channels_reason: str = ""  # why a folder's images are grey or colour ("" for a named data set)

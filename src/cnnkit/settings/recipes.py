@@ -105,9 +105,11 @@ def _fit_to_data(
     themselves (`given`) always wins."""
     if cfg.model == AUTO:
         chosen, line = {**auto_settings(data, machine, given), **_source_run(source)}, "automatic recipe"
+        why = data.channels_reason  # grey or colour decides much of the recipe: the user sees which, and why
         given = given - {"model"}  # `--model auto` asks for the recipe's model
     elif cfg.preset is not None and "batch_size" not in given:
         chosen, line = fitted_preset(cfg, len(data.splits["train"]), machine.world_size), f"preset {cfg.preset}"
+        why = ""
     else:
         return cfg, ""
     chosen = {k: v for k, v in chosen.items() if k not in given}
@@ -116,7 +118,7 @@ def _fit_to_data(
     if given & {"epochs", "budget"}:  # the user's own length wins over the recipe's
         chosen.pop("steps", None)
     cfg = dataclasses.replace(cfg, **chosen)
-    return cfg, f"{line}: {describe(cfg, len(data.splits['train']))}"
+    return cfg, f"{line}: {describe(cfg, len(data.splits['train']))}" + (f"; {why}" if why else "")
 
 
 def _with_data_defaults(cfg: TrainConfig, image_size: int) -> TrainConfig:
