@@ -45,16 +45,18 @@ def surface(rng: random.Random) -> Image.Image:
 
 
 def add_defect(img: Image.Image, kind: str, rng: random.Random) -> None:
+    """Faint, as real defects are: a few tens of grey levels off the surface around them."""
     d = ImageDraw.Draw(img)
     x, y = rng.uniform(0.2, 0.8) * SIZE, rng.uniform(0.2, 0.8) * SIZE
-    shade = rng.choice((30, 230))
+    around = img.getpixel((int(x), int(y)))
+    shade = around + rng.choice((-1, 1)) * rng.randrange(20, 40)
     if kind == "scratch":  # straight, across the brushing
         length, angle = rng.uniform(0.2, 0.4) * SIZE, rng.uniform(0.6, 2.5)
         dx, dy = math.cos(angle) * length / 2, math.sin(angle) * length / 2
         d.line((x - dx, y - dy, x + dx, y + dy), fill=shade, width=1)
     elif kind == "spot":
         r = rng.uniform(1.5, 3.5)
-        d.ellipse((x - r, y - r, x + r, y + r), fill=rng.randrange(10, 50))
+        d.ellipse((x - r, y - r, x + r, y + r), fill=around - rng.randrange(20, 40))
     elif kind == "crack":  # jagged: short segments that turn at random
         points = [(x, y)]
         for _ in range(rng.randrange(6, 12)):

@@ -128,7 +128,8 @@ def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]
             warnings.append(
                 f"{name} accuracy {accuracy:.3f} is no better than always answering the most common class "
                 f"({common:.3f}): the model learned nothing useful. Try the automatic recipe (no --model or "
-                "--preset), a lower --lr or more --steps, and check that each class folder holds its own pictures"
+                f"--preset), a larger --image-size (detail a pixel or two wide vanishes at {ctx.data.image_size} px), "
+                "a lower --lr or more --steps, and check that each class folder holds its own pictures"
             )
             learned_nothing = True
             break
