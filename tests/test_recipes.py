@@ -165,13 +165,24 @@ def test_a_run_that_learns_nothing_says_so_and_records_a_warning(tmp_path, capsy
     assert "warning: validation accuracy" in capsys.readouterr().out
 
 
-def test_a_budget_warning_comes_first_and_hides_no_other():
+def test_a_budget_warning_comes_first_and_hides_no_other(tmp_path):
     split = ImageSet(torch.zeros(100, 1, 8, 8, dtype=torch.uint8), torch.arange(100) % 10)  # ten classes alike
-    ctx = SimpleNamespace(data=SimpleNamespace(splits={"val": split, "test": split}))
+    ctx = SimpleNamespace(
+        data=SimpleNamespace(splits={"val": split, "test": split}), folder=SimpleNamespace(path=tmp_path)
+    )
     record = RunRecord(budget_warning="the budget is too short", best_score=0.5, train_accuracy=1.0)
     warnings = run_warnings(ctx, {"test_accuracy": 0.5}, record)
     assert len(warnings) == 2 and warnings[0] == "the budget is too short"
     assert "learned its training images by heart" in warnings[1]
+
+
+def test_a_run_still_learning_at_its_end_says_so_with_a_budget_to_try(tmp_path, capsys):
+    # plain SGD at a low rate: validation accuracy climbs through all eight epochs
+    run = cnnkit.train(report=False, model="simplecnn", optimizer="sgd", lr=0.01, epochs=8, out=str(tmp_path / "r"))
+    (warning,) = summary(run.dir)["warnings"]
+    assert warning.startswith("validation accuracy was still rising when training ended")
+    assert "best at epoch 8 of 8" in warning and re.search(r"Try --budget \d+0, about twice", warning)
+    assert f"warning: {warning}" in capsys.readouterr().out
 
 
 def test_a_run_that_learns_says_nothing_wrong(tmp_path):

@@ -160,7 +160,7 @@ class RunFiles:
             raise CnnkitError(
                 f"{path} is not a finished cnnkit run folder (no {SUMMARY}); pass the folder `cnnkit train` wrote"
             )
-        metrics, rates = (_rows(path / name) for name in (METRICS, RATES))
+        metrics, rates = (csv_rows(path / name) for name in (METRICS, RATES))
         lr_find = read_json(path / LR_FIND) if (path / LR_FIND).is_file() else None
         return cls(path, read_yaml(path / CONFIG), read_json(path / SUMMARY), metrics, rates, lr_find)
 
@@ -169,7 +169,8 @@ class RunFiles:
         return self.path.name
 
 
-def _rows(path: Path) -> list[dict]:
+def csv_rows(path: Path) -> list[dict]:
+    """A CSV file's rows as dicts of strings (none when it is not there)."""
     if not path.is_file():
         return []
     with path.open(newline="") as f:
