@@ -139,7 +139,9 @@ def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]
             learned_nothing = True
             break
     if not learned_nothing and metrics.get("test_balanced_accuracy") is not None:
-        learned_nothing = _warn_if_small_classes_ignored(metrics, warnings)
+        if ignored := _small_classes_ignored(metrics):
+            warnings.append(ignored)
+            learned_nothing = True
     if not learned_nothing and (rising := _still_learning(ctx, record)):
         warnings.append(rising)
     seen = record.train_accuracy
@@ -172,22 +174,21 @@ def _still_learning(ctx: RunContext, record: RunRecord) -> str | None:
     )
 
 
-def _warn_if_small_classes_ignored(metrics: dict, warnings: list[str]) -> bool:
+def _small_classes_ignored(metrics: dict) -> str | None:
     """Plain accuracy can beat the largest class's share while the small classes are never answered: balanced
     accuracy (each class's recall, averaged) then sits at chance, 1 / classes, which is what one answer gets."""
     present = {c: s for c, s in metrics["per_class"].items() if s["images"]}
     chance = 1 / len(present)
     balanced = metrics["test_balanced_accuracy"]
     if len(present) < 2 or balanced > chance + NEAR_CHANCE:
-        return False
+        return None
     missed = [c for c, s in present.items() if not s["recall"]]
     named = f" (it recognised no test image of {', '.join(missed[:5])})" if missed else ""
-    warnings.append(
+    return (
         f"test balanced accuracy {balanced:.3f} is no better than answering one class for every image ({chance:.3f}):"
         f" the model ignores the smaller classes{named}. Try --class-weights balanced or --sampler balanced, or "
         "more images of the small classes"
     )
-    return True
 
 
 def provenance(machine: Machine) -> dict:

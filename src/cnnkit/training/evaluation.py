@@ -64,8 +64,6 @@ def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str])
     n = len(classes)
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n).cpu()  # rows: true, cols: predicted
-    counts = confusion.sum(1)
-    per_class = confusion.diag() / counts.clamp_min(1)
     scores = class_scores(confusion, classes)
     present = [s for s in scores.values() if s["images"]]  # a class with no test images has no recall to average
     return {
@@ -74,9 +72,7 @@ def test_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str])
         "test_balanced_accuracy": _mean([s["recall"] for s in present]),
         "test_macro_f1": _mean([s["f1"] for s in present]),
         "test_loss": F.cross_entropy(logits, labels).item(),
-        "per_class_accuracy": {  # None for a class with no test images: its accuracy is undefined, not 0
-            c: round(a, 6) if n else None for c, a, n in zip(classes, per_class.tolist(), counts.tolist(), strict=True)
-        },
+        "per_class_accuracy": {c: s["recall"] for c, s in scores.items()},  # None for a class with no test images
         "per_class": scores,
         "confusion_matrix": confusion.tolist(),
         "classes": classes,
