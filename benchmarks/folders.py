@@ -30,6 +30,7 @@ CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 SHAPES = ("circle", "square", "triangle", "cross")
 CONFIGS = {
     "default": {},
+    "no-race": {"race": False},  # the automatic recipe's rules of thumb alone, unraced
     "simplecnn": {"model": "simplecnn"},
     "fastcnn-small": {"model": "fastcnn-small"},
     "resnet9-small": {"model": "resnet9-small"},
@@ -76,19 +77,22 @@ def save_mixed(img: Image.Image, path: Path, rng: random.Random) -> None:
         img.convert("P", palette=Image.Palette.ADAPTIVE).save(path.with_suffix(".gif"))
 
 
-def make_shapes(root: Path, per_class: int, seed: int = 0) -> None:
-    """4 shapes on coloured noise, 40 to 128 px, some not square, mixed formats, two broken files."""
+def make_shapes(root: Path, per_class: int, seed: int = 0, split: str | None = None) -> None:
+    """4 shapes on coloured noise, 40 to 128 px, some not square, mixed formats; two broken files (not in a
+    split's folder)."""
     rng = random.Random(seed)
+    out = root / split if split else root
     for kind in SHAPES:
-        (root / kind).mkdir(parents=True, exist_ok=True)
+        (out / kind).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             w = rng.randrange(40, 129)
             h = w if rng.random() < 0.7 else rng.randrange(40, 129)
             img = noise_background(rng, w, h)
             draw_shape(img, kind, rng)
-            save_mixed(img, root / kind / f"{i:04d}", rng)
-    (root / SHAPES[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (root / SHAPES[1] / "empty.png").write_bytes(b"")
+            save_mixed(img, out / kind / f"{i:04d}", rng)
+    if split is None:
+        (root / SHAPES[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        (root / SHAPES[1] / "empty.png").write_bytes(b"")
 
 
 def make_glyphs(root: Path, chars: str, per_class: int, colour: bool, seed: int = 0) -> None:
@@ -109,8 +113,11 @@ def make_glyphs(root: Path, chars: str, per_class: int, colour: bool, seed: int 
             img.save(root / name / f"{i:04d}.png")
 
 
-def make_photos(root: Path, per_class: int, classes: list[str], split: str | None, seed: int = 0) -> None:
-    """CIFAR-10 images enlarged to 48-96 px and cropped to other shapes, as photos of mixed sizes."""
+def make_photos(
+    root: Path, per_class: int, classes: list[str], split: str | None, seed: int = 0, mode: str = "RGB"
+) -> None:
+    """CIFAR-10 images enlarged to 48-96 px and cropped to other shapes, as photos of mixed sizes (in `mode`: "L"
+    for grey photographs)."""
     rng = random.Random(seed)
     for c in classes:
         files = sorted((CIFAR / "train" / c).iterdir())
@@ -119,7 +126,7 @@ def make_photos(root: Path, per_class: int, classes: list[str], split: str | Non
         out.mkdir(parents=True, exist_ok=True)
         for i, f in enumerate(files[:per_class]):
             side = rng.randrange(48, 97)
-            img = Image.open(f).convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+            img = Image.open(f).convert(mode).resize((side, side), Image.Resampling.BICUBIC)
             w, h = side, int(side * rng.uniform(0.75, 1.0))
             if rng.random() < 0.5:
                 w, h = h, w
@@ -135,6 +142,10 @@ FOLDERS = {
         make_photos(root, 25, ["airplane", "automobile", "frog", "horse", "ship"], "train", seed=1),
         make_photos(root, 100, ["airplane", "automobile", "frog", "horse", "ship"], "test", seed=2),
     ),
+    "greyphotos": lambda root: make_photos(
+        root, 150, sorted(p.name for p in (CIFAR / "train").iterdir()), None, 5, "L"
+    ),
+    "fewshapes": lambda root: (make_shapes(root, 25, seed=3, split="train"), make_shapes(root, 100, 4, "test")),
     "many": lambda root: make_glyphs(root, "ABCDEFGHIJKLMNOPQRSTUVWXYabcdefghijkmnopqrstuvwxy", 40, colour=True),
 }
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ CLASSES = {"good": 560, "scratch": 120, "spot": 40, "crack": 280}  # 14:3:1:7
 SIZE = 192  # large for a CPU recipe: the detail is a pixel or two wide at this size
 CONFIGS = {
     "default": {},
+    "no race": {"race": False},  # the automatic recipe's rules of thumb alone
     "class-weights balanced": {"class_weights": "balanced"},
     "sampler balanced": {"sampler": "balanced"},
 }
@@ -86,6 +88,7 @@ def run(root: Path, seeds: list[int], configs: list[str], out: Path) -> None:
         for seed in seeds:
             started = time.perf_counter()
             folder = str(out / f"{name}-{seed}".replace(" ", "-"))
+            shutil.rmtree(folder, ignore_errors=True)  # a run folder is never overwritten: each run starts anew
             trained = cnnkit.train(data=str(root), seed=seed, report=False, out=folder, **CONFIGS[name])
             seconds = time.perf_counter() - started
             summary = json.loads((trained.dir / "summary.json").read_text())

@@ -77,6 +77,7 @@ def write_report(
         "<h2>Warnings</h2>",
         "".join(f'<div class="warning">{_text(w)}</div>' for w in [*summary["warnings"], *filter(None, [missing])])
         or "<p>none</p>",
+        *_race_section(files.race),
         *(f"<h2>{PLOT_TITLES[name]}</h2>\n{_image(path)}" for name, path in plots.items()),
         "<h2>Test results per class</h2>",
         _class_table(summary),
@@ -106,6 +107,27 @@ def _class_table(summary: dict) -> str:
         for name, s in summary["per_class"].items()
     )
     return f"<table>{head}{rows}</table>"
+
+
+def _race_section(race: dict | None) -> list[str]:
+    """What the automatic recipe's race tried, and what each candidate scored (none without a race)."""
+    if race is None:
+        return []
+    head = (
+        "<tr><th>round</th><th>candidate</th><th>steps</th><th>validation balanced accuracy</th><th>accuracy</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><td>{number}</td><th>{_text(c['name'])}</th>"
+        + "".join(f"<td>{shown(c[key])}</td>" for key in ("steps", "val_balanced_accuracy", "val_accuracy"))
+        + "</tr>"
+        for number, scored in enumerate(race["rounds"], 1)
+        for c in scored
+    )
+    return [
+        "<h2>The recipe's race</h2>",
+        f"<p>The rule: {_text(race['rule'])}. The winner: <b>{_text(race['winner']['name'])}</b>.</p>",
+        f"<table><tr>{head}</tr>{rows}</table>",
+    ]
 
 
 def _table(rows) -> str:

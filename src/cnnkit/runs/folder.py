@@ -39,6 +39,7 @@ CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY, LR_FIND = (
     "lr_find.json",  # with --lr auto: the range test's curve
 )
 PLAN = "plan.json"  # with --lr auto or --budget: what the run decided as it went
+RACE = "race.json"  # the automatic recipe's race: every candidate's settings and validation scores
 ONNX = "model.onnx"  # `cnnkit export`'s ONNX file; the model itself in an int8 run from `cnnkit compress`
 TENSORBOARD = "tensorboard"  # with --tensorboard: the event files
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")

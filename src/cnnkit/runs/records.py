@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import read_json, read_yaml
 from cnnkit.data.images import RESIZE_RULES
-from cnnkit.runs.folder import CONFIG, LR_FIND, METRICS, RATES, SUMMARY
+from cnnkit.runs.folder import CONFIG, LR_FIND, METRICS, RACE, RATES, SUMMARY
 
 if TYPE_CHECKING:
     from cnnkit.settings.config import TrainConfig
@@ -145,7 +145,7 @@ class RunRecord:
 class RunFiles:
     """A finished run folder's records, read in this one place: the settings as config.yaml holds them,
     summary.json, metrics.csv's rows, every step's rate from rates.csv (none in a run older than it), and
-    --lr auto's range test (None without it)."""
+    --lr auto's range test and the recipe's race (None without them)."""
 
     path: Path
     settings: dict
@@ -153,6 +153,7 @@ class RunFiles:
     metrics: list[dict]
     rates: list[dict]  # epoch, step, lr
     lr_find: dict | None
+    race: dict | None  # the automatic recipe's race (None when it did not race)
 
     @classmethod
     def read(cls, path: Path) -> RunFiles:
@@ -161,8 +162,8 @@ class RunFiles:
                 f"{path} is not a finished cnnkit run folder (no {SUMMARY}); pass the folder `cnnkit train` wrote"
             )
         metrics, rates = (csv_rows(path / name) for name in (METRICS, RATES))
-        lr_find = read_json(path / LR_FIND) if (path / LR_FIND).is_file() else None
-        return cls(path, read_yaml(path / CONFIG), read_json(path / SUMMARY), metrics, rates, lr_find)
+        lr_find, race = (read_json(path / name) if (path / name).is_file() else None for name in (LR_FIND, RACE))
+        return cls(path, read_yaml(path / CONFIG), read_json(path / SUMMARY), metrics, rates, lr_find, race)
 
     @property
     def name(self) -> str:

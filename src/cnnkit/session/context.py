@@ -67,9 +67,22 @@ def prepare(
     cfg, chosen = settle(cfg, data, machine, _source_run(cfg))
     if chosen:
         say(chosen)
-    if cfg.image_size != data.image_size:  # the recipe chose another size
-        with machine.main_first():
-            data = _load(cfg, cfg.image_size, listed=False)  # its skipped files were listed by the first read
+    if cfg.image_size is not None and cfg.image_size != data.image_size:  # the recipe chose another size
+        data = load_at(cfg, cfg.image_size, machine)
+    return build(cfg, data, module, machine, folder, fresh)
+
+
+def load_at(cfg: TrainConfig, image_size: int, machine: Machine) -> Dataset:
+    """The data again at another size (decoded once into its cache); its skipped files were listed by the
+    first read."""
+    with machine.main_first():
+        return _load(cfg, image_size, listed=False)
+
+
+def build(
+    cfg: TrainConfig, data: Dataset, module: nn.Module | None, machine: Machine, folder: RunFolder, fresh: bool = True
+) -> RunContext:
+    """The model for settled settings and data, built and initialised, with its preprocessing and model.json."""
     spec = model_spec(cfg.model, module)
     check_processes(cfg, machine)
     if cfg.translate is not None and cfg.translate >= data.image_size:  # a crop cannot shift past the image

@@ -31,6 +31,7 @@ from cnnkit.runs.schema import check_same_run, require_module
 from cnnkit.session.context import RunContext, prepare
 from cnnkit.session.launch import check_launch, launch_train, share_cores
 from cnnkit.session.planning import find_lr, loss_weights, plan_budget, train_batches
+from cnnkit.session.race import race
 from cnnkit.session.results import EpochReport, TensorBoardLog, closing_line, opening_line, summary_json
 from cnnkit.settings.config import TrainConfig
 from cnnkit.training.checkpoint import CHECKPOINT, RUN_PARTS, load_checkpoint, require_checkpoint
@@ -69,7 +70,7 @@ def train(
     # made and claimed first: an unwritable or busy folder fails before any data is loaded
     with RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine) as folder:
         try:
-            ctx = prepare(cfg, module, machine, folder)
+            ctx = race(prepare(cfg, module, machine, folder), cfg, started)
             folder.write_config(ctx.cfg)
             folder.write_json(MODEL_INFO, ctx.info.to_json())
         except BaseException:

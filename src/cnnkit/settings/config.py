@@ -136,6 +136,12 @@ class TrainConfig:
         "uniform (each training image once a pass) | balanced (images drawn so that every class comes up as "
         "often, small classes' images repeated)",
     )
+    race: bool = _knob(
+        True,
+        "with the automatic recipe: race the choices the data decides (image size, flips for grey images, the net's "
+        "width, balanced sampling) on short schedules scored on the validation split, and train the winner; "
+        "--no-race keeps the recipe's rules of thumb",
+    )
     ema: float = _knob(
         0.0, "evaluate and keep a moving average of the weights with this decay per step, e.g. 0.999 (0: off)"
     )

@@ -12,9 +12,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import Machine
 from cnnkit.data import DIGIT_DATA, Dataset, is_folder
+from cnnkit.data.images import detail_kept
 from cnnkit.models import AUTO, CUSTOM, pretrained
 from cnnkit.settings.config import TrainConfig
 from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
@@ -75,6 +78,26 @@ RECIPE: dict[str, Any] = {
         "size": {"cpu": 112, "gpu": 224},  # half ImageNet's scale on a CPU, where each doubling costs 4x
         "batch": 64,
         "passes": 10, "images_seen": (1_000, 60_000),  # pretrained features need few passes
+    },
+    # the race (session/race.py): where the rule above has a real choice whose answer depends on the data, it is
+    # measured. The image size: the smallest of `sizes` (up to the folder's own side) that keeps `detail` of the
+    # images' variation (photos enlarged from CIFAR-10's 32 px keep 99.6% at 48 px; the inspection-like folder's
+    # hairlines and spots 95.3% at 48, 98.3% at 96, where its balanced accuracy went from 0.72 to 0.98 at equal
+    # steps) -- short trials cannot see it: at 8-45 steps every size scored at chance there. Then flips and the
+    # sampler train on short schedules on the training split, scored by balanced accuracy on held-out images
+    "race": {
+        "sizes": {"cpu": (48, 64, 96, 128), "gpu": (64, 96, 128, 192)},
+        "detail": 0.98,
+        "imbalance": 3.0,  # the balanced sampler races when the largest class has more than 3x the smallest's images
+        "share": 0.25,  # of the rule's steps: with building, timing and scoring, the default stays within 1.5x its time
+        "budget_share": 0.3,  # of what is left of a --budget: the winner trains on the rest
+        "val_share": 0.2,  # of the training and validation images, held out to score on (the run's split stays)
+        "least_val": 100,  # fewer images cannot tell candidates a few points apart: the rule stays, and says so
+        "most_train": 20_000,  # larger folders keep the rule measured on CIFAR-10: decoding each size costs minutes
+        "least_steps": 8,  # a shorter trial has learned nothing to score
+        "timed_steps": 3,  # each candidate's seconds a step: from this many, after an untimed one
+        "finalists": 1,  # with both changes open, the best, both combined and the rule race again, 3x longer
+        "noise_times": 1.0,  # the winner replaces the rule only when ahead of it by more than this many standard errors
     },
     # a named model's defaults where the data decides: 15 passes, crops shifted by up to a tenth of the side (28 px
     # images get 2, 32 px 3, 8 px none), flips but for the digit data sets
@@ -177,6 +200,36 @@ def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = froze
         "tta": RECIPE["flip"][colour],  # its views include the mirror image
         **augment,
     }
+
+
+def size_for_detail(cfg: TrainConfig, images: torch.Tensor, machine: Machine) -> tuple[dict, str]:
+    """The change to the rule's image size that keeps RECIPE's share of `images`' detail (uint8, at the largest
+    size the race considers, or the folder's own when smaller), and a line that says why ({} and why not)."""
+    top, size = images.shape[-1], cfg.image_size
+    assert size is not None and cfg.translate is not None  # settled
+    wanted = RECIPE["race"]["detail"]
+    kept = {s: detail_kept(images, s) for s in RECIPE["race"]["sizes"][_kind(machine)] if s < top}
+    chosen = next((s for s, share in kept.items() if share >= wanted), top)
+    shown = ", ".join(f"{s} px {share:.1%}" for s, share in kept.items())
+    line = f"the smallest that keeps {wanted:.0%} of the images' detail ({shown})" if kept else "the folder's own"
+    if chosen == size:
+        return {}, f"size: {size} px as the rule says, {line}"
+    return {"image_size": chosen, "translate": round(cfg.translate * chosen / size)}, f"size: {chosen} px, {line}"
+
+
+def race_candidates(cfg: TrainConfig, data: Dataset, given: frozenset[str]) -> list:
+    """The recipe's real choices on this data that short trials can tell apart, each a change to its settings
+    (none first, as {}): flips for grey images (colour ones have them) and the balanced sampler for imbalanced
+    classes. What the user set is no choice. (Not the net's width: short trials favour the wider fastcnn-s2,
+    which learns faster early, and it then lost 3 points at full length on the 49-class `many` folder.)"""
+    race = RECIPE["race"]
+    changes: list[dict] = []
+    if data.channels == 1 and not given & {"flip", "tta"}:  # TTA's views include the mirror image
+        changes.append({"flip": not cfg.flip, "tta": not cfg.flip})
+    counts = [c for c in data.splits["train"].labels.bincount().tolist() if c]
+    if not given & {"sampler", "class_weights"} and max(counts) > race["imbalance"] * min(counts):
+        changes.append({"sampler": "balanced"})
+    return [{}, *changes]
 
 
 def _backbone_at_hand(machine: Machine, worth_it: bool, given: frozenset[str]) -> str | None:

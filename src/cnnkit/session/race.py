@@ -1,0 +1,324 @@
+"""The automatic recipe's race: where its rules of thumb have a real choice whose answer depends on the data, the
+data decides. First the image size, measured on the images themselves (`size_for_detail`: the smallest that
+keeps their detail; short trials cannot see what a size is worth). Then the choices short trials can tell apart
+(`race_candidates`: flips for grey images, the balanced sampler): each candidate trains on a short schedule on
+most of the training images and is scored by its balanced accuracy on the rest; with both open, the best, the
+winning changes combined and the rule race again on schedules three times longer (successive halving, as
+Hyperband and ASHA do). The winner replaces the rule only when ahead of it by
+more than the noise of their difference. It then trains the run, in the time the rule's steps would have taken
+(or what is left of --budget).
+
+Every candidate trains with the run's seed, so they see the same initial draws and batches: what differs is
+the choice. The race is written to race.json (and the report); config.yaml holds the winner, so a repeat trains
+it alone, exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from cnnkit.core.progress import say
+from cnnkit.data import AtMost, Dataset
+from cnnkit.data.loader import DeviceBatches
+from cnnkit.data.sets import ImageSet
+from cnnkit.models import AUTO
+from cnnkit.runs.folder import RACE
+from cnnkit.session.context import RunContext, build, load_at
+from cnnkit.session.planning import loss_weights, train_batches
+from cnnkit.settings.config import TrainConfig
+from cnnkit.settings.recipes import RECIPE, describe, race_candidates, size_for_detail
+from cnnkit.training.evaluation import eval_batch, predict_logits, test_metrics
+from cnnkit.training.events import Callback
+from cnnkit.training.trainer import Trainer
+
+RULES = RECIPE["race"]
+DETAIL_SAMPLE = 512  # training images the detail is measured on
+
+
+def race(ctx: RunContext, asked: TrainConfig, started: float) -> RunContext:
+    """The run's context with what the data decided in place of the rule's choices (the same one when nothing
+    is open, or the race cannot run: then it says why). `asked`: the settings as the user gave them; `started`:
+    when the run began, for --budget."""
+    cfg, data, given = ctx.cfg, ctx.data, frozenset(asked.given) - {"model"}
+    if not (asked.model == AUTO and asked.race and ctx.info.module is None and _from_scratch(cfg)):
+        return ctx
+    why_not = _why_not(ctx)
+    if why_not:
+        say(f"race: none, {why_not}; the recipe's rules of thumb stand (--no-race skips this check)")
+        return ctx
+    sizes = {data.image_size: data}  # the run's own split, at each size
+
+    def data_at(size: int) -> Dataset:
+        if size not in sizes:
+            sizes[size] = load_at(cfg, size, ctx.machine)
+        return sizes[size]
+
+    base: dict = {}
+    size_line = ""
+    if "image_size" not in given:
+        top = load_at(
+            cfg, AtMost(max(RULES["sizes"]["cpu" if ctx.machine.device.type == "cpu" else "gpu"])), ctx.machine
+        )
+        sizes[top.image_size] = top
+        base, size_line = size_for_detail(cfg, top.splits["train"].images[:DETAIL_SAMPLE], ctx.machine)
+        say(size_line)
+    held_out = _race_val(data, cfg.seed)
+    arena = Arena(ctx, lambda size: _split(data_at(size), held_out), started, base)
+    candidates = race_candidates(arena.settings({}), data, given)
+    no_trials = len(candidates) > 1 and _why_no_trials(arena, len(candidates), len(held_out))
+    if no_trials:
+        say(f"race: no trials, as {no_trials}; the rules of thumb stand")
+        candidates = [{}]
+    record: dict = {"rule": describe(cfg, len(data.splits["train"])), "size": size_line, "rounds": []}
+    winner: dict = {"name": name(base), "changes": {}}
+    if len(candidates) > 1:
+        record["rounds"] = _race_rounds(arena, candidates)
+        winner, record["best"] = _winner(arena, record["rounds"][-1])
+    final = arena.final_settings(winner["changes"])
+    ctx.folder.write_json(RACE, {**record, "winner": {**winner, "changes": {**base, **winner["changes"]}}})
+    if final == cfg:
+        return ctx
+    say(f"the run trains {describe(final, len(data.splits['train']))}")
+    return build(final, data_at(final.image_size or data.image_size), None, ctx.machine, ctx.folder)
+
+
+def _kind(ctx: RunContext) -> str:
+    return "cpu" if ctx.machine.device.type == "cpu" else "gpu"
+
+
+def _why_no_trials(arena: Arena, candidates: int, held_out: int) -> str:
+    """Why the candidates cannot be told apart by trials ("": they can)."""
+    if held_out < RULES["least_val"]:
+        return (
+            f"{held_out} held-out images cannot tell candidates a few points apart (it needs {RULES['least_val']}, "
+            "a fifth of the training and validation images)"
+        )
+    steps = arena.first_seconds(_trials(candidates)) / arena.pace(arena.settings({}))
+    if steps < RULES["least_steps"]:
+        return f"the race's time buys {steps:.0f} steps a candidate, and a trial needs {RULES['least_steps']}"
+    return ""
+
+
+def _trials(candidates: int) -> int:
+    """The trials the race's time is shared by, in first-round lengths: every candidate once, then with two
+    changes or more the finalists (the rule, the best and the winning changes combined) three times as long."""
+    return candidates + (3 * (RULES["finalists"] + 2) if candidates > 2 else 0)
+
+
+def _from_scratch(cfg: TrainConfig) -> bool:
+    """The recipe's own net from scratch: a fine-tuned backbone's choices are another recipe's."""
+    return not (cfg.starts_pretrained or cfg.init_from)
+
+
+def _why_not(ctx: RunContext) -> str | None:
+    """Why this run cannot race (None: it can)."""
+    n_train = len(ctx.data.splits["train"])
+    if ctx.machine.world_size > 1:
+        return "as it trains with several processes"
+    if n_train >= RULES["most_train"]:
+        return f"as {n_train:,} training images is a large folder (the race is for fewer than {RULES['most_train']:,})"
+    return None
+
+
+def _race_val(data: Dataset, seed: int) -> torch.Tensor:
+    """Which of the training and validation images (together, in that order) the race scores on: the
+    validation split's size or RULES' share of them, whichever is more, drawn from each class alike. The
+    run's own split stays as it is: the race only needs enough images to tell its candidates apart."""
+    labels = torch.cat([data.splits["train"].labels, data.splits["val"].labels])
+    share = max(RULES["val_share"], len(data.splits["val"]) / len(labels))
+    draw = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in range(len(data.classes)):
+        index = (labels == c).nonzero().flatten()
+        picked.append(index[torch.randperm(len(index), generator=draw)][: round(share * len(index))])
+    return torch.cat(picked).sort().values
+
+
+def _split(data: Dataset, held_out: torch.Tensor) -> Dataset:
+    """The data with the race's split: `held_out` of its training and validation images to score on, the
+    rest to train on."""
+    pool = ImageSet.concat([data.splits["train"], data.splits["val"]])
+    rest = torch.ones(len(pool), dtype=torch.bool)
+    rest[held_out] = False
+    splits = {"train": pool.subset(rest.nonzero().flatten()), "val": pool.subset(held_out)}
+    return dataclasses.replace(data, splits={**data.splits, **splits})
+
+
+class Arena:
+    """Trains and scores candidates: each a change to `base` (the rule with the measured size), on the data at
+    its image size. Lengths are in seconds of this machine: a step's time is measured for each net and size (a
+    larger image or a wider net costs more a step, and on a CPU by far less than its arithmetic, as every step's
+    fixed costs weigh), so that each candidate gets the same time, and the winner the time the rule would
+    have taken."""
+
+    def __init__(self, ctx: RunContext, data_at: Callable[[int], Dataset], started: float, base: dict):
+        self.ctx, self.data_at, self.started, self.base = ctx, data_at, started, base
+        self.paces: dict[str, float] = {}  # seconds a step, by net and image size
+        self.right: dict[tuple[str, int], torch.Tensor] = {}  # which held-out images a trial got right
+        labels = data_at(ctx.data.image_size).splits["val"].labels
+        counts = labels.bincount(minlength=len(ctx.data.classes))
+        self.weights = 1.0 / (len(counts.nonzero()) * counts[labels].double())  # each image's share of balanced acc.
+
+    def settings(self, changes: dict) -> TrainConfig:
+        return dataclasses.replace(self.ctx.cfg, **{**self.base, **changes})
+
+    def pace(self, cfg: TrainConfig) -> float:
+        """Seconds a step of `cfg` on this machine: from its net and size's first trial, else from a few steps
+        timed after an untimed one."""
+        if _pace_key(cfg) not in self.paces:
+            self._train(cfg, RULES["timed_steps"] + 1)
+        return self.paces[_pace_key(cfg)]
+
+    def rule_seconds(self) -> float:
+        """The time the rule's run would train: its steps (or its epochs over the training split), at its pace."""
+        cfg = self.ctx.cfg
+        steps = cfg.steps or (cfg.epochs or 1) * math.ceil(len(self.ctx.data.splits["train"]) / cfg.batch_size)
+        return steps * self.pace(cfg)
+
+    def first_seconds(self, trials: int) -> float:
+        """Each of the first round's `trials`' time: an equal share of the race, which is a share of the rule's
+        time, or with --budget of the seconds left."""
+        cfg = self.ctx.cfg
+        if cfg.budget is None:
+            return RULES["share"] * self.rule_seconds() / trials
+        return RULES["budget_share"] * max(0.0, cfg.budget - (time.perf_counter() - self.started)) / trials
+
+    def steps_for(self, changes: dict, seconds: float) -> int:
+        return max(RULES["least_steps"], round(seconds / self.pace(self.settings(changes))))
+
+    def trial(self, changes: dict, steps: int) -> dict:
+        """One candidate trained for `steps` from the run's seed and scored on the race's held-out images."""
+        timed = time.perf_counter()
+        trial, trainer = self._train(self.settings(changes), steps)
+        val = DeviceBatches(trial.data.splits["val"], eval_batch(trial.data.image_size), trial.preprocess)
+        logits, labels = predict_logits(trainer.kept_model, val, self.ctx.machine)
+        metrics = test_metrics(logits, labels, trial.data.classes)
+        self.right[name(changes), steps] = logits.argmax(1) == labels
+        return {
+            "val_balanced_accuracy": metrics["test_balanced_accuracy"],
+            "val_accuracy": round(metrics["test_accuracy"], 6),
+            "steps": steps,
+            "seconds_a_step": round(self.pace(trial.cfg), 5),
+            "seconds": round(time.perf_counter() - timed, 2),  # with building the net and scoring it
+        }
+
+    def gain(self, candidate: dict, rule: dict) -> tuple[float, float]:
+        """How much more of the held-out images' balanced accuracy `candidate` got right than `rule` in the same
+        round, and that difference's noise (its standard error, from the images they disagree on)."""
+        ours, theirs = (self.right[c["name"], c["steps"]].double() for c in (candidate, rule))
+        differs = (ours - theirs) * self.weights
+        return differs.sum().item(), differs.square().sum().sqrt().item()
+
+    def _train(self, settings: TrainConfig, steps: int) -> tuple[RunContext, Trainer]:
+        """`settings` trained for `steps`; the first of its net and size also times its steps after the first."""
+        cfg = dataclasses.replace(settings, steps=steps, epochs=None, budget=None, ema=0.0)
+        ctx = self.ctx
+        trial = build(cfg, self.data_at(cfg.image_size or ctx.data.image_size), None, ctx.machine, ctx.folder)
+        trial.model.to(ctx.machine.device, memory_format=ctx.machine.memory_format)  # type: ignore[call-overload]
+        trainer = Trainer(trial.model, trial.spec, train_batches(trial), cfg, ctx.machine, loss_weights(trial))
+        ends: list[float] = []
+        trainer.callbacks = [StepClock(ends)]
+        trainer.fit(None)
+        self.paces.setdefault(_pace_key(cfg), (ends[-1] - ends[0]) / max(1, len(ends) - 1))
+        return trial, trainer
+
+    def final_settings(self, changes: dict) -> TrainConfig:
+        """The winner's settings for the run: in the time the rule's steps would have taken (--budget and a
+        length of the user's own plan themselves)."""
+        cfg, rule = self.settings(changes), self.ctx.cfg
+        if rule.steps is None or _pace_key(cfg) == _pace_key(rule):
+            return cfg
+        return dataclasses.replace(cfg, steps=max(1, round(self.rule_seconds() / self.pace(cfg))))
+
+
+def _pace_key(cfg: TrainConfig) -> str:
+    return f"{cfg.model} at {cfg.image_size} px"  # flips and the sampler cost nothing a step
+
+
+class StepClock(Callback):
+    """When each step ended."""
+
+    def __init__(self, ends: list[float]):
+        self.ends = ends
+
+    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def _race_rounds(arena: Arena, candidates: list[dict]) -> list[list[dict]]:
+    """Each round's candidates, best first. The first: every candidate for the same time. With two changes or
+    more, a second: the rule, the best `finalists` and the winning changes combined, each three times as long."""
+    finals, again = RULES["finalists"], len(candidates) > 2
+    seconds = arena.first_seconds(_trials(len(candidates)))
+    rounds = [_round(arena, [(c, arena.steps_for(c, seconds)) for c in candidates], 1)]
+    if again:  # the rule races on: the winner must beat it at the same length
+        best = [c["changes"] for c in rounds[0] if c["changes"]][:finals]
+        finalists = [candidates[0], *best, *[c for c in [_combined(rounds[0])] if c and c not in best]]
+        rounds.append(_round(arena, [(c, arena.steps_for(c, 3 * seconds)) for c in finalists], 2))
+    return rounds
+
+
+def _round(arena: Arena, candidates: list[tuple[dict, int]], number: int) -> list[dict]:
+    """Every candidate trained for its steps and scored, best first: by validation balanced accuracy, then
+    accuracy, then the fewer changes from the rule (a tie keeps the rule)."""
+    started = time.perf_counter()
+    trials = [{"name": name(c), "changes": c, **arena.trial(c, steps)} for c, steps in candidates]
+    order = sorted(
+        range(len(trials)),
+        key=lambda i: (-trials[i]["val_balanced_accuracy"], -trials[i]["val_accuracy"], len(candidates[i][0]), i),
+    )
+    scored = [trials[i] for i in order]
+    shown = ", ".join(f"{c['name']} {c['val_balanced_accuracy']:.3f}" for c in scored)
+    steps = sorted(c["steps"] for c in scored)
+    say(
+        f"race round {number}: {len(scored)} candidates, {steps[0]}-{steps[-1]} steps each, "
+        f"{time.perf_counter() - started:.1f}s; held-out balanced accuracy: {shown}"
+    )
+    return scored
+
+
+def _winner(arena: Arena, scored: list[dict]) -> tuple[dict, dict]:
+    """The last round's best, when ahead of the rule by more than RULES' times the noise of their difference
+    (else the rule), and how far ahead it was; said in a line."""
+    best, rule = scored[0], next(c for c in scored if not c["changes"])
+    gain, noise = arena.gain(best, rule)
+    winner = best if gain > RULES["noise_times"] * noise else rule
+    odds = f"{gain:+.3f} balanced accuracy over the rule, noise {noise:.3f}"
+    say(
+        "race: the rule stays, ahead of every candidate"
+        if best is rule
+        else f"race: the winner is {best['name']} ({odds})"
+        if winner is best
+        else f"race: the rule stays ({best['name']}: {odds})"
+    )
+    return winner, {"name": best["name"], "gain": round(gain, 6), "noise": round(noise, 6)}
+
+
+def _combined(scored: list[dict]) -> dict:
+    """The changes of every candidate that beat the rule, the best first where two change the same setting."""
+    rule = next(c for c in scored if not c["changes"])
+    combined: dict = {}
+    for c in scored:
+        if c["val_balanced_accuracy"] > rule["val_balanced_accuracy"]:
+            combined = {**c["changes"], **combined}
+    return combined
+
+
+def name(changes: dict) -> str:
+    """A candidate in a few words: what it changes from the rule."""
+    if not changes:
+        return "the rule"
+    words = []
+    for key, value in changes.items():
+        if key == "image_size":
+            words.append(f"{value} px")
+        elif key == "flip":
+            words.append("flips" if value else "no flips")
+        elif key in ("model", "sampler"):
+            words.append(f"{value} sampler" if key == "sampler" else str(value))
+    return " + ".join(words)
