@@ -204,15 +204,17 @@ def auto_settings(data: Dataset, machine: Machine, given: frozenset[str] = froze
 
 def size_for_detail(cfg: TrainConfig, images: torch.Tensor, machine: Machine) -> tuple[dict, str]:
     """The change to the rule's image size that keeps RECIPE's share of `images`' detail (uint8, at the largest
-    size the race considers, or the folder's own when smaller), and a line that says why ({} and why not)."""
+    size the race considers, or the folder's own when smaller), and a line that says why ({} and why not). A
+    folder whose own images are no larger than the rule's size keeps it (the rule enlarges tiny ones)."""
     top, size = images.shape[-1], cfg.image_size
     assert size is not None and cfg.translate is not None  # settled
     wanted = RECIPE["race"]["detail"]
     kept = {s: detail_kept(images, s) for s in RECIPE["race"]["sizes"][_kind(machine)] if s < top}
-    chosen = next((s for s, share in kept.items() if share >= wanted), top)
+    # never below the rule's size: a smaller one's gain, more steps in the same time, is not measured
+    chosen = next((s for s, share in kept.items() if s >= size and share >= wanted), top)
     shown = ", ".join(f"{s} px {share:.1%}" for s, share in kept.items())
     line = f"the smallest that keeps {wanted:.0%} of the images' detail ({shown})" if kept else "the folder's own"
-    if chosen == size:
+    if chosen <= size:
         return {}, f"size: {size} px as the rule says, {line}"
     return {"image_size": chosen, "translate": round(cfg.translate * chosen / size)}, f"size: {chosen} px, {line}"
 
