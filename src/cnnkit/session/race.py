@@ -27,30 +27,30 @@ from cnnkit.data import AtMost, Dataset
 from cnnkit.data.loader import DeviceBatches
 from cnnkit.data.sets import ImageSet
 from cnnkit.models import AUTO
-from cnnkit.runs.folder import RACE
 from cnnkit.session.context import RunContext, build, load_at
 from cnnkit.session.planning import loss_weights, train_batches
 from cnnkit.settings.config import TrainConfig
 from cnnkit.settings.recipes import RECIPE, describe, race_candidates, size_for_detail
-from cnnkit.training.evaluation import eval_batch, predict_logits, test_metrics
+from cnnkit.training.evaluation import eval_batch, predict_logits
 from cnnkit.training.events import Callback
+from cnnkit.training.stopping import TrainingDiverged
 from cnnkit.training.trainer import Trainer
 
 RULES = RECIPE["race"]
 DETAIL_SAMPLE = 512  # training images the detail is measured on
 
 
-def race(ctx: RunContext, asked: TrainConfig, started: float) -> RunContext:
+def race(ctx: RunContext, asked: TrainConfig, started: float) -> tuple[RunContext, dict | None]:
     """The run's context with what the data decided in place of the rule's choices (the same one when nothing
-    is open, or the race cannot run: then it says why). `asked`: the settings as the user gave them; `started`:
-    when the run began, for --budget."""
+    is open, or the race cannot run: then it says why), and the race's record for race.json (None without a
+    race). `asked`: the settings as the user gave them; `started`: when the run began, for --budget."""
     cfg, data, given = ctx.cfg, ctx.data, frozenset(asked.given) - {"model"}
     if not (asked.model == AUTO and asked.race and ctx.info.module is None and _from_scratch(cfg)):
-        return ctx
+        return ctx, None
     why_not = _why_not(ctx)
     if why_not:
         say(f"race: none, {why_not}; the recipe's rules of thumb stand (--no-race skips this check)")
-        return ctx
+        return ctx, None
     sizes = {data.image_size: data}  # the run's own split, at each size
 
     def data_at(size: int) -> Dataset:
@@ -61,9 +61,7 @@ def race(ctx: RunContext, asked: TrainConfig, started: float) -> RunContext:
     base: dict = {}
     size_line = ""
     if "image_size" not in given:
-        top = load_at(
-            cfg, AtMost(max(RULES["sizes"]["cpu" if ctx.machine.device.type == "cpu" else "gpu"])), ctx.machine
-        )
+        top = load_at(cfg, AtMost(max(RULES["sizes"][_kind(ctx)])), ctx.machine)  # the folder's own, or the top
         sizes[top.image_size] = top
         base, size_line = size_for_detail(cfg, top.splits["train"].images[:DETAIL_SAMPLE], ctx.machine)
         say(size_line)
@@ -80,11 +78,11 @@ def race(ctx: RunContext, asked: TrainConfig, started: float) -> RunContext:
         record["rounds"] = _race_rounds(arena, candidates)
         winner, record["best"] = _winner(arena, record["rounds"][-1])
     final = arena.final_settings(winner["changes"])
-    ctx.folder.write_json(RACE, {**record, "winner": {**winner, "changes": {**base, **winner["changes"]}}})
+    record["winner"] = {**winner, "changes": {**base, **winner["changes"]}}
     if final == cfg:
-        return ctx
+        return ctx, record
     say(f"the run trains {describe(final, len(data.splits['train']))}")
-    return build(final, data_at(final.image_size or data.image_size), None, ctx.machine, ctx.folder)
+    return build(final, data_at(final.image_size or data.image_size), None, ctx.machine, ctx.folder), record
 
 
 def _kind(ctx: RunContext) -> str:
@@ -192,16 +190,17 @@ class Arena:
         return max(RULES["least_steps"], round(seconds / self.pace(self.settings(changes))))
 
     def trial(self, changes: dict, steps: int) -> dict:
-        """One candidate trained for `steps` from the run's seed and scored on the race's held-out images."""
+        """One candidate trained for `steps` from the run's seed and scored on the race's held-out images (a
+        trial whose loss went NaN got none right; the run itself says so, if it goes NaN too)."""
         timed = time.perf_counter()
-        trial, trainer = self._train(self.settings(changes), steps)
+        trial, trainer, diverged = self._train(self.settings(changes), steps)
         val = DeviceBatches(trial.data.splits["val"], eval_batch(trial.data.image_size), trial.preprocess)
         logits, labels = predict_logits(trainer.kept_model, val, self.ctx.machine)
-        metrics = test_metrics(logits, labels, trial.data.classes)
-        self.right[name(changes), steps] = logits.argmax(1) == labels
+        right = (logits.argmax(1) == labels) & (not diverged)
+        self.right[name(changes), steps] = right
         return {
-            "val_balanced_accuracy": metrics["test_balanced_accuracy"],
-            "val_accuracy": round(metrics["test_accuracy"], 6),
+            "val_balanced_accuracy": round((right.double() * self.weights).sum().item(), 6),
+            "val_accuracy": round(right.float().mean().item(), 6),
             "steps": steps,
             "seconds_a_step": round(self.pace(trial.cfg), 5),
             "seconds": round(time.perf_counter() - timed, 2),  # with building the net and scoring it
@@ -214,8 +213,9 @@ class Arena:
         differs = (ours - theirs) * self.weights
         return differs.sum().item(), differs.square().sum().sqrt().item()
 
-    def _train(self, settings: TrainConfig, steps: int) -> tuple[RunContext, Trainer]:
-        """`settings` trained for `steps`; the first of its net and size also times its steps after the first."""
+    def _train(self, settings: TrainConfig, steps: int) -> tuple[RunContext, Trainer, bool]:
+        """`settings` trained for `steps`, and whether it went NaN; the first of its net and size also times its
+        steps after the first."""
         cfg = dataclasses.replace(settings, steps=steps, epochs=None, budget=None, ema=0.0)
         ctx = self.ctx
         trial = build(cfg, self.data_at(cfg.image_size or ctx.data.image_size), None, ctx.machine, ctx.folder)
@@ -223,9 +223,19 @@ class Arena:
         trainer = Trainer(trial.model, trial.spec, train_batches(trial), cfg, ctx.machine, loss_weights(trial))
         ends: list[float] = []
         trainer.callbacks = [StepClock(ends)]
-        trainer.fit(None)
-        self.paces.setdefault(_pace_key(cfg), (ends[-1] - ends[0]) / max(1, len(ends) - 1))
-        return trial, trainer
+        began = time.perf_counter()
+        try:
+            trainer.fit(None)
+        except TrainingDiverged:
+            diverged = True
+        else:
+            diverged = False
+        if len(ends) > 1:
+            pace = (ends[-1] - ends[0]) / (len(ends) - 1)
+        else:  # the loss went NaN within a step or two
+            pace = (time.perf_counter() - began) / max(1, len(ends))
+        self.paces.setdefault(_pace_key(cfg), pace)
+        return trial, trainer, diverged
 
     def final_settings(self, changes: dict) -> TrainConfig:
         """The winner's settings for the run: in the time the rule's steps would have taken (--budget and a

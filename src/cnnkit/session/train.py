@@ -24,7 +24,7 @@ from cnnkit.inspect.plots import Predictions
 from cnnkit.inspect.report import add_report
 from cnnkit.models import AUTO, CUSTOM, num_parameters
 from cnnkit.models.weights import load_weights
-from cnnkit.runs.folder import CONFIG, MODEL_INFO, SUMMARY, WEIGHTS, RunFolder
+from cnnkit.runs.folder import CONFIG, MODEL_INFO, RACE, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.runs.records import ModelInfo, RunRecord
 from cnnkit.runs.run import Run, load
 from cnnkit.runs.schema import check_same_run, require_module
@@ -70,9 +70,11 @@ def train(
     # made and claimed first: an unwritable or busy folder fails before any data is loaded
     with RunFolder.create(cfg.out, f"{data_name(cfg.data)}-{model_name}", machine) as folder:
         try:
-            ctx = race(prepare(cfg, module, machine, folder), cfg, started)
+            ctx, raced = race(prepare(cfg, module, machine, folder), cfg, started)
             folder.write_config(ctx.cfg)
             folder.write_json(MODEL_INFO, ctx.info.to_json())
+            if raced:
+                folder.write_json(RACE, raced)
         except BaseException:
             folder.abandon()
             raise
