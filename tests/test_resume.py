@@ -237,7 +237,7 @@ def test_a_disk_too_full_for_the_run_fails_before_training(tmp_path, monkeypatch
 
 
 def test_a_run_folder_belongs_to_one_run_at_a_time(tmp_path):
-    long = ["--epochs", "300", "--checkpoint-every", "20"]  # minutes of digits: still going while we try
+    long = ["--epochs", "300", "--checkpoint-every", "20", "--no-race"]  # minutes of digits: still going while we try
     first = start([*long, "--out", "run"], tmp_path)
     wait_for(tmp_path / "run" / "checkpoint.safetensors", first)
     for second in (["--out", "run"], ["--resume", "run"]):  # neither a new run nor a resume may write into it
