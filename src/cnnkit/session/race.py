@@ -16,6 +16,7 @@ it alone, exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -66,7 +67,7 @@ def race(ctx: RunContext, asked: TrainConfig, started: float) -> tuple[RunContex
         base, size_line = size_for_detail(cfg, top.splits["train"].images[:DETAIL_SAMPLE], ctx.machine)
         say(size_line)
     held_out = _race_val(data, cfg.seed)
-    arena = Arena(ctx, lambda size: _split(data_at(size), held_out), started, base)
+    arena = Arena(ctx, functools.cache(lambda size: _split(data_at(size), held_out)), started, base)  # split once
     candidates = race_candidates(arena.settings({}), data, given)
     no_trials = len(candidates) > 1 and _why_no_trials(arena, len(candidates), len(held_out))
     if no_trials:
