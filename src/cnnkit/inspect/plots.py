@@ -139,22 +139,18 @@ def per_class_figure(per_class: dict[str, float | None]) -> Any:
 def grid_figure(images: torch.Tensor, labels: list[int], predicted: list[int], classes: list[str]) -> Any:
     """Test images with their predicted labels, as the tutorials end; a wrong one in red, framed, with its
     true label under the guess."""
-    fig, axes = _image_grid(len(images), (1.8, 2.0))
-    for ax, image, true, guess in zip(axes, images, labels, predicted, strict=False):
-        wrong = true != guess
-        title = classes[guess] + (f"\n(true: {classes[true]})" if wrong else "")
-        _show(ax, image, title, "red" if wrong else "black")
-    return fig
+    pairs = list(zip(labels, predicted, strict=True))
+    captions = [classes[g] + (f"\n(true: {classes[t]})" if t != g else "") for t, g in pairs]
+    return _mosaic(images, captions, [t != g for t, g in pairs], (1.8, 2.0))
 
 
 def top_losses_figure(images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Any:
     """Test images with their guess, its probability and the truth: given the most confidently wrong ones
     (`highest_losses`), often mislabelled images or classes that look alike."""
-    fig, axes = _image_grid(len(images), (2.2, 2.3))
-    for ax, image, p, true in zip(axes, images, logits.softmax(1), labels.tolist(), strict=False):
-        guess = int(p.argmax())
-        _show(ax, image, f"{classes[guess]} {p[guess]:.2f}\ntrue: {classes[true]}", "red" if guess != true else "black")
-    return fig
+    p = logits.softmax(1)
+    pairs = list(zip(p.argmax(1).tolist(), labels.tolist(), strict=True))
+    captions = [f"{classes[g]} {p[i, g]:.2f}\ntrue: {classes[t]}" for i, (g, t) in enumerate(pairs)]
+    return _mosaic(images, captions, [g != t for g, t in pairs], (2.2, 2.3))
 
 
 def highest_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -162,41 +158,50 @@ def highest_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, labels, reduction="none").argsort(descending=True)[:TOP_LOSSES]
 
 
-def _image_grid(n: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]:
-    """A figure of about square rows and columns for `n` images of `cell` inches, every axis blank until used."""
+def _mosaic(images: torch.Tensor, captions: list[str], wrong: list[bool], cell: tuple[float, float]) -> Any:
+    """uint8 (N, C, S, S) images in about square rows and columns of `cell` inches, each under its caption, a
+    wrong one's caption red and the image framed in red. One picture with its captions, not an axis an image:
+    a quarter of the drawing time (0.26 s against 1.07 s for 36 images)."""
+    scale = math.ceil(64 / images.shape[-1])  # small images enlarged, pixels kept square, so margins are whole pixels
+    images = images.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    n, channels, side = len(images), images.shape[1], images.shape[-1]
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig, axes = pyplot().subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
-    fig.subplots_adjust(0.02, 0.02, 0.98, 0.94, wspace=0.15, hspace=0.55)  # fixed: tight_layout costs a second here
-    for ax in axes.flat:
-        ax.set_axis_off()
-    return fig, list(axes.flat)
+    per_inch = side / (0.8 * cell[0])  # each image shown 0.8 of its cell wide, its caption above it
+    width, height, margin = round(cell[0] * per_inch), round(cell[1] * per_inch), round(0.1 * per_inch)
+    canvas = torch.full((rows * height, cols * width, channels), 255, dtype=torch.uint8)
+    plt = pyplot()
+    from matplotlib.patches import Rectangle  # matplotlib is an extra: imported once pyplot() found it
 
-
-def _show(ax: Any, image: torch.Tensor, title: str, colour: str) -> None:
-    """One uint8 (C, H, W) image with its title; a red one framed in red."""
-    pixels = image.permute(1, 2, 0).numpy()
-    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
-    ax.set_title(title, fontsize=7, color=colour)
-    if colour == "red":
-        ax.set_axis_on()
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set(color="red", linewidth=2)
+    fig = plt.figure(figsize=(cell[0] * cols, cell[1] * rows))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_axis_off()
+    for i, (image, caption, bad) in enumerate(zip(images, captions, wrong, strict=True)):
+        top, left = (i // cols + 1) * height - side - margin, (i % cols) * width + (width - side) // 2
+        canvas[top : top + side, left : left + side] = image.permute(1, 2, 0)
+        colour = "red" if bad else "black"
+        ax.text(left + side / 2, top - margin, caption, ha="center", va="bottom", fontsize=7, color=colour)
+        if bad:
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="red", linewidth=2))
+    pixels = canvas[..., 0] if channels == 1 else canvas
+    ax.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+    ax.set(xlim=(-0.5, canvas.shape[1] - 0.5), ylim=(canvas.shape[0] - 0.5, -0.5))  # the canvas, whole, at once
+    return fig
 
 
 def write_plots(files: RunFiles, predictions: Predictions | None) -> dict[str, Path]:
     """Every figure of a finished run as a PNG in RUN/plots/; returns them by name. `predictions` (the test
     images, their logits and labels: `Run.test_predictions()`) add the image grid and the top losses."""
-    summary, rows = files.summary, files.metrics
-    classes = summary["classes"]
+    rows, classes = files.metrics, files.summary.classes
+    matrix, per_class = files.summary.confusion_matrix, files.summary.per_class_accuracy
+    if classes is None or matrix is None or per_class is None:
+        raise CnnkitError(f"{files.path} has no test results to draw: it was trained with --no-test")
     figures = {
         "curves": curves_figure(rows),
         "learning_rate": schedule_figure(str(files.settings.get("schedule")), files.rates, rows),
-        "confusion": confusion_figure(summary["confusion_matrix"], classes, normalised=False),
-        "confusion_normalised": confusion_figure(summary["confusion_matrix"], classes, normalised=True),
-        "per_class_accuracy": per_class_figure(summary["per_class_accuracy"]),
+        "confusion": confusion_figure(matrix, classes, normalised=False),
+        "confusion_normalised": confusion_figure(matrix, classes, normalised=True),
+        "per_class_accuracy": per_class_figure(per_class),
     }
     if files.lr_find is not None:
         figures["lr_find"] = lr_find_figure(files.lr_find)
