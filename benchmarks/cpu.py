@@ -26,7 +26,7 @@ def timed_cnnkit(**settings) -> tuple[float, float]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         run = cnnkit.train(out=f"{out}/run", report=False, **settings)
-        return run.summary["test_accuracy"], time.perf_counter() - started
+        return run.summary.test_accuracy, time.perf_counter() - started
 
 
 def main() -> None:

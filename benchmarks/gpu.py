@@ -28,7 +28,7 @@ def run_cnnkit(**settings) -> tuple[dict, float]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         run = cnnkit.train(out=f"{out}/run", **settings)
-        return run.summary, time.perf_counter() - started
+        return run.summary.to_json(), time.perf_counter() - started
 
 
 def cifar(data: Path, runs: int, extra: dict) -> None:

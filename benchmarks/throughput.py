@@ -22,7 +22,7 @@ from cnnkit.core.machine import is_main_process
 def seconds(settings: dict, steps: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         run = cnnkit.train(out=f"{out}/run", steps=steps, val_fraction=0.0, test=False, report=False, **settings)
-        return run.summary["train_seconds"]
+        return run.summary.train_seconds
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def test_train_then_eval_predict_and_repeat(tmp_path):
     plain = cnnkit("predict", "run", str(image), cwd=tmp_path)
     assert plain.stdout.startswith(f"{image}: ")
 
-    repeated = cnnkit("train", "--config", "run/config.yaml", "--out", "again", cwd=tmp_path)
+    repeated = cnnkit("train", "--config", "run/config.yaml", "--out", "again", "--no-report", cwd=tmp_path)
     assert repeated.returncode == 0, repeated.stderr
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["test_accuracy"] == summary["test_accuracy"]
@@ -115,6 +115,7 @@ def test_broken_image_stops_before_training_and_skip_flag_trains(image_folder, t
         "--epochs",
         "1",
         "--skip-bad-images",
+        "--no-report",
         "--out",
         "run",
         cwd=tmp_path,
@@ -149,7 +150,7 @@ def test_repeating_a_run_on_changed_data_says_so(tmp_path):
     for label in ("a", "b"):
         for i in range(12):
             save_image(tmp_path / "data" / label / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
-    args = ["--data", "data", "--model", "small-cnn", "--epochs", "1"]
+    args = ["--data", "data", "--model", "small-cnn", "--epochs", "1", "--no-report"]
     assert cnnkit("train", *args, "--out", "first", cwd=tmp_path).returncode == 0
     same = cnnkit("train", "--config", "first/config.yaml", "--out", "same", cwd=tmp_path)
     assert same.returncode == 0 and "data changed" not in same.stderr

@@ -40,7 +40,7 @@ def int8_dir(digits_run, tmp_path_factory):
 
 
 def versions(run_dir) -> dict:
-    return cnnkit.load(run_dir).summary["compressed"]["versions"]
+    return cnnkit.load(run_dir).summary.compressed["versions"]
 
 
 def test_int8_is_a_smaller_run_that_predicts_evaluates_and_serves_as_the_original(digits_run, int8_dir, capsys):
@@ -138,6 +138,6 @@ def test_a_folder_that_holds_files_is_refused_before_any_work(digits_run, tmp_pa
 
 def test_a_compression_that_costs_accuracy_says_so(digits_run, tmp_path, capsys):
     pruned = cnnkit.prune(digits_run, 0.97, tmp_path / "gutted", steps=1)  # almost nothing left, nothing mended
-    warning = pruned.summary["warnings"][-1]
+    warning = pruned.summary.warnings[-1]
     assert "the pruned model is" in warning and "points less accurate" in warning and "smaller --prune" in warning
     assert f"warning: {warning}" in capsys.readouterr().out

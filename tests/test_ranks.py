@@ -120,8 +120,8 @@ def test_two_processes_train_as_one_process_does_and_only_the_main_one_writes(tw
     assert largest_difference(weights(run_dir / "weights.safetensors"), weights(one.dir / "weights.safetensors")) < 1e-4
     two = json.loads((run_dir / "summary.json").read_text())
     assert two["test_accuracy"] > 0.9
-    assert abs(two["test_accuracy"] - one.summary["test_accuracy"]) <= 0.005
-    assert two["num_test_images"] == one.summary["num_test_images"] == 359  # each test image counted once
+    assert abs(two["test_accuracy"] - one.summary.test_accuracy) <= 0.005
+    assert two["num_test_images"] == one.summary.num_test_images == 359  # each test image counted once
     with open(run_dir / "metrics.csv") as f:
         assert len(f.readlines()) == 1 + SETTINGS["epochs"]
 
@@ -179,7 +179,7 @@ def test_processes_from_python_train_data_parallel_and_report_a_process_error(tm
     source = cnnkit.train(model="simplecnn", epochs=1, report=False, out=str(tmp_path / "source"))
     settings = {"init_from": str(source.dir), "freeze_epochs": 1, "epochs": 2, "report": False}  # head first, then all
     run = cnnkit.train(out=str(tmp_path / "run"), processes=2, **settings)
-    assert run.dir == tmp_path / "run" and run.summary["test_accuracy"] > 0.85
+    assert run.dir == tmp_path / "run" and run.summary.test_accuracy > 0.85
     with pytest.raises(CnnkitError, match=r"process \d of 2 failed: --batch-size 63 is the global batch.*try 62 or 64"):
         cnnkit.train(batch_size=63, epochs=1, out=str(tmp_path / "odd"), processes=2)
     with pytest.raises(CnnkitError, match="processes=0 must be"):

@@ -223,7 +223,7 @@ def test_an_injected_nan_stops_at_its_step_or_is_skipped_with_the_flag(tmp_path,
         out=str(tmp_path / "skips"),
     )
     assert "skipped epoch 1, step 5: the loss was nan; learning rate halved" in capsys.readouterr().out
-    assert run.summary["test_accuracy"] > 0.8
+    assert run.summary.test_accuracy > 0.8
     assert load_checkpoint(run.dir / "checkpoint.safetensors")["scheduler"]["base_lrs"] == [0.002, 0.002]
 
 
@@ -325,7 +325,7 @@ def test_a_disk_full_at_the_start_leaves_a_folder_ready_for_the_next_run(tmp_pat
             cnnkit.train(report=False, epochs=1, out=str(tmp_path / out))
     assert list((tmp_path / "mine").iterdir()) == [] and not (tmp_path / "new").exists()
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the same folder takes the run
-    assert cnnkit.train(report=False, epochs=1, out=str(tmp_path / "mine")).summary["epochs"] == 1
+    assert cnnkit.train(report=False, epochs=1, out=str(tmp_path / "mine")).summary.epochs == 1
 
 
 def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monkeypatch):
@@ -351,7 +351,7 @@ def test_a_disk_that_fills_during_training_keeps_a_resumable_run(tmp_path, monke
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())  # no half files left
     monkeypatch.undo()
     run = cnnkit.resume(tmp_path / "run")
-    assert run.summary["epochs"] == 3 and run.summary["test_accuracy"] > 0.8
+    assert run.summary.epochs == 3 and run.summary.test_accuracy > 0.8
 
 
 def small_folder(root, per_class: int, start: int = 0):
@@ -367,7 +367,7 @@ def small_folder(root, per_class: int, start: int = 0):
 def test_a_run_refuses_data_that_changed_since_it_trained(tmp_path):
     folder = small_folder(tmp_path / "shapes", 30)
     run = cnnkit.train(report=False, data=str(folder), model="small-cnn", epochs=2, out=str(tmp_path / "run"))
-    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(run.summary.test_accuracy)
     small_folder(folder, 5, start=100)  # new images: the old test split would now mix with training images
     with pytest.raises(
         CnnkitError,
@@ -394,7 +394,7 @@ def test_a_fine_tuning_run_resumes_after_its_source_is_gone(tmp_path):
     source = cnnkit.train(report=False, epochs=1, out=str(tmp_path / "source"))
     tuned = cnnkit.train(report=False, init_from=str(source.dir), epochs=1, out=str(tmp_path / "tuned"))
     shutil.rmtree(source.dir)
-    assert cnnkit.resume(tuned.dir).summary["test_accuracy"] == pytest.approx(tuned.summary["test_accuracy"])
+    assert cnnkit.resume(tuned.dir).summary.test_accuracy == pytest.approx(tuned.summary.test_accuracy)
 
 
 def test_data_paths_expand_the_home_folder(tmp_path, monkeypatch):

@@ -60,13 +60,13 @@ def test_repeating_a_run_from_its_config_is_identical_on_cpu(digits_run, tmp_pat
     again = cnnkit.train(config, out=str(tmp_path / "again"))
     first, second = (load_file(str(r.dir / "weights.safetensors")) for r in (digits_run, again))
     assert all(torch.equal(first[k], second[k]) for k in first)
-    assert again.summary["test_accuracy"] == digits_run.summary["test_accuracy"]
+    assert again.summary.test_accuracy == digits_run.summary.test_accuracy
 
 
 def test_eval_recomputes_the_saved_test_metrics(digits_run):
     metrics = cnnkit.load(digits_run.dir).evaluate()
-    assert metrics["test_accuracy"] == pytest.approx(digits_run.summary["test_accuracy"])
-    assert metrics["confusion_matrix"] == digits_run.summary["confusion_matrix"]
+    assert metrics["test_accuracy"] == pytest.approx(digits_run.summary.test_accuracy)
+    assert metrics["confusion_matrix"] == digits_run.summary.confusion_matrix
 
 
 def test_predict_classifies_image_files_like_the_test_set(digits_run, tmp_path):
@@ -97,10 +97,10 @@ def test_mnist_one_epoch_at_the_rate_lr_auto_finds_reaches_98_5_percent(shared_d
         lr="auto", data="mnist", data_dir=str(shared_data), model="simplecnn", epochs=1, out=str(tmp_path / "m")
     )
     assert 1e-4 < run.config.lr < 0.1  # the range test's rate, in config.yaml
-    assert run.summary["test_accuracy"] >= 0.985
+    assert run.summary.test_accuracy >= 0.985
     page = (run.dir / "report.html").read_text()  # the report of an MNIST run, its range test drawn
     assert "Learning-rate range test" in page and "<h2>Test images" in page
-    assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+    assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary.test_accuracy)
 
 
 @pytest.mark.slow
@@ -108,15 +108,15 @@ def test_cifar_jpeg_folder_beats_the_tutorial_with_lenet(shared_data, tmp_path):
     run = cnnkit.train(
         report=False, data=str(shared_data / "cifar10-jpeg"), model="lenet", epochs=2, out=str(tmp_path / "c")
     )
-    assert run.summary["test_accuracy"] > 0.5335  # the PyTorch tutorial's figure for this net and budget
-    assert run.summary["classes"][0] == "airplane" and run.summary["num_test_images"] == 10000
+    assert run.summary.test_accuracy > 0.5335  # the PyTorch tutorial's figure for this net and budget
+    assert run.summary.classes[0] == "airplane" and run.summary.num_test_images == 10000
 
 
 def test_image_folder_trains_and_predicts(image_folder, tmp_path):
     run = cnnkit.train(
         report=False, data=str(image_folder), model="small-cnn", epochs=8, out=str(tmp_path / "f"), seed=1
     )
-    assert run.summary["test_accuracy"] >= 0.9  # bars against rings: easy, if the pipeline is right
+    assert run.summary.test_accuracy >= 0.9  # bars against rings: easy, if the pipeline is right
     ring = next((image_folder / "ring").glob("*.webp"))
     assert run.predict([ring], top_k=1)[0]["predictions"][0]["class"] == "ring"
 
@@ -132,11 +132,11 @@ class TinyNet(nn.Module):
 
 def test_any_nn_module_trains_and_loads_back(tmp_path):
     run = cnnkit.train(report=False, model=TinyNet(), epochs=2, out=str(tmp_path / "custom"))
-    assert (run.summary["model"], run.summary["module"]) == ("custom", "TinyNet")
+    assert (run.summary.model, run.summary.module) == ("custom", "TinyNet")
     with pytest.raises(CnnkitError, match=r"custom nn.Module \(TinyNet\).*model=TinyNet"):
         cnnkit.load(run.dir)
     loaded = cnnkit.load(run.dir, model=TinyNet())
-    assert loaded.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+    assert loaded.evaluate()["test_accuracy"] == pytest.approx(run.summary.test_accuracy)
 
 
 def test_existing_run_folders_are_never_overwritten(digits_run, tmp_path):
@@ -158,7 +158,7 @@ def test_init_from_a_run_remakes_a_head_of_another_class_count(digits_run, tmp_p
         report=False, data=str(tmp_path / "three"), init_from=str(digits_run.dir), epochs=2, out=str(tmp_path / "ft")
     )
     assert "made anew for the new classes: head.weight" in capsys.readouterr().out  # fastcnn's head has no bias
-    assert run.summary["test_accuracy"] >= 0.95 and len(run.classes) == 3
+    assert run.summary.test_accuracy >= 0.95 and len(run.classes) == 3
 
 
 def test_init_from_another_architecture_says_what_differs(digits_run, tmp_path):
@@ -232,13 +232,13 @@ def test_the_summary_says_where_its_figures_came_from(digits_run):
     import subprocess
 
     summary = digits_run.summary
-    assert summary["torch_version"] == torch.__version__ and summary["torchvision_version"] == version("torchvision")
-    assert summary["device"] == "cpu" and summary["device_name"]
+    assert summary.torch_version == torch.__version__ and summary.torchvision_version == version("torchvision")
+    assert summary.device == "cpu" and summary.device_name
     checkout = Path(cnnkit.__file__).resolve().parents[2]
     if not (checkout / ".git").exists():
         pytest.skip("cnnkit is installed, not running from a checkout: no commit to record")
     head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    assert summary["git_commit"].removesuffix("-dirty") == head.strip()
+    assert summary.git_commit.removesuffix("-dirty") == head.strip()
 
 
 def test_auto_named_run_folders_never_collide(tmp_path, monkeypatch):
@@ -282,6 +282,6 @@ def test_a_models_own_input_size_and_normalisation_are_used_and_stored(tmp_path,
     run = cnnkit.train(report=False, model="test-scaled", epochs=2, out=str(tmp_path / "run"))
     info = json.loads((run.dir / "model.json").read_text())
     assert (info["image_size"], info["mean"], info["std"]) == (12, [0.25], [0.5])
-    assert run.summary["test_accuracy"] > 0.8
+    assert run.summary.test_accuracy > 0.8
     spec = model_spec("test-scaled")
     assert spec.architecture({"pretrained": True}) == {}  # initialisation only: never stored, never re-run on load

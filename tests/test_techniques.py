@@ -118,7 +118,7 @@ def test_presets_are_listed_with_their_settings(tmp_path):
 @pytest.mark.slow
 def test_mnist_fast_preset_reaches_99_percent(shared_data, tmp_path):
     run = cnnkit.train(report=False, preset="mnist-fast", data_dir=str(shared_data), out=str(tmp_path / "run"))
-    assert run.summary["test_accuracy"] >= 0.99
+    assert run.summary.test_accuracy >= 0.99
     assert run.config.model == "fastcnn-small"
 
 
@@ -137,8 +137,8 @@ def test_whitened_fastcnn_with_ema_and_tta_trains_on_a_colour_folder(image_folde
         nesterov=True,
         out=str(tmp_path / "run"),
     )
-    assert run.summary["test_accuracy"] >= 0.9
-    assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary["test_accuracy"])
+    assert run.summary.test_accuracy >= 0.9
+    assert run.evaluate()["test_accuracy"] == pytest.approx(run.summary.test_accuracy)
 
 
 def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp_path, monkeypatch):
@@ -155,10 +155,10 @@ def test_compiled_training_reports_its_warm_up_and_never_recompiles_after_it(tmp
         report=False, compile=True, epochs=2, tta=True, model="fastcnn-small", image_size=16, out=str(tmp_path / "run")
     )
     summary = run.summary
-    assert summary["compile_seconds"] > 0 and summary["test_accuracy"] > 0.5
+    assert summary.compile_seconds > 0 and summary.test_accuracy > 0.5
     # the compiled bf16 kernels round unlike the eager ones that `load` runs: one borderline image may flip
-    one_image = 1 / summary["num_test_images"]
-    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=one_image)
+    one_image = 1 / summary.num_test_images
+    assert cnnkit.load(run.dir).evaluate()["test_accuracy"] == pytest.approx(summary.test_accuracy, abs=one_image)
 
 
 def test_muon_orthogonalizes_an_update_keeping_its_directions():

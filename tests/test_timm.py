@@ -37,7 +37,7 @@ def test_its_spec_is_timms_pretrained_config():
 
 
 def test_a_timm_model_trains_on_grey_digits_and_is_summarised(timm_run, capsys):
-    assert timm_run.summary["test_accuracy"] > 0.8
+    assert timm_run.summary.test_accuracy > 0.8
     first = timm_run.model.get_submodule("conv1.0")
     assert first.in_channels == 1 and timm_run.model.get_classifier().out_features == 10  # the data's shape
     assert main(["summary", str(timm_run.dir)]) == 0

@@ -92,7 +92,7 @@ class Recorder(cnnkit.Callback):
 def test_callbacks_see_every_step_and_epoch(tmp_path):
     recorder = Recorder()
     run = cnnkit.train(report=False, epochs=2, batch_size=64, callbacks=[recorder], out=str(tmp_path / "run"))
-    steps_per_epoch = run.summary["num_train_images"] // 64
+    steps_per_epoch = run.summary.num_train_images // 64
     assert recorder.steps == 2 * steps_per_epoch and recorder.ended
     assert [r.epoch for r in recorder.epochs] == [1, 2]
     assert recorder.epochs[0].train_loss == pytest.approx(
@@ -105,7 +105,7 @@ def test_a_callback_can_end_training_early_and_the_run_still_tests_and_saves(tmp
     run = cnnkit.train(report=False, epochs=3, callbacks=[recorder], out=str(tmp_path / "run"))
     assert recorder.steps == 5 and len(recorder.epochs) == 1
     assert len((run.dir / "metrics.csv").read_text().splitlines()) == 2  # header and the one (short) epoch
-    assert 0 < run.summary["test_accuracy"] <= 1
+    assert 0 < run.summary.test_accuracy <= 1
 
 
 def test_train_steps_reuse_one_function_and_keep_the_running_sums():
@@ -172,4 +172,4 @@ def test_a_run_trains_off_the_main_thread(tmp_path):
     )
     thread.start()
     thread.join()
-    assert runs and runs[0].summary["test_accuracy"] > 0.5
+    assert runs and runs[0].summary.test_accuracy > 0.5

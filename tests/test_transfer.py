@@ -92,7 +92,7 @@ def test_grey_images_sum_the_colour_filters_and_training_moves_the_backbone(tmp_
     assert model.conv1.weight.shape == (64, 1, 7, 7)
     assert run.info.mean == [pytest.approx(0.449)]  # ImageNet's normalisation averaged over colours
     assert not torch.equal(parameters(run)["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])  # unfrozen
-    assert run.summary["test_accuracy"] > 0.8
+    assert run.summary.test_accuracy > 0.8
 
 
 def test_pretrained_downloads_once_then_reads_from_torch_home_offline(colour_folder, tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def test_lr_auto_leaves_no_trace_but_its_rate(tmp_path):
     assert read_json(auto.dir / "plan.json")["lr"] == found  # what the run decided, beside its settings
     plain = cnnkit.train(model="small-cnn", epochs=2, lr=found, report=False, out=str(tmp_path / "plain"))
     # the range test's steps were undone (weights, optimiser, every RNG): the same run as one given the rate
-    assert plain.summary["test_accuracy"] == auto.summary["test_accuracy"]
+    assert plain.summary.test_accuracy == auto.summary.test_accuracy
     for a, b in zip(auto.model.state_dict().values(), plain.model.state_dict().values(), strict=True):
         assert a.equal(b)
 

@@ -90,7 +90,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         smaller = quantize(run, out, CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images)
     else:
         smaller = prune(run, args.prune, out, args.steps)
-    for line in footprint_table(smaller.summary["compressed"]["versions"]):
+    for line in footprint_table((smaller.summary.compressed or {})["versions"]):
         print(printable(line))
     print(printable(f"the {args.quantize or 'pruned'} run is {smaller.dir}"))
     return 0

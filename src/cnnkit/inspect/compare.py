@@ -37,7 +37,7 @@ def comparison_table(runs: list[RunFiles]) -> str:
     differing = [k for k in keys if len({repr(run.settings.get(k)) for run in runs}) > 1]
     rows = [("run", *(run.name for run in runs))]
     rows += [(k, *(shown(run.settings.get(k)) for run in runs)) for k in differing]
-    rows += [(label, *(shown(run.summary.get(key)) for run in runs)) for key, label in RESULTS]
+    rows += [(label, *(shown(getattr(run.summary, key)) for run in runs)) for key, label in RESULTS]
     lines = columns(rows)
     if not differing:
         lines.insert(1, "(the runs' settings are the same)")

@@ -12,7 +12,7 @@ from cnnkit.core.files import atomic_write
 from cnnkit.core.progress import say
 from cnnkit.inspect.plots import Predictions, write_plots
 from cnnkit.inspect.summary import format_summary, run_summary
-from cnnkit.runs.records import RunFiles
+from cnnkit.runs.records import RunFiles, RunSummary
 from cnnkit.runs.run import Run, load
 
 REPORT = "report.html"
@@ -57,7 +57,7 @@ def write_report(
     `predictions`; otherwise the run is loaded and its test split predicted again."""
     files = RunFiles.read(run_dir)
     summary, settings = files.summary, files.settings
-    if summary.get("test_accuracy") is None:
+    if summary.test_accuracy is None:
         raise CnnkitError(f"{run_dir} was trained with --no-test, and a report shows the test results")
     run = run or load(run_dir, device="cpu")
     run.network("draw a report of")  # it shows the network's layers
@@ -71,11 +71,11 @@ def write_report(
     title, model = run_summary(run)
     sections = [
         f"<h1>{_text(run_dir.name)}</h1>",
-        f"<p>{_text(str(summary.get('model')))} on {_text(str(summary.get('data')))}</p>",
+        f"<p>{_text(str(summary.model))} on {_text(str(summary.data))}</p>",
         "<h2>Results</h2>",
-        _table((label, summary.get(key)) for key, label in RESULTS if key in summary),
+        _table((label, getattr(summary, key)) for key, label in RESULTS if getattr(summary, key) is not None),
         "<h2>Warnings</h2>",
-        "".join(f'<div class="warning">{_text(w)}</div>' for w in [*summary["warnings"], *filter(None, [missing])])
+        "".join(f'<div class="warning">{_text(w)}</div>' for w in [*summary.warnings, *filter(None, [missing])])
         or "<p>none</p>",
         *_race_section(files.race),
         *(f"<h2>{PLOT_TITLES[name]}</h2>\n{_image(path)}" for name, path in plots.items()),
@@ -95,16 +95,16 @@ def write_report(
     return path, missing
 
 
-def _class_table(summary: dict) -> str:
+def _class_table(summary: RunSummary) -> str:
     """Each class's test images, precision, recall and F1 (runs older than them: its accuracy alone)."""
-    if "per_class" not in summary:
-        return _table(summary["per_class_accuracy"].items())
+    if summary.per_class is None:
+        return _table((summary.per_class_accuracy or {}).items())
     head = "<tr><th>class</th><th>test images</th><th>precision</th><th>recall</th><th>F1</th></tr>"
     rows = "".join(
         f"<tr><th>{_text(name)}</th>"
         + "".join(f"<td>{_text(shown(s[key]))}</td>" for key in ("images", "precision", "recall", "f1"))
         + "</tr>"
-        for name, s in summary["per_class"].items()
+        for name, s in summary.per_class.items()
     )
     return f"<table>{head}{rows}</table>"
 

@@ -1,7 +1,7 @@
 """The records a run folder keeps, typed, each read and written here: model.json (`ModelInfo`, checked at
-the edge: an edited or damaged file must not build a model or preprocess an image), plan.json (`RunPlan`), the
-bookkeeping a run carries in every checkpoint as it trains (`RunRecord`), and a finished run's files
-(`RunFiles`)."""
+the edge: an edited or damaged file must not build a model or preprocess an image), summary.json
+(`RunSummary`), plan.json (`RunPlan`), the bookkeeping a run carries in every checkpoint as it trains
+(`RunRecord`), and a finished run's files (`RunFiles`)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,71 @@ def _plausible(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) <= 10
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """summary.json: the test results, how training went, the data and model, and where the figures came from.
+    Every field may be None: in a run trained with --no-test (the test's), and in runs older than the field."""
+
+    # the test (`training.evaluation.test_metrics`; `cnnkit eval` recomputes these)
+    test_accuracy: float | None = None
+    test_balanced_accuracy: float | None = None  # each class's recall, averaged: what imbalance cannot hide
+    test_macro_f1: float | None = None
+    test_loss: float | None = None
+    per_class_accuracy: dict[str, float | None] | None = None
+    per_class: dict[str, dict] | None = None  # each class's precision, recall, f1 and test images
+    confusion_matrix: list[list[int]] | None = None  # rows: the true class, columns: the predicted one
+    classes: list[str] | None = None
+    num_test_images: int | None = None
+    # how training went
+    epochs: int | None = None
+    steps: int | None = None
+    budget_seconds: float | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what went badly, with what to try
+    best_epoch: int | None = None
+    val_accuracy: float | None = None
+    train_seconds: float | None = None
+    compile_seconds: float | None = None
+    test_seconds: float | None = None
+    # the data and the model
+    num_parameters: int | None = None
+    num_train_images: int | None = None
+    num_val_images: int | None = None
+    data: str | None = None
+    model: str | None = None
+    module: str | None = None  # the class name of an nn.Module passed in from Python
+    skipped_images: list[str] = dataclasses.field(default_factory=list)  # --skip-bad-images's
+    # where the figures came from (`session.results.provenance`)
+    cnnkit_version: str | None = None
+    torch_version: str | None = None
+    torchvision_version: str | None = None
+    device: str | None = None
+    device_name: str | None = None
+    bf16: bool | None = None
+    git_commit: str | None = None
+    seconds_used: float | None = None  # of the call that wrote it: a resumed run counts anew
+    compressed: dict | None = None  # `cnnkit compress`'s record: the method, and each version's size and accuracy
+
+    @classmethod
+    def read(cls, path: Path) -> RunSummary:
+        values = read_json(path)
+        if not isinstance(values, dict) or not isinstance(values.get("warnings", []), list):
+            raise CnnkitError(
+                f"{path} is not a summary.json as cnnkit writes it; it was edited or damaged: train again, "
+                "or `cnnkit eval` the run for its test results"
+            )
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+    def to_json(self) -> dict:
+        values = dataclasses.asdict(self)
+        if self.compressed is None:  # only a compressed run has the section
+            del values["compressed"]
+        return values
+
+    def with_test(self, metrics: dict) -> RunSummary:
+        """This summary with the test section of `metrics` (`test_metrics`'s) in place."""
+        return dataclasses.replace(self, **metrics)
+
+
 @dataclasses.dataclass
 class RunPlan:
     """What a run decided as it went, beside its settings: --lr auto's rate, --budget's steps, and the later
@@ -149,7 +214,7 @@ class RunFiles:
 
     path: Path
     settings: dict
-    summary: dict
+    summary: RunSummary
     metrics: list[dict]
     rates: list[dict]  # epoch, step, lr
     lr_find: dict | None
@@ -163,7 +228,7 @@ class RunFiles:
             )
         metrics, rates = (csv_rows(path / name) for name in (METRICS, RATES))
         lr_find, race = (read_json(path / name) if (path / name).is_file() else None for name in (LR_FIND, RACE))
-        return cls(path, read_yaml(path / CONFIG), read_json(path / SUMMARY), metrics, rates, lr_find, race)
+        return cls(path, read_yaml(path / CONFIG), RunSummary.read(path / SUMMARY), metrics, rates, lr_find, race)
 
     @property
     def name(self) -> str:

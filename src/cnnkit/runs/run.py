@@ -12,7 +12,6 @@ from PIL import Image
 from torch import nn
 
 from cnnkit.core.errors import CnnkitError
-from cnnkit.core.files import read_json
 from cnnkit.core.machine import Machine, pick_machine
 from cnnkit.data import load_data
 from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels, to_square
@@ -24,7 +23,7 @@ from cnnkit.models import create_model
 from cnnkit.models.inference import Classifier, OnnxClassifier, probabilities_of
 from cnnkit.models.weights import load_weights
 from cnnkit.runs.folder import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS
-from cnnkit.runs.records import ModelInfo
+from cnnkit.runs.records import ModelInfo, RunSummary
 from cnnkit.runs.schema import check_same_run, data_fingerprint, require_module
 from cnnkit.settings.config import TrainConfig, folder_reading
 from cnnkit.training.evaluation import eval_batch, predict_logits, test_metrics
@@ -45,8 +44,8 @@ class Run:
         return self.info.classes
 
     @property
-    def summary(self) -> dict:
-        return read_json(self.dir / SUMMARY)
+    def summary(self) -> RunSummary:
+        return RunSummary.read(self.dir / SUMMARY)
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.info.mean, self.info.std, self.machine.memory_format).to(self.machine.device)

@@ -18,7 +18,7 @@ from cnnkit.core.progress import say
 from cnnkit.core.version import __version__
 from cnnkit.models import num_parameters
 from cnnkit.runs.folder import METRICS, TENSORBOARD, RunFolder
-from cnnkit.runs.records import RunRecord, csv_rows
+from cnnkit.runs.records import RunRecord, RunSummary, csv_rows
 from cnnkit.session.context import RunContext
 from cnnkit.training.events import Callback, EpochResult
 from cnnkit.training.trainer import Trainer
@@ -84,38 +84,41 @@ MEMORISED_GAP = 0.3  # training accuracy this far above validation: memorised, n
 STILL_RISING = 0.01
 
 
-def closing_line(summary: dict, folder: RunFolder) -> str:
-    if summary["test_accuracy"] is None:
-        val = summary["val_accuracy"]
+def closing_line(summary: RunSummary, folder: RunFolder) -> str:
+    if summary.test_accuracy is None:
+        val = summary.val_accuracy
         return f"validation accuracy {'none' if val is None else f'{val:.4f}'}, not tested; run saved in {folder}"
     return (
-        f"test accuracy {summary['test_accuracy']:.4f} (balanced {summary['test_balanced_accuracy']:.4f}), "
-        f"loss {summary['test_loss']:.4f}; run saved in {folder}"
+        f"test accuracy {summary.test_accuracy:.4f} (balanced {summary.test_balanced_accuracy:.4f}), "
+        f"loss {summary.test_loss:.4f}; run saved in {folder}"
     )
 
 
-def summary_json(ctx: RunContext, metrics: dict, record: RunRecord, timings: dict[str, float]) -> dict:
+def summary_json(
+    ctx: RunContext, metrics: dict, record: RunRecord, compile_seconds: float, test_seconds: float
+) -> RunSummary:
     """summary.json: the test metrics, how training went, the data, and where the figures came from."""
     data, settings = ctx.data, ctx.settings  # the steps as planned
-    return {
+    return RunSummary(
         **metrics,
-        "epochs": settings.epochs,
-        "steps": settings.steps,
-        "budget_seconds": record.budget_seconds,
-        "warnings": run_warnings(ctx, metrics, record),
-        "best_epoch": record.best_epoch,
-        "val_accuracy": record.best_score if len(data.splits["val"]) else None,
-        "train_seconds": round(record.train_seconds, 3),
-        **{k: round(v, 3) for k, v in timings.items()},
-        "num_parameters": num_parameters(ctx.model),
-        "num_train_images": len(data.splits["train"]),
-        "num_val_images": len(data.splits["val"]),
-        "data": settings.data,
-        "model": settings.model,
-        "module": ctx.info.module,
-        "skipped_images": data.skipped,
+        epochs=settings.epochs,
+        steps=settings.steps,
+        budget_seconds=record.budget_seconds,
+        warnings=run_warnings(ctx, metrics, record),
+        best_epoch=record.best_epoch,
+        val_accuracy=record.best_score if len(data.splits["val"]) else None,
+        train_seconds=round(record.train_seconds, 3),
+        compile_seconds=round(compile_seconds, 3),
+        test_seconds=round(test_seconds, 3),
+        num_parameters=num_parameters(ctx.model),
+        num_train_images=len(data.splits["train"]),
+        num_val_images=len(data.splits["val"]),
+        data=settings.data,
+        model=settings.model,
+        module=ctx.info.module,
+        skipped_images=data.skipped,
         **provenance(ctx.machine),
-    }
+    )
 
 
 def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]:

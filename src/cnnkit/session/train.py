@@ -25,7 +25,7 @@ from cnnkit.inspect.report import add_report
 from cnnkit.models import AUTO, CUSTOM, num_parameters
 from cnnkit.models.weights import load_weights
 from cnnkit.runs.folder import CONFIG, MODEL_INFO, RACE, SUMMARY, WEIGHTS, RunFolder
-from cnnkit.runs.records import ModelInfo, RunRecord
+from cnnkit.runs.records import ModelInfo, RunRecord, RunSummary
 from cnnkit.runs.run import Run, load
 from cnnkit.runs.schema import check_same_run, require_module
 from cnnkit.session.context import RunContext, prepare
@@ -163,7 +163,7 @@ def _run(
 
 def _fit_and_test(
     ctx: RunContext, callbacks: Sequence[Callback], resume_state: dict | None, started: float
-) -> tuple[dict, Predictions | None]:
+) -> tuple[RunSummary, Predictions | None]:
     """Prepare, plan, fit, test, summarise: the whole run, top to bottom."""
     # prepare: the model for its steps, the run's bookkeeping, the batches, the trainer
     say(opening_line(ctx))
@@ -214,12 +214,11 @@ def _fit_and_test(
     metrics, predictions = _test(ctx, step_model) if ctx.cfg.test else untested
 
     # summarise: summary.json, with what went wrong said in plain words
-    timings = {"compile_seconds": compile_seconds, "test_seconds": time.perf_counter() - tested}
-    summary = summary_json(ctx, metrics, record, timings)
-    for warning in summary["warnings"]:
+    summary = summary_json(ctx, metrics, record, compile_seconds, time.perf_counter() - tested)
+    for warning in summary.warnings:
         say(f"warning: {warning}")
-    summary["seconds_used"] = round(time.perf_counter() - started, 3)  # of this call: a resumed one counts anew
-    ctx.folder.write_json(SUMMARY, summary)
+    summary = dataclasses.replace(summary, seconds_used=round(time.perf_counter() - started, 3))
+    ctx.folder.write_json(SUMMARY, summary.to_json())
     return summary, predictions
 
 

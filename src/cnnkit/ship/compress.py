@@ -15,6 +15,7 @@ from cnnkit.core.files import atomic_write
 from cnnkit.core.progress import say
 from cnnkit.models import AUTO
 from cnnkit.runs.folder import CONFIG, METRICS, MODEL_INFO, ONNX, RATES, SUMMARY, WEIGHTS, RunFolder
+from cnnkit.runs.records import RunSummary
 from cnnkit.runs.run import Run, load
 from cnnkit.session.train import train
 from cnnkit.settings.config import TrainConfig
@@ -64,7 +65,7 @@ def _write_int8(run: Run, folder: RunFolder, quantized: Path, calibration_images
     record = _record(run, int8, "int8", **origin)
     advice = "try more --calibration-images, or ship the float model (cnnkit export)"
     # the run's summary, with the int8 model's test results
-    folder.write_json(SUMMARY, _with(record, {**run.summary, **int8.evaluate()}, advice))
+    folder.write_json(SUMMARY, _with(record, run.summary.with_test(int8.evaluate()), advice).to_json())
     return int8
 
 
@@ -81,7 +82,7 @@ def prune(run: Run, fraction: float, out: Path | None = None, steps: int | None 
     details = {"fraction": fraction, "sparsity": round(sparsity(pruned.model), 6), "fine_tune_steps": cfg.steps}
     record = _record(run, pruned, "pruned", **details)
     with RunFolder.reopen(pruned.dir, pruned.machine) as folder:
-        folder.write_json(SUMMARY, _with(record, pruned.summary, "try a smaller --prune, or more --steps"))
+        folder.write_json(SUMMARY, _with(record, pruned.summary, "try a smaller --prune, or more --steps").to_json())
     return pruned
 
 
@@ -145,7 +146,7 @@ def _fine_tune(run: Run, fraction: float, out: Path, steps: int | None) -> Train
         muon_lr=cfg.muon_lr * FINE_TUNE_RATE,
         init_from=str(run.dir.resolve()),
         prune=fraction,
-        steps=steps or max(1, round(FINE_TUNE_STEPS * run.summary["steps"])),
+        steps=steps or max(1, round(FINE_TUNE_STEPS * (run.summary.steps or 1))),
         epochs=None,
         budget=None,
         preset=None,
@@ -168,17 +169,17 @@ def _record(original: Run, compressed: Run, method: str, **details) -> dict:
     return {"method": method, "from": str(original.dir.resolve()), **details, "versions": versions}
 
 
-def _with(record: dict, summary: dict, advice: str) -> dict:
+def _with(record: dict, summary: RunSummary, advice: str) -> RunSummary:
     """`summary` with the record, and a warning (said, and kept in `warnings`) if compressing cost accuracy."""
     original, compressed = (record["versions"][name]["test_accuracy"] for name in ("original", record["method"]))
-    warnings = list(summary.get("warnings", []))
+    warnings = list(summary.warnings)
     if original - compressed > ACCURACY_LOST:
         warnings.append(
             f"the {record['method']} model is {100 * (original - compressed):.1f} points less accurate on the test "
             f"images than the run it came from ({compressed:.4f} against {original:.4f}); {advice}"
         )
         say(f"warning: {warnings[-1]}")
-    return {**summary, "warnings": warnings, "compressed": record}
+    return dataclasses.replace(summary, warnings=warnings, compressed=record)
 
 
 def _beside(run: Run, suffix: str) -> Path:

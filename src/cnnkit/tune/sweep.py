@@ -137,7 +137,7 @@ def _trial(folder: Path, state: dict, index: int, point: dict, settings: dict, w
         record = {
             "settings": point,
             "status": "pruned" if watch.pruned else "done",
-            "val_accuracy": summary["val_accuracy"],
+            "val_accuracy": summary.val_accuracy,
             "curve": watch.curve,
         }
     except (TrainingInterrupted, KeyboardInterrupt):
@@ -202,7 +202,7 @@ def _test_winner(folder: Path, state: dict, report: bool) -> None:
     run = load(folder / best["trial"])
     predictions = run.test_predictions()  # the one look at the test split
     metrics = test_metrics(*predictions[1:], run.classes)
-    write_json(folder / best["trial"] / SUMMARY, {**run.summary, **metrics})
+    write_json(folder / best["trial"] / SUMMARY, run.summary.with_test(metrics).to_json())
     state["winner"] = best["trial"]
     state["trials"][best["trial"]]["test_accuracy"] = metrics["test_accuracy"]
     write_json(folder / SWEEP, state)
