@@ -51,8 +51,8 @@ def test_the_race_records_every_candidate_and_trains_the_winner(raced_run, capsy
     assert len(race["rounds"]) == 2 and "the rule" in [c["name"] for c in final] and len(final) in (2, 3)
     best, rule = final[0], next(c for c in final if c["name"] == "the rule")
     assert race["best"]["name"] == best["name"]
-    # the best replaces the rule only when ahead of it by more than the noise of their difference
-    beats = race["best"]["gain"] > race["best"]["noise"]
+    # the best replaces the rule only when ahead of it by more than twice the noise of their difference
+    beats = race["best"]["gain"] > 2 * race["best"]["noise"]
     assert race["winner"]["name"] == (best if beats else rule)["name"]
     config = read_yaml(raced_run.dir / "config.yaml")
     for key, value in race["winner"]["changes"].items():

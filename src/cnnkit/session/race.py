@@ -5,7 +5,7 @@ keeps their detail; short trials cannot see what a size is worth). Then the choi
 most of the training images and is scored by its balanced accuracy on the rest; with both open, the best, the
 winning changes combined and the rule race again on schedules three times longer (successive halving, as
 Hyperband and ASHA do). The winner replaces the rule only when ahead of it by
-more than the noise of their difference. It then trains the run, in the time the rule's steps would have taken
+more than twice the noise of their difference. It then trains the run, in the time the rule's steps would have taken
 (or what is left of --budget).
 
 Every candidate trains with the run's seed, so they see the same initial draws and batches: what differs is
@@ -294,7 +294,7 @@ def _round(arena: Arena, candidates: list[tuple[dict, int]], number: int) -> lis
 
 
 def _winner(arena: Arena, scored: list[dict]) -> tuple[dict, dict]:
-    """The last round's best, when ahead of the rule by more than RULES' times the noise of their difference
+    """The last round's best, when ahead of the rule by more than RULES' noise_times the noise of their difference
     (else the rule), and how far ahead it was; said in a line."""
     best, rule = scored[0], next(c for c in scored if not c["changes"])
     gain, noise = arena.gain(best, rule)
