@@ -18,7 +18,7 @@ import cnnkit
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import read_json
 from cnnkit.settings.config import TrainConfig
-from cnnkit.training.lr_find import STEPS, suggest
+from cnnkit.training.lr_find import RATES, STEPS, suggest
 from cnnkit.tune.search import Param, parse_search, random_points
 from cnnkit.tune.sweep import sweep
 
@@ -69,7 +69,8 @@ def test_lr_find_command_prints_the_rate_and_draws_the_curve(tmp_path):
     result = run_cnnkit("lr-find", "--plot", "curve.png", cwd=tmp_path)  # the automatic recipe's model, with SGD
     assert result.returncode == 0, result.stderr
     rate = float(result.stdout.split("suggested --lr ")[1].split(":")[0])
-    assert 1e-5 < rate < 1 and (tmp_path / "curve.png").stat().st_size > 10_000
+    # a tenth of where the loss was lowest; at most a tenth of the last rate (reached on one thread, not on two)
+    assert 1e-5 < rate <= RATES[1] / 10 and (tmp_path / "curve.png").stat().st_size > 10_000
     assert not (tmp_path / "runs").exists()  # nothing kept
 
 
