@@ -31,6 +31,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 CONFIGS = {
     "default": {},
     "no-race": {"race": False},  # the automatic recipe's rules of thumb alone, unraced
+    "no-turns": {"turns": False},  # the race without its right-angle turns for grey images
     "simplecnn": {"model": "simplecnn"},
     "fastcnn-small": {"model": "fastcnn-small"},
     "resnet9-small": {"model": "resnet9-small"},

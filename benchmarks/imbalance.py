@@ -28,6 +28,8 @@ SIZE = 192  # large for a CPU recipe: the detail is a pixel or two wide at this 
 CONFIGS = {
     "default": {},
     "no race": {"race": False},  # the automatic recipe's rules of thumb alone
+    "no turns": {"turns": False},  # the race without its right-angle turns for grey images
+    "turns": {"turns": True},  # right-angle turns always: what the race could win with them
     "class-weights balanced": {"class_weights": "balanced"},
     "sampler balanced": {"sampler": "balanced"},
 }

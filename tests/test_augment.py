@@ -15,7 +15,7 @@ from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 from cnnkit.training.checkpoint import load_checkpoint
 
-ALL_ON = Augment(translate=2, flip=True, rotate=20, scale=0.15, jitter=0.3, erase=0.5)
+ALL_ON = Augment(translate=2, flip=True, turns=True, rotate=20, scale=0.15, jitter=0.3, erase=0.5)
 
 
 def colour_images(n: int, size: int = 12, seed: int = 0) -> torch.Tensor:
@@ -39,6 +39,18 @@ def dot_polar(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     weights = inner / inner.sum((1, 2), keepdim=True)
     y, x = -(weights * rows).sum((1, 2)), (weights * cols).sum((1, 2))
     return torch.rad2deg(torch.atan2(y, x)), torch.hypot(x, y)
+
+
+def test_right_angle_turns_turn_each_image_by_whole_quarters_each_as_often():
+    images = colour_images(400)
+    preprocess = Preprocess([0.0] * 3, [1 / 255] * 3)  # the pixels as they are
+    batches = DeviceBatches(ImageSet(images, torch.arange(400)), 400, preprocess, augment=Augment(turns=True))
+    ((turned, _),) = batches.iterate(None)
+
+    def quarters(i: int) -> int:  # the one turn of the original image that the batch holds: no resampling
+        return next(k for k in range(4) if torch.allclose(turned[i], images[i].rot90(k, (1, 2)).float(), atol=1e-3))
+
+    assert np.bincount([quarters(i) for i in range(400)], minlength=4).min() > 70  # about 100 each
 
 
 def test_all_off_gives_the_same_batches_and_draws_as_crop_and_flip_alone():

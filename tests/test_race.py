@@ -21,8 +21,8 @@ from cnnkit.settings.recipes import size_for_detail
 
 @pytest.fixture(scope="module")
 def raced_folder(tmp_path_factory):
-    """Grey bars and rings at 32 px, four bars to a ring: both choices short trials decide are open on it (flips,
-    the balanced sampler)."""
+    """Grey bars and rings at 32 px, four bars to a ring: every choice short trials decide is open on it (flips,
+    right-angle turns, the balanced sampler)."""
     root = tmp_path_factory.mktemp("race") / "lopsided"
     rng = np.random.default_rng(0)
     for kind, count in (("bar", 560), ("ring", 140)):
@@ -34,14 +34,14 @@ def raced_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def raced_run(raced_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "raced"
-    return cnnkit.train(data=str(raced_folder), out=str(out), steps=520)  # a race of 8 steps a trial or more
+    return cnnkit.train(data=str(raced_folder), out=str(out), steps=600)  # a race of 8 steps a trial or more
 
 
 def test_the_race_records_every_candidate_and_trains_the_winner(raced_run, capsys):
     race = json.loads((raced_run.dir / "race.json").read_text())
     first = race["rounds"][0]
     assert [c["name"] for c in first if not c["changes"]] == ["the rule"]
-    assert {c["name"] for c in first} == {"the rule", "flips", "balanced sampler"}
+    assert {c["name"] for c in first} == {"the rule", "flips", "turns", "balanced sampler"}
     assert race["size"] == "size: 32 px as the rule says, the folder's own"
     for scored in race["rounds"]:  # best first, each scored on the race's 112 held-out images
         scores = [c["val_balanced_accuracy"] for c in scored]
@@ -92,7 +92,7 @@ def test_no_race_keeps_the_rules_of_thumb(raced_folder, tmp_path, capsys):
 
 
 def test_what_the_user_set_is_not_raced(raced_folder, tmp_path):
-    settings = {"image_size": 24, "flip": False}
+    settings = {"image_size": 24, "flip": False, "turns": False}
     run = cnnkit.train(data=str(raced_folder), out=str(tmp_path / "run"), steps=80, report=False, **settings)
     race = json.loads((run.dir / "race.json").read_text())
     assert race["size"] == ""  # the size was given

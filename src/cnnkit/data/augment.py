@@ -45,11 +45,13 @@ class Draws:
 
 @dataclass(frozen=True)
 class Augment:
-    """The training batches' augmentation: crop padding, alternating flips, rotation (max degrees), zoom (max
-    fraction in or out), colour jitter (max fraction) and the chance per image of an erased rectangle."""
+    """The training batches' augmentation: crop padding, alternating flips, right-angle turns, rotation (max
+    degrees), zoom (max fraction in or out), colour jitter (max fraction) and the chance per image of an erased
+    rectangle."""
 
     translate: int = 0
     flip: bool = False
+    turns: bool = False
     rotate: float = 0.0
     scale: float = 0.0
     jitter: float = 0.0
@@ -73,6 +75,15 @@ class Augment:
         if not self.erase:
             return x
         return erase_boxes(x, *draw_boxes(x.shape, self.erase, draws))
+
+
+def quarter_turns(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Turn each square image by its number of quarter turns (0 to 3, counter-clockwise, as torch.rot90): exact,
+    no resampling, so a hairline stays a hairline."""
+    turned = images
+    for k in (1, 2, 3):
+        turned = torch.where((turns == k).view(-1, 1, 1, 1), images.rot90(k, (2, 3)), turned)
+    return turned
 
 
 def rotate_and_zoom(images: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:

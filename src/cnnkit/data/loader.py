@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from cnnkit.core.machine import share_rows
-from cnnkit.data.augment import Augment, Draws
+from cnnkit.data.augment import Augment, Draws, quarter_turns
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 
@@ -102,6 +102,7 @@ class DeviceBatches:
             images = random_translate(images, augment.translate, draws) if augment.translate else images
             if self.mirror_first is not None:
                 images = mirror_where(images, self.mirror_first[index] ^ (epoch % 2 == 0))
+            images = quarter_turns(images, draws.integers(4)) if augment.turns else images
             images = augment.pixels(images, draws)  # rotation, zoom, jitter: off leaves it as it was
             yield augment.normalised(self.preprocess(images), draws), labels
 

@@ -36,7 +36,7 @@ def train_batches(ctx: RunContext) -> DeviceBatches:
     # every augmentation setting is filled in by `prepare`
     assert cfg.translate is not None and cfg.flip is not None and cfg.rotate is not None and cfg.scale is not None
     assert cfg.jitter is not None and cfg.erase is not None
-    augment = Augment(cfg.translate, cfg.flip, cfg.rotate, cfg.scale, cfg.jitter, cfg.erase)
+    augment = Augment(cfg.translate, cfg.flip, cfg.turns, cfg.rotate, cfg.scale, cfg.jitter, cfg.erase)
     return DeviceBatches(
         ctx.data.splits["train"],
         cfg.batch_size,

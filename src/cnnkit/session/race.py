@@ -1,12 +1,12 @@
 """The automatic recipe's race: where its rules of thumb have a real choice whose answer depends on the data, the
-data decides. First the image size, measured on the images themselves (`size_for_detail`: the smallest that
-keeps their detail; short trials cannot see what a size is worth). Then the choices short trials can tell apart
-(`race_candidates`: flips for grey images, the balanced sampler): each candidate trains on a short schedule on
-most of the training images and is scored by its balanced accuracy on the rest; with both open, the best, the
-winning changes combined and the rule race again on schedules three times longer (successive halving, as
-Hyperband and ASHA do). The winner replaces the rule only when ahead of it by
-more than twice the noise of their difference. It then trains the run, in the time the rule's steps would have taken
-(or what is left of --budget).
+data decides. First the image size, measured on the images themselves (`size_for_detail`: the smallest that keeps
+their detail; short trials cannot see what a size is worth). Then the choices short trials can tell apart
+(`race_candidates`: flips and right-angle turns for grey images, the balanced sampler): each candidate trains on a
+short schedule on most of the training images and is scored by its balanced accuracy on the rest; with two or more
+open, the best, the winning changes combined and the rule race again on schedules three times longer (successive
+halving, as Hyperband and ASHA do). The winner replaces the rule only when ahead of it by more than twice the noise
+of their difference. It then trains the run, in the time the rule's steps would have taken (or what is left of
+--budget).
 
 Every candidate trains with the run's seed, so they see the same initial draws and batches: what differs is
 the choice. The race is written to race.json (and the report); config.yaml holds the winner, so a repeat trains
@@ -330,6 +330,8 @@ def name(changes: dict) -> str:
             words.append(f"{value} px")
         elif key == "flip":
             words.append("flips" if value else "no flips")
+        elif key == "turns":
+            words.append("turns" if value else "no turns")
         elif key in ("model", "sampler"):
             words.append(f"{value} sampler" if key == "sampler" else str(value))
     return " + ".join(words)

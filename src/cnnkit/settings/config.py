@@ -53,6 +53,9 @@ class TrainConfig:
     translate: int | None = _knob(None, "random-crop padding in pixels (default: a tenth of the image size; 0: none)")
     flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
     rotate: float | None = _knob(None, "random rotation of each training image by up to this many degrees")
+    turns: bool = _knob(
+        False, "random right-angle turns of each training image: for views with no up (micrographs, inspection images)"
+    )
     scale: float | None = _knob(None, "random zoom of each training image in or out by up to this fraction, e.g. 0.1")
     jitter: float | None = _knob(None, "random brightness, contrast and saturation change, up to this fraction")
     erase: float | None = _knob(None, "chance that a random rectangle of each training image is blanked out")
@@ -138,8 +141,8 @@ class TrainConfig:
     )
     race: bool = _knob(
         True,
-        "with the automatic recipe: race the choices the data decides (image size, flips for grey images, the net's "
-        "width, balanced sampling) on short schedules scored on the validation split, and train the winner; "
+        "with the automatic recipe: let the data decide the image size (by the detail it keeps) and, by short trials "
+        "scored on held-out training images, flips and right-angle turns for grey images and balanced sampling; "
         "--no-race keeps the recipe's rules of thumb",
     )
     ema: float = _knob(

@@ -110,7 +110,7 @@ PRESET_MIN_IMAGES = 2 * RECIPE["least_batch"]  # fewer training images than this
 # what `--help` says the recipe chooses (the length as --epochs: the recipe's steps stand for it)
 CHOSEN_FROM_DATA = frozenset(RECIPE["settings"]) | frozenset(RECIPE["wide"]["settings"]) | {
     "image_size", "batch_size", "lr", "epochs", "label_smoothing", "flip", "tta", "translate", "rotate", "scale",
-    "jitter", "erase",
+    "jitter", "erase", "turns",
 }  # fmt: skip
 
 
@@ -223,13 +223,16 @@ def size_for_detail(cfg: TrainConfig, images: torch.Tensor, machine: Machine) ->
 
 def race_candidates(cfg: TrainConfig, data: Dataset, given: frozenset[str]) -> list:
     """The recipe's real choices on this data that short trials can tell apart, each a change to its settings
-    (none first, as {}): flips for grey images (colour ones have them) and the balanced sampler for imbalanced
-    classes. What the user set is no choice. (Not the net's width: short trials favour the wider fastcnn-s2,
-    which learns faster early, and it then lost 3 points at full length on the 49-class `many` folder.)"""
+    (none first, as {}): flips and right-angle turns for grey images (colour ones have flips; photographs have an
+    up) and the balanced sampler for imbalanced classes. What the user set is no choice. (Not the net's width:
+    short trials favour the wider fastcnn-s2, which learns faster early, and it then lost 3 points at full length
+    on the 49-class `many` folder.)"""
     race = RECIPE["race"]
     changes: list[dict] = []
     if data.channels == 1 and not given & {"flip", "tta"}:  # TTA's views include the mirror image
         changes.append({"flip": not cfg.flip, "tta": not cfg.flip})
+    if data.channels == 1 and "turns" not in given:  # a micrograph has no up; a glyph has
+        changes.append({"turns": not cfg.turns})
     counts = [c for c in data.splits["train"].labels.bincount().tolist() if c]
     if not given & {"sampler", "class_weights"} and max(counts) > race["imbalance"] * min(counts):
         changes.append({"sampler": "balanced"})
@@ -304,6 +307,7 @@ def describe(cfg: TrainConfig, n_train: int) -> str:
         name
         for name, on in (
             ("flips", cfg.flip),
+            ("right-angle turns", cfg.turns),
             (f"rotate {cfg.rotate}", cfg.rotate),
             (f"scale {cfg.scale}", cfg.scale),
             (f"jitter {cfg.jitter}", cfg.jitter),
