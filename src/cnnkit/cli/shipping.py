@@ -90,7 +90,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         smaller = quantize(run, out, CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images)
     else:
         smaller = prune(run, args.prune, out, args.steps)
-    for line in footprint_table((smaller.summary.compressed or {})["versions"]):
+    compressed = smaller.summary.compressed
+    assert compressed is not None  # quantize and prune write their record into the summary they return
+    for line in footprint_table(compressed["versions"]):
         print(printable(line))
     print(printable(f"the {args.quantize or 'pruned'} run is {smaller.dir}"))
     return 0
