@@ -3,7 +3,9 @@ small image folders made here), and no network: any connection attempt fails at 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -14,8 +16,10 @@ from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# Every test gets a fresh cnnkit cache, so no test leans on a cache another run left behind.
+# Every test run gets a fresh cnnkit cache, so no test leans on a cache another run left behind; removed at exit
+# (each worker's holds about 200 MB of decoded images).
 os.environ["CNNKIT_CACHE"] = tempfile.mkdtemp(prefix="cnnkit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CNNKIT_CACHE"], ignore_errors=True)
 
 # Under pytest-xdist (`-n auto`, as `pytest` runs) the workers share the cores: each trains, and starts the
 # processes it tests, on its share of them. On 2 cores, 2 workers of a thread each run the suite in about 0.55x
