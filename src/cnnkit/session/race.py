@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -33,7 +35,6 @@ from cnnkit.session.planning import loss_weights, train_batches
 from cnnkit.settings.config import TrainConfig
 from cnnkit.settings.recipes import RECIPE, describe, race_candidates, size_for_detail
 from cnnkit.training.evaluation import eval_batch, predict_logits
-from cnnkit.training.events import Callback
 from cnnkit.training.stopping import TrainingDiverged
 from cnnkit.training.trainer import Trainer
 
@@ -167,11 +168,29 @@ class Arena:
         return dataclasses.replace(self.ctx.cfg, **{**self.base, **changes})
 
     def pace(self, cfg: TrainConfig) -> float:
-        """Seconds a step of `cfg` on this machine: from its net and size's first trial, else from a few steps
-        timed after an untimed one."""
-        if _pace_key(cfg) not in self.paces:
-            self._train(cfg, RULES["timed_steps"] + 1)
+        """Seconds a step of `cfg` on this machine: the median of a few, timed after an untimed one, in turn with
+        the rule's steps, so that both see the machine alike. Timed one after the other, the steps at 96 px that
+        took the rule's time on the inspection folder swung from 185 to 307 between runs; in turn, 216-246."""
+        if _pace_key(cfg) not in self.paces:  # the first time, the rule's and the race's own net and size too
+            measured = self._time_in_turn([self.ctx.cfg, self.settings({}), cfg])
+            rule = _pace_key(self.ctx.cfg)
+            to_first = self.paces.get(rule, measured[rule]) / measured[rule]  # as the rule's first measure
+            self.paces = {**{key: pace * to_first for key, pace in measured.items()}, **self.paces}
         return self.paces[_pace_key(cfg)]
+
+    def _time_in_turn(self, settings: list[TrainConfig]) -> dict[str, float]:
+        """Each net and size's seconds a step, their steps taken in turn."""
+        unique = {_pace_key(cfg): cfg for cfg in settings}
+        trainers = {key: self._trainer(cfg, RULES["timed_steps"] + 1)[1] for key, cfg in unique.items()}
+        batches = {key: _batches(t) for key, t in trainers.items()}
+        times: dict[str, list[float]] = {key: [] for key in trainers}
+        for _ in range(RULES["timed_steps"] + 1):
+            for key, trainer in trainers.items():
+                began = time.perf_counter()
+                trainer.train_step(*next(batches[key]))
+                self.ctx.machine.sync()
+                times[key].append(time.perf_counter() - began)
+        return {key: statistics.median(taken[1:]) for key, taken in times.items()}
 
     def rule_seconds(self) -> float:
         """The time the rule's run would train: its steps (or its epochs over the training split), at its pace."""
@@ -214,29 +233,22 @@ class Arena:
         differs = (ours - theirs) * self.weights
         return differs.sum().item(), differs.square().sum().sqrt().item()
 
-    def _train(self, settings: TrainConfig, steps: int) -> tuple[RunContext, Trainer, bool]:
-        """`settings` trained for `steps`, and whether it went NaN; the first of its net and size also times its
-        steps after the first."""
+    def _trainer(self, settings: TrainConfig, steps: int) -> tuple[RunContext, Trainer]:
+        """A fresh net of `settings` on the data at its size, with a trainer for `steps`."""
         cfg = dataclasses.replace(settings, steps=steps, epochs=None, budget=None, ema=0.0)
         ctx = self.ctx
         trial = build(cfg, self.data_at(cfg.image_size or ctx.data.image_size), None, ctx.machine, ctx.folder)
         trial.model.to(ctx.machine.device, memory_format=ctx.machine.memory_format)  # type: ignore[call-overload]
-        trainer = Trainer(trial.model, trial.spec, train_batches(trial), cfg, ctx.machine, loss_weights(trial))
-        ends: list[float] = []
-        trainer.callbacks = [StepClock(ends)]
-        began = time.perf_counter()
+        return trial, Trainer(trial.model, trial.spec, train_batches(trial), cfg, ctx.machine, loss_weights(trial))
+
+    def _train(self, settings: TrainConfig, steps: int) -> tuple[RunContext, Trainer, bool]:
+        """`settings` trained for `steps`, and whether it went NaN."""
+        trial, trainer = self._trainer(settings, steps)
         try:
             trainer.fit(None)
         except TrainingDiverged:
-            diverged = True
-        else:
-            diverged = False
-        if len(ends) > 1:
-            pace = (ends[-1] - ends[0]) / (len(ends) - 1)
-        else:  # the loss went NaN within a step or two
-            pace = (time.perf_counter() - began) / max(1, len(ends))
-        self.paces.setdefault(_pace_key(cfg), pace)
-        return trial, trainer, diverged
+            return trial, trainer, True
+        return trial, trainer, False
 
     def final_settings(self, changes: dict) -> TrainConfig:
         """The winner's settings for the run: in the time the rule's steps would have taken (--budget and a
@@ -251,14 +263,10 @@ def _pace_key(cfg: TrainConfig) -> str:
     return f"{cfg.model} at {cfg.image_size} px"  # flips and the sampler cost nothing a step
 
 
-class StepClock(Callback):
-    """When each step ended."""
-
-    def __init__(self, ends: list[float]):
-        self.ends = ends
-
-    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
-        self.ends.append(time.perf_counter())
+def _batches(trainer: Trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's batches in its own order, its first pass over and over (a tiny folder has one batch)."""
+    batches = trainer.train_batches
+    return itertools.cycle(batches.iterate(batches.new_order(), 0, 1, stop_step=None))
 
 
 def _race_rounds(arena: Arena, candidates: list[dict]) -> list[list[dict]]:

@@ -95,7 +95,7 @@ RECIPE: dict[str, Any] = {
         "least_val": 100,  # fewer images cannot tell candidates a few points apart: the rule stays, and says so
         "most_train": 20_000,  # larger folders keep the rule measured on CIFAR-10: decoding each size costs minutes
         "least_steps": 8,  # a shorter trial has learned nothing to score
-        "timed_steps": 3,  # each candidate's seconds a step: from this many, after an untimed one
+        "timed_steps": 6,  # each net and size's seconds a step: the median of this many, after an untimed one
         "finalists": 1,  # with both changes open, the best, both combined and the rule race again, 3x longer
         # the winner replaces the rule only when ahead of it by more than this many standard errors: at 1.0 flips won
         # on digits at one thread (+0.027, noise 0.024; the rule at two threads) and the run lost 0.6 points of test
