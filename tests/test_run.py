@@ -87,8 +87,9 @@ def test_predict_refuses_missing_and_broken_files(digits_run, tmp_path):
     with pytest.raises(CnnkitError, match="does not exist"):
         run.predict([tmp_path / "nope.png"])
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(CnnkitError, match="cannot decode image .*bad.png"):
+    with pytest.raises(CnnkitError, match="cannot decode image .*bad.png") as refused:
         run.predict([tmp_path / "bad.png"])
+    assert "not a PNG, JPEG, BMP, WebP, GIF or TIFF file" in str(refused.value)  # not PIL's "<_io.BytesIO ...>"
 
 
 @pytest.mark.slow

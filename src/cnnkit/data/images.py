@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+IMAGE_FORMATS = "PNG, JPEG, BMP, WebP, GIF or TIFF"  # what IMAGE_EXTENSIONS name, in words
 WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})  # more than 8 bits per pixel
 GRAY_MODES = frozenset({"1", "L", "LA"}) | WIDE_GRAY_MODES
 GREY_TOLERANCE = 4  # levels of 255: JPEG's colour conversion may round a grey pixel's channels a level or two apart
@@ -46,7 +47,10 @@ def is_image_file(name: str) -> bool:
 def open_image(path: str | Path | io.BytesIO) -> Image.Image:
     """Open an image lazily, refusing one past PIL's decompression-bomb limit from its header alone
     (PIL itself only warns between one and two times the limit)."""
-    img = Image.open(path)
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:  # PIL's own message names the Python object it read from, not the file
+        raise UnidentifiedImageError(f"not a {IMAGE_FORMATS} file") from None
     width, height = img.size
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
         img.close()
