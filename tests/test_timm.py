@@ -16,6 +16,7 @@ import cnnkit
 from cnnkit import CnnkitError
 from cnnkit.cli.main import main
 from cnnkit.models import model_spec
+from cnnkit.training.pruning import sparsity
 
 timm = pytest.importorskip("timm", reason="needs the timm extra: pip install 'cnnkit[timm]'")
 
@@ -59,6 +60,21 @@ def test_a_timm_model_exports_with_parity_and_is_served(timm_run, capsys):
     assert answer.status_code == 200 and client.get("/health").json()["engine"] == "onnxruntime"
     expected = timm_run.predict_images([Image.fromarray(image)])[0]
     assert [p["class"] for p in answer.json()["predictions"]] == [p["class"] for p in expected]
+
+
+def test_a_timm_model_compresses_to_int8_and_prunes(timm_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs the export extra")
+    assert main(["compress", str(timm_run.dir), "--quantize", "int8", "--out", str(tmp_path / "int8")]) == 0
+    original, int8 = cnnkit.load(tmp_path / "int8").summary.compressed["versions"].values()
+    assert int8["bytes"] < original["bytes"] / 2 and int8["test_accuracy"] > original["test_accuracy"] - 0.05
+    assert main(["compress", str(timm_run.dir), "--prune", "0.5", "--steps", "20", "--out", str(tmp_path / "p")]) == 0
+    pruned = cnnkit.load(tmp_path / "p", device="cpu")
+    assert sparsity(pruned.model) == pytest.approx(0.5, abs=1e-4) and pruned.summary.test_accuracy > 0.7
+
+
+def test_a_timm_model_trains_with_two_processes(timm_run, tmp_path):
+    run = cnnkit.train(model=TINY, image_size=32, epochs=4, report=False, out=str(tmp_path / "two"), processes=2)
+    assert run.summary.test_accuracy > 0.8 and run.summary.num_test_images == timm_run.summary.num_test_images
 
 
 def test_weights_in_timms_layout_start_the_run_with_grey_filters_summed(tmp_path):
