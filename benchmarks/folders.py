@@ -24,14 +24,16 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 SHAPES = ("circle", "square", "triangle", "cross")
+CELLS = ("rod", "bean", "pair", "budding")  # micrographs' classes: shapes with no up and no handedness
 CONFIGS = {
     "default": {},
     "no-race": {"race": False},  # the automatic recipe's rules of thumb alone, unraced
     "no-turns": {"turns": False},  # the race without its right-angle turns for grey images
+    "turns": {"turns": True},  # right-angle turns always
     "simplecnn": {"model": "simplecnn"},
     "fastcnn-small": {"model": "fastcnn-small"},
     "resnet9-small": {"model": "resnet9-small"},
@@ -135,6 +137,48 @@ def make_photos(
             img.crop((x, y, x + w, y + h)).save(out / f"{i:04d}.jpg", quality=90)
 
 
+def draw_cell(layer: Image.Image, kind: str, rng: random.Random) -> None:
+    """One cell, drawn upright in white on black at the layer's centre (the caller turns it)."""
+    w, h = layer.size
+    cx, cy, r = w / 2, h / 2, rng.uniform(0.12, 0.16) * w
+    d = ImageDraw.Draw(layer)
+    if kind == "rod":  # a capsule
+        d.rounded_rectangle((cx - 2.2 * r, cy - 0.8 * r, cx + 2.2 * r, cy + 0.8 * r), radius=0.8 * r, fill=255)
+    elif kind == "bean":  # a capsule with a bite out of one long side
+        d.rounded_rectangle((cx - 2 * r, cy - r, cx + 2 * r, cy + r), radius=r, fill=255)
+        d.ellipse((cx - 1.1 * r, cy + 0.3 * r, cx + 1.1 * r, cy + 2.3 * r), fill=0)
+    elif kind == "pair":  # two equal round cells touching
+        for dx in (-0.95 * r, 0.95 * r):
+            d.ellipse((cx + dx - r, cy - r, cx + dx + r, cy + r), fill=255)
+    else:  # a round cell with a small bud
+        d.ellipse((cx - 1.3 * r, cy - 1.3 * r, cx + 1.3 * r, cy + 1.3 * r), fill=255)
+        d.ellipse((cx + 1.1 * r, cy - 0.55 * r, cx + 2.2 * r, cy + 0.55 * r), fill=255)
+
+
+def make_micrographs(root: Path, per_class: int, seed: int = 0, size: int = 64) -> None:
+    """Grey cells of four kinds at any angle, faint on a mottled background with noise and stray debris: a
+    class is the same at any turn or mirror image, as in a microscope."""
+    rng = random.Random(seed)
+    for kind in CELLS:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            layer = Image.new("L", (size, size), 0)
+            draw_cell(layer, kind, rng)
+            offset = (rng.uniform(-6, 6), rng.uniform(-6, 6))
+            layer = layer.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR, translate=offset)
+            layer = layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else layer
+            base = rng.randrange(90, 140)
+            img = Image.new("L", (size, size), base)
+            cell = Image.new("L", (size, size), base + rng.choice((-1, 1)) * rng.randrange(16, 32))
+            img.paste(cell, mask=layer.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6))))
+            d = ImageDraw.Draw(img)
+            for _ in range(rng.randrange(4)):  # debris: small specks that belong to no class
+                x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, 3)
+                d.ellipse((x - r, y - r, x + r, y + r), fill=base + rng.randrange(-40, 40))
+            noise = Image.effect_noise((size, size), rng.uniform(10, 14))  # around 128, over cell and ground alike
+            ImageChops.add(img, noise, offset=-128).save(root / kind / f"{i:04d}.png")
+
+
 FOLDERS = {
     "shapes": lambda root: make_shapes(root, 300),
     "glyphs": lambda root: make_glyphs(root, "0123456789", 150, colour=False),
@@ -148,6 +192,7 @@ FOLDERS = {
     ),
     "fewshapes": lambda root: (make_shapes(root, 25, seed=3, split="train"), make_shapes(root, 100, 4, "test")),
     "many": lambda root: make_glyphs(root, "ABCDEFGHIJKLMNOPQRSTUVWXYabcdefghijkmnopqrstuvwxy", 40, colour=True),
+    "micrographs": lambda root: make_micrographs(root, 300),
 }
 
 

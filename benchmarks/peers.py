@@ -1,7 +1,8 @@
 """cnnkit's default against Ultralytics YOLO classify and fastai, at equal wall time, on the same splits.
 
 For each image folder (FOLDER/<class>/<image>, imbalanced or not) one stratified, seeded 70/10/20 split into
-train/val/test is written as hard links under OUT/<name>/split/{train,val,test}/<class>/, and every tool trains
+train/val/test is written as hard links under OUT/<name>/split/{train,val,test}/<class>/ (files PIL cannot decode
+left out, and listed), and every tool trains
 on train/, picks or watches on val/ and is scored on test/ by this script's own count:
 
 - cnnkit: its default (the automatic recipe), `cnnkit.train(data=SPLIT, budget=SECONDS, report=False)`.
@@ -62,6 +63,18 @@ def class_files(folder: Path) -> dict[str, list[Path]]:
     return {name: found for name, found in files.items() if found}
 
 
+def decodes(file: Path) -> bool:
+    """Whether PIL decodes the whole file: the split leaves out broken ones, so that no tool stops on them."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):  # PIL's errors for a truncated or unknown file
+        return False
+
+
 def split_class(files: list[Path], rng: random.Random) -> dict[str, list[Path]]:
     """One class's files shuffled and cut 70/10/20; a class of three or more has at least one in val and test."""
     files = files[:]
@@ -81,18 +94,21 @@ def link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def make_split(folder: Path, split_dir: Path, seed: int) -> dict[str, dict[str, int]]:
-    """Writes split_dir/{train,val,test}/<class>/<file>; returns the image count of each part and class."""
+def make_split(folder: Path, split_dir: Path, seed: int) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Writes split_dir/{train,val,test}/<class>/<file>; returns the image count of each part and class, and
+    the files left out as broken."""
     shutil.rmtree(split_dir, ignore_errors=True)
     rng = random.Random(seed)
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
+    broken = []
     for name, files in class_files(folder).items():
-        for part, chosen in split_class(files, rng).items():
+        broken += [str(f.relative_to(folder)) for f in files if not decodes(f)]
+        for part, chosen in split_class([f for f in files if decodes(f)], rng).items():
             (split_dir / part / name).mkdir(parents=True, exist_ok=True)
             for source in chosen:
                 link(source, split_dir / part / name / source.name)
             counts[part][name] = len(chosen)
-    return counts
+    return counts, broken
 
 
 def test_items(split_dir: Path) -> list[tuple[Path, str]]:
@@ -286,11 +302,12 @@ def compare(folders: list[Path], tools: list[str], seconds: float, seed: int, ou
     rows = []
     for folder, name in zip(folders, names(folders), strict=True):
         split_dir = out / name / "split"
-        counts = make_split(folder, split_dir, seed)
-        print(f"{name}: " + ", ".join(f"{part} {sum(c.values())}" for part, c in counts.items()), flush=True)
+        counts, broken = make_split(folder, split_dir, seed)
+        left_out = f"; left out as broken: {', '.join(broken)}" if broken else ""
+        print(f"{name}: " + ", ".join(f"{part} {sum(c.values())}" for part, c in counts.items()) + left_out, flush=True)
         for tool in tools:
             row = {"folder": name, "tool": tool, **run_tool(tool, split_dir, seconds, seed, out / name)}
-            rows.append({**row, "split": counts, "budget_seconds": seconds, "seed": seed})
+            rows.append({**row, "split": counts, "broken": broken, "budget_seconds": seconds, "seed": seed})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     (out / "peers.json").write_text(json.dumps(rows, indent=2))
     print(table(rows))

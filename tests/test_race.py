@@ -13,16 +13,16 @@ from conftest import save_image, shape_image
 import cnnkit
 from cnnkit.core.files import read_yaml
 from cnnkit.core.machine import pick_machine
-from cnnkit.data.images import detail_kept
+from cnnkit.data.images import detail_kept, turn_kept
 from cnnkit.inspect.report import write_report
 from cnnkit.settings.config import TrainConfig
-from cnnkit.settings.recipes import size_for_detail
+from cnnkit.settings.recipes import size_for_detail, turns_for_symmetry
 
 
 @pytest.fixture(scope="module")
 def raced_folder(tmp_path_factory):
     """Grey bars and rings at 32 px, four bars to a ring: every choice short trials decide is open on it (flips,
-    right-angle turns, the balanced sampler)."""
+    the balanced sampler); the bars stand upright, so a turn changes them."""
     root = tmp_path_factory.mktemp("race") / "lopsided"
     rng = np.random.default_rng(0)
     for kind, count in (("bar", 560), ("ring", 140)):
@@ -41,8 +41,9 @@ def test_the_race_records_every_candidate_and_trains_the_winner(raced_run, capsy
     race = json.loads((raced_run.dir / "race.json").read_text())
     first = race["rounds"][0]
     assert [c["name"] for c in first if not c["changes"]] == ["the rule"]
-    assert {c["name"] for c in first} == {"the rule", "flips", "turns", "balanced sampler"}
+    assert {c["name"] for c in first} == {"the rule", "flips", "balanced sampler"}
     assert race["size"] == "size: 32 px as the rule says, the folder's own"
+    assert race["turns"].startswith("turns: off, a right-angle turn keeps ")
     for scored in race["rounds"]:  # best first, each scored on the race's 112 held-out images
         scores = [c["val_balanced_accuracy"] for c in scored]
         assert scores == sorted(scores, reverse=True)
@@ -131,3 +132,35 @@ def test_the_size_keeps_the_detail_of_the_images():
     assert size_for_detail(cfg, soft, pick_machine("cpu"))[0] == {}  # the rule's 48 px keeps it
     change, line = size_for_detail(cfg, fine, pick_machine("cpu"))
     assert change == {"image_size": 128, "translate": 11} and line.startswith("size: 128 px, the smallest that keeps")
+
+
+def _rods(count: int, rng: np.random.Generator, upright: bool) -> torch.Tensor:
+    """Grey rods on noise at 32 px: at any angle, or all upright."""
+    y, x = np.mgrid[0:32, 0:32] - 15.5
+    images = []
+    for _ in range(count):
+        angle = 0.0 if upright else rng.uniform(0, np.pi)
+        along, across = x * np.cos(angle) + y * np.sin(angle), -x * np.sin(angle) + y * np.cos(angle)
+        rod = (np.abs(along) < 10) & (np.abs(across) < 3)
+        images.append(np.clip(120 + 60 * rod + rng.normal(0, 20, rod.shape), 0, 255))
+    return torch.from_numpy(np.stack(images)).to(torch.uint8)[:, None]
+
+
+def test_turns_are_on_only_where_a_turn_keeps_what_each_class_shares():
+    """Rods and rings at any angle are the same turned (as cells in a micrograph); upright rods are not."""
+    rng = np.random.default_rng(0)
+    rings = torch.from_numpy(np.stack([shape_image("ring", 32, rng) for _ in range(100)]))[:, None]
+    labels = torch.tensor([0] * 100 + [1] * 100)
+    any_angle = torch.cat([_rods(100, rng, upright=False), rings])
+    upright = torch.cat([_rods(100, rng, upright=True), rings])
+    kept = turn_kept(any_angle, labels)
+    assert kept is not None and kept > 0.98
+    assert turns_for_symmetry(any_angle, labels) == (
+        {"turns": True},
+        f"turns: on, a right-angle turn keeps {kept:.1%} of what each class's images share",
+    )
+    change, line = turns_for_symmetry(upright, labels)
+    assert change == {} and line.startswith("turns: off") and line.endswith("(on from 98%)")
+    few = torch.tensor([0] * 30 + [1] * 30)  # 30 a class: fewer than the 40 a turn is measured on
+    assert turn_kept(any_angle[70:130], few) is None
+    assert turns_for_symmetry(any_angle[70:130], few)[0] == {}

@@ -90,6 +90,52 @@ def detail_kept(images: torch.Tensor, size: int) -> float:
     return 1.0 - (pixels - back).square().mean().item() / spread if spread else 1.0
 
 
+def turn_kept(images: torch.Tensor, labels: torch.Tensor, least: int = 20) -> float | None:
+    """How much of what each class's uint8 `images` share survives a right-angle turn: the least, over the
+    classes and over a quarter, half and three-quarter turn, of two likenesses, each between one half of a
+    class's images and the other half, turned, as a share of their likeness unturned. One is of the mean picture's
+    spectrum (where the class has a mean picture: a glyph's strokes, a photograph's sky; its spectrum, so that
+    where the picture lies does not count), the other of the mean spectrum (the directions of the class's texture:
+    a brushed grain). 1.0: a turn changes nothing a class's images share, as for micrographs. Classes with fewer
+    than 2 x `least` images are not measured (None when none is)."""
+    pixels = images.float().mean(1)
+    pixels = pixels - pixels.mean((1, 2), keepdim=True)
+    kept = []
+    for c in labels.unique():
+        mine = pixels[labels == c]
+        if len(mine) >= 2 * least:
+            halves = mine[0::2], mine[1::2]
+            pictures = [_spectra(half.mean(0), log=False) for half in halves]  # where the picture's strength is
+            textures = [_spectra(half, log=True).mean(0) for half in halves]  # a faint grain counts
+            kept += [_turned(*pictures, shared=0.7), _turned(*textures, shared=0.0)]
+    return min(kept, default=None)
+
+
+def _spectra(fields: torch.Tensor, log: bool) -> torch.Tensor:
+    """Each (H, W) field's amplitude spectrum (or log power spectrum: every frequency alike), its zero frequency
+    at the centre of an odd side (so that a turn about the centre turns the spectrum)."""
+    spectra = torch.fft.fftshift(torch.fft.fft2(fields), dim=(-2, -1)).abs()
+    spectra = spectra.square().log1p() if log else spectra
+    return spectra[..., 1:, 1:] if fields.shape[-1] % 2 == 0 else spectra  # an even side's centre is one off
+
+
+def _turned(first: torch.Tensor, second: torch.Tensor, shared: float) -> float:
+    """The share of what `first` and `second` (two halves' fields) share that their turns keep: 1 less their
+    parts that differ from their mean over the four turns, multiplied across the halves, as a share of the halves
+    multiplied (a product across halves: what is noise in one half is not in the other, and cancels). 1.0 where the
+    halves are no more alike than `shared`: nothing is shared to lose."""
+    first, second = first - first.mean(), second - second.mean()
+    if _correlation(first, second) <= shared:
+        return 1.0
+    uneven = [f - sum(f.rot90(k, (0, 1)) for k in range(4)) / 4 for f in (first, second)]
+    return 1.0 - ((uneven[0] * uneven[1]).sum() / (first * second).sum()).item()
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return ((a * b).sum() / ((a.square().sum() * b.square().sum()).sqrt() + 1e-12)).item()
+
+
 def decode_image(path: str | Path, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
     """Decode an image file to a uint8 (channels, size, size) tensor (see `decode_bytes`)."""
     return decode_bytes(Path(path).read_bytes(), size, channels, resize)

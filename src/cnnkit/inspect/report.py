@@ -126,6 +126,8 @@ def _race_section(race: dict | None) -> list[str]:
     return [
         "<h2>The recipe's race</h2>",
         f"<p>The rule: {_text(race['rule'])}. The winner: <b>{_text(race['winner']['name'])}</b>.</p>",
+        # measured on the images, not raced (a race.json from before turns were measured has no turns line)
+        *(f"<p>{_text(race[key])}</p>" for key in ("size", "turns") if race.get(key)),
         f"<table><tr>{head}</tr>{rows}</table>",
     ]
 

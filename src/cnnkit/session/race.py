@@ -1,16 +1,17 @@
-"""The automatic recipe's race: where its rules of thumb have a real choice whose answer depends on the data, the
-data decides. First the image size, measured on the images themselves (`size_for_detail`: the smallest that keeps
-their detail; short trials cannot see what a size is worth). Then the choices short trials can tell apart
-(`race_candidates`: flips and right-angle turns for grey images, the balanced sampler): each candidate trains on a
-short schedule on most of the training images and is scored by its balanced accuracy on the rest; with two or more
-open, the best, the winning changes combined and the rule race again on schedules three times longer (successive
-halving, as Hyperband and ASHA do). The winner replaces the rule only when ahead of it by more than twice the noise
-of their difference. It then trains the run, in the time the rule's steps would have taken (or what is left of
---budget).
+"""The automatic recipe's race: where its rules of thumb have a real choice whose answer depends on the data, the data
+decides. First the image size and, for grey images, right-angle turns, measured on the images themselves
+(`size_for_detail`: the smallest that keeps their detail; `turns_for_symmetry`: turns where a turn keeps what each
+class's images share; short trials cannot see what either is worth). Then the choices short trials can tell apart
+(`race_candidates`: flips for grey images, the balanced sampler): each candidate trains on a short schedule on most
+of the training images and is scored by its balanced accuracy on the rest; with two or more open, the best, the
+winning changes combined and the rule race again on schedules three times longer (successive halving, as Hyperband
+and ASHA do), where the race's time holds that second round. The winner replaces the rule only when ahead of it by
+more than twice the noise of their difference. It then trains the run, in the time the rule's steps would have taken
+(or what is left of --budget).
 
-Every candidate trains with the run's seed, so they see the same initial draws and batches: what differs is
-the choice. The race is written to race.json (and the report); config.yaml holds the winner, so a repeat trains
-it alone, exactly.
+Every candidate trains with the run's seed, so they see the same initial draws and batches: what differs is the
+choice. The race is written to race.json (and the report); config.yaml holds the winner, so a repeat trains it
+alone, exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cnnkit.models import AUTO
 from cnnkit.session.context import RunContext, build, load_at
 from cnnkit.session.planning import loss_weights, train_batches
 from cnnkit.settings.config import TrainConfig
-from cnnkit.settings.recipes import RECIPE, describe, race_candidates, size_for_detail
+from cnnkit.settings.recipes import RECIPE, describe, race_candidates, size_for_detail, turns_for_symmetry
 from cnnkit.training.evaluation import eval_batch, predict_logits
 from cnnkit.training.stopping import TrainingDiverged
 from cnnkit.training.trainer import Trainer
@@ -67,17 +68,26 @@ def race(ctx: RunContext, asked: TrainConfig, started: float) -> tuple[RunContex
         sizes[top.image_size] = top
         base, size_line = size_for_detail(cfg, top.splits["train"].images[:DETAIL_SAMPLE], ctx.machine)
         say(size_line)
+    turns_line = ""
+    if data.channels == 1 and "turns" not in given:  # a micrograph has no up; a glyph or a grained surface has
+        train = data_at(base.get("image_size", data.image_size)).splits["train"]
+        turns, turns_line = turns_for_symmetry(
+            train.images[: RULES["turn_sample"]], train.labels[: RULES["turn_sample"]]
+        )
+        base = {**base, **turns}
+        say(turns_line)
     held_out = _race_val(data, cfg.seed)
     arena = Arena(ctx, functools.cache(lambda size: _split(data_at(size), held_out)), started, base)  # split once
     candidates = race_candidates(arena.settings({}), data, given)
-    no_trials = len(candidates) > 1 and _why_no_trials(arena, len(candidates), len(held_out))
+    rounds, no_trials = _rounds(arena, len(candidates), len(held_out)) if len(candidates) > 1 else (0, "")
     if no_trials:
         say(f"race: no trials, as {no_trials}; the rules of thumb stand")
         candidates = [{}]
-    record: dict = {"rule": describe(cfg, len(data.splits["train"])), "size": size_line, "rounds": []}
+    record: dict = {"rule": describe(cfg, len(data.splits["train"])), "size": size_line, "turns": turns_line}
+    record["rounds"] = []
     winner: dict = {"name": name(base), "changes": {}}
     if len(candidates) > 1:
-        record["rounds"] = _race_rounds(arena, candidates)
+        record["rounds"] = _race_rounds(arena, candidates, rounds)
         winner, record["best"] = _winner(arena, record["rounds"][-1])
     final = arena.final_settings(winner["changes"])
     record["winner"] = {**winner, "changes": {**base, **winner["changes"]}}
@@ -91,23 +101,27 @@ def _kind(ctx: RunContext) -> str:
     return "cpu" if ctx.machine.device.type == "cpu" else "gpu"
 
 
-def _why_no_trials(arena: Arena, candidates: int, held_out: int) -> str:
-    """Why the candidates cannot be told apart by trials ("": they can)."""
+def _rounds(arena: Arena, candidates: int, held_out: int) -> tuple[int, str]:
+    """The rounds the race runs: two with three candidates or more, one with two, or one where the race's time
+    cannot buy the second's trials their least steps; none, and why, where held-out images or time are too few."""
     if held_out < RULES["least_val"]:
-        return (
+        return 0, (
             f"{held_out} held-out images cannot tell candidates a few points apart (it needs {RULES['least_val']}, "
             "a fifth of the training and validation images)"
         )
-    steps = arena.first_seconds(_trials(candidates)) / arena.pace(arena.settings({}))
-    if steps < RULES["least_steps"]:
-        return f"the race's time buys {steps:.0f} steps a candidate, and a trial needs {RULES['least_steps']}"
-    return ""
+    pace = arena.pace(arena.settings({}))
+    steps = {rounds: arena.first_seconds(_trials(candidates, rounds)) / pace for rounds in (1, 2)}
+    if candidates > 2 and steps[2] >= RULES["least_steps"]:
+        return 2, ""
+    if steps[1] >= RULES["least_steps"]:
+        return 1, ""
+    return 0, f"the race's time buys {steps[1]:.0f} steps a candidate, and a trial needs {RULES['least_steps']}"
 
 
-def _trials(candidates: int) -> int:
-    """The trials the race's time is shared by, in first-round lengths: every candidate once, then with two
-    changes or more the finalists (the rule, the best and the winning changes combined) three times as long."""
-    return candidates + (3 * (RULES["finalists"] + 2) if candidates > 2 else 0)
+def _trials(candidates: int, rounds: int) -> int:
+    """The trials the race's time is shared by, in first-round lengths: every candidate once, then in a second
+    round the finalists (the rule, the best and the winning changes combined) three times as long."""
+    return candidates + (3 * (RULES["finalists"] + 2) if rounds == 2 else 0)
 
 
 def _from_scratch(cfg: TrainConfig) -> bool:
@@ -269,13 +283,13 @@ def _batches(trainer: Trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     return itertools.cycle(batches.iterate(batches.new_order(), 0, 1, stop_step=None))
 
 
-def _race_rounds(arena: Arena, candidates: list[dict]) -> list[list[dict]]:
-    """Each round's candidates, best first. The first: every candidate for the same time. With two changes or
-    more, a second: the rule, the best `finalists` and the winning changes combined, each three times as long."""
-    finals, again = RULES["finalists"], len(candidates) > 2
-    seconds = arena.first_seconds(_trials(len(candidates)))
+def _race_rounds(arena: Arena, candidates: list[dict], number: int) -> list[list[dict]]:
+    """Each of the `number` rounds' candidates, best first. The first: every candidate for the same time. The
+    second: the rule, the best `finalists` and the winning changes combined, each three times as long."""
+    finals = RULES["finalists"]
+    seconds = arena.first_seconds(_trials(len(candidates), number))
     rounds = [_round(arena, [(c, arena.steps_for(c, seconds)) for c in candidates], 1)]
-    if again:  # the rule races on: the winner must beat it at the same length
+    if number == 2:  # the rule races on: the winner must beat it at the same length
         best = [c["changes"] for c in rounds[0] if c["changes"]][:finals]
         finalists = [candidates[0], *best, *[c for c in [_combined(rounds[0])] if c and c not in best]]
         rounds.append(_round(arena, [(c, arena.steps_for(c, 3 * seconds)) for c in finalists], 2))

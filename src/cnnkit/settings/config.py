@@ -54,7 +54,7 @@ class TrainConfig:
     flip: bool | None = _knob(None, "random horizontal flips (default: off for digits and MNIST, on otherwise)")
     rotate: float | None = _knob(None, "random rotation of each training image by up to this many degrees")
     turns: bool = _knob(
-        False, "random right-angle turns of each training image: for views with no up (micrographs, inspection images)"
+        False, "random right-angle turns of each training image: for views with no up (micrographs, satellite tiles)"
     )
     scale: float | None = _knob(None, "random zoom of each training image in or out by up to this fraction, e.g. 0.1")
     jitter: float | None = _knob(None, "random brightness, contrast and saturation change, up to this fraction")
@@ -141,8 +141,9 @@ class TrainConfig:
     )
     race: bool = _knob(
         True,
-        "with the automatic recipe: let the data decide the image size (by the detail it keeps) and, by short trials "
-        "scored on held-out training images, flips and right-angle turns for grey images and balanced sampling; "
+        "with the automatic recipe: let the data decide the image size (by the detail it keeps), right-angle turns "
+        "for grey images (by what a turn keeps) and, by short trials scored on held-out training images, flips for "
+        "grey images and balanced sampling; "
         "--no-race keeps the recipe's rules of thumb",
     )
     ema: float = _knob(

@@ -17,7 +17,7 @@ import torch
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import Machine
 from cnnkit.data import DIGIT_DATA, Dataset, is_folder
-from cnnkit.data.images import detail_kept
+from cnnkit.data.images import detail_kept, turn_kept
 from cnnkit.models import AUTO, CUSTOM, pretrained
 from cnnkit.settings.config import TrainConfig
 from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
@@ -88,6 +88,11 @@ RECIPE: dict[str, Any] = {
     "race": {
         "sizes": {"cpu": (48, 64, 96, 128), "gpu": (64, 96, 128, 192)},
         "detail": 0.98,
+        # turns on for grey images when a turn keeps this share of what each class's images share (generated
+        # micrographs 0.986-1.0; the inspection folder's brushed grain 0.971, glyphs 0.89, the 8x8 digits 0.57): short
+        # trials cannot see it
+        "turn_kept": 0.98,
+        "turn_sample": 2048,  # training images the turns are measured on
         "imbalance": 3.0,  # the balanced sampler races when the largest class has more than 3x the smallest's images
         "share": 0.25,  # of the rule's steps: with building, timing and scoring, the default stays within 1.5x its time
         "budget_share": 0.3,  # of what is left of a --budget: the winner trains on the rest
@@ -221,18 +226,28 @@ def size_for_detail(cfg: TrainConfig, images: torch.Tensor, machine: Machine) ->
     return {"image_size": chosen, "translate": round(cfg.translate * chosen / size)}, f"size: {chosen} px, {line}"
 
 
+def turns_for_symmetry(images: torch.Tensor, labels: torch.Tensor) -> tuple[dict, str]:
+    """Right-angle turns for grey training `images` (uint8, with their `labels`) when a turn keeps RECIPE's share
+    of what each class's images share, and a line that says why ({} and why not)."""
+    wanted, kept = RECIPE["race"]["turn_kept"], turn_kept(images, labels)
+    if kept is None:
+        return {}, "turns: off, as no class has the 40 training images a turn's effect is measured on"
+    line = f"a right-angle turn keeps {kept:.1%} of what each class's images share"
+    if kept >= wanted:
+        return {"turns": True}, f"turns: on, {line}"
+    return {}, f"turns: off, {line} (on from {wanted:.0%})"
+
+
 def race_candidates(cfg: TrainConfig, data: Dataset, given: frozenset[str]) -> list:
     """The recipe's real choices on this data that short trials can tell apart, each a change to its settings
-    (none first, as {}): flips and right-angle turns for grey images (colour ones have flips; photographs have an
-    up) and the balanced sampler for imbalanced classes. What the user set is no choice. (Not the net's width:
-    short trials favour the wider fastcnn-s2, which learns faster early, and it then lost 3 points at full length
-    on the 49-class `many` folder.)"""
+    (none first, as {}): flips for grey images (colour ones have flips; photographs have an up) and the balanced
+    sampler for imbalanced classes. What the user set is no choice. (Not the net's width: short trials favour the
+    wider fastcnn-s2, which learns faster early, and it then lost 3 points at full length on the 49-class `many`
+    folder. Not turns: on micrographs every trial scored at chance, and turns won 10 points at full length.)"""
     race = RECIPE["race"]
     changes: list[dict] = []
     if data.channels == 1 and not given & {"flip", "tta"}:  # TTA's views include the mirror image
         changes.append({"flip": not cfg.flip, "tta": not cfg.flip})
-    if data.channels == 1 and "turns" not in given:  # a micrograph has no up; a glyph has
-        changes.append({"turns": not cfg.turns})
     counts = [c for c in data.splits["train"].labels.bincount().tolist() if c]
     if not given & {"sampler", "class_weights"} and max(counts) > race["imbalance"] * min(counts):
         changes.append({"sampler": "balanced"})
