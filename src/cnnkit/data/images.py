@@ -104,9 +104,10 @@ def turn_kept(images: torch.Tensor, labels: torch.Tensor, least: int = 20) -> fl
     for c in labels.unique():
         mine = pixels[labels == c]
         if len(mine) >= 2 * least:
-            halves = mine[0::2], mine[1::2]
-            pictures = [_spectra(half.mean(0), log=False) for half in halves]  # where the picture's strength is
-            textures = [_spectra(half, log=True).mean(0) for half in halves]  # a faint grain counts
+            first, second = mine[0::2], mine[1::2]
+            # the picture's spectrum weighs where its strength is; the texture's, every frequency (a faint grain)
+            pictures = _spectra(first.mean(0), log=False), _spectra(second.mean(0), log=False)
+            textures = _spectra(first, log=True).mean(0), _spectra(second, log=True).mean(0)
             kept += [_turned(*pictures, shared=0.7), _turned(*textures, shared=0.0)]
     return min(kept, default=None)
 
