@@ -2,8 +2,8 @@
 
 For each image folder (FOLDER/<class>/<image>, imbalanced or not) one stratified, seeded 70/10/20 split into
 train/val/test is written as hard links under OUT/<name>/split/{train,val,test}/<class>/ (files PIL cannot decode
-left out, and listed), and every tool trains
-on train/, picks or watches on val/ and is scored on test/ by this script's own count:
+left out, and listed; a folder with its own train/ and test/ keeps its test, and an eighth of train becomes val),
+and every tool trains on train/, picks or watches on val/ and is scored on test/ by this script's own count:
 
 - cnnkit: its default (the automatic recipe), `cnnkit.train(data=SPLIT, budget=SECONDS, report=False)`.
 - Ultralytics: YOLO26n-cls from scratch (yolo26n-cls.yaml; yolo11n-cls.yaml where 26 is unknown), 64 px,
@@ -96,14 +96,24 @@ def link(source: Path, target: Path) -> None:
 
 def make_split(folder: Path, split_dir: Path, seed: int) -> tuple[dict[str, dict[str, int]], list[str]]:
     """Writes split_dir/{train,val,test}/<class>/<file>; returns the image count of each part and class, and
-    the files left out as broken."""
+    the files left out as broken. A folder with its own train/ and test/ keeps its test images, and an eighth
+    of its training images (at least one a class) becomes val."""
     shutil.rmtree(split_dir, ignore_errors=True)
     rng = random.Random(seed)
     counts: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
-    broken = []
-    for name, files in class_files(folder).items():
+    broken: list[str] = []
+    own_test = (folder / "train").is_dir() and (folder / "test").is_dir()
+    tests = class_files(folder / "test") if own_test else {}
+    for name, files in class_files(folder / "train" if own_test else folder).items():
         broken += [str(f.relative_to(folder)) for f in files if not decodes(f)]
-        for part, chosen in split_class([f for f in files if decodes(f)], rng).items():
+        good = [f for f in files if decodes(f)]
+        if own_test:
+            rng.shuffle(good)
+            val = max(1, len(good) // 8)
+            parts = {"train": good[val:], "val": good[:val], "test": [f for f in tests.get(name, []) if decodes(f)]}
+        else:
+            parts = split_class(good, rng)
+        for part, chosen in parts.items():
             (split_dir / part / name).mkdir(parents=True, exist_ok=True)
             for source in chosen:
                 link(source, split_dir / part / name / source.name)
