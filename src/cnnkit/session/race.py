@@ -83,8 +83,12 @@ def race(ctx: RunContext, asked: TrainConfig, started: float) -> tuple[RunContex
     if no_trials:
         say(f"race: no trials, as {no_trials}; the rules of thumb stand")
         candidates = [{}]
-    record: dict = {"rule": describe(cfg, len(data.splits["train"])), "size": size_line, "turns": turns_line}
-    record["rounds"] = []
+    record: dict = {
+        "rule": describe(cfg, len(data.splits["train"])),
+        "size": size_line,
+        "turns": turns_line,
+        "rounds": [],
+    }
     winner: dict = {"name": name(base), "changes": {}}
     if len(candidates) > 1:
         record["rounds"] = _race_rounds(arena, candidates, rounds)
