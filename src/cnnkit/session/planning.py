@@ -111,13 +111,16 @@ class Replanning(Callback):
     - At the end of the schedule's warm-up, from the time its steps really took: the warm-up keeps its steps and
       the schedule its shape; the plan gets the new length, with the warm-up's share of it.
     - Then, once every step is of the late kind (the whitening's bias has stopped learning), every REPLAN_EVERY
-      of the run, from the time the late steps took: a one-cycle decay bends at the step reached, from its rate
-      there straight down to zero at the new end; the plan gets the bend, and the step the bias stopped at."""
+      of the run, from the time the steps since the last check took (a machine that slows late in a run shows in
+      them at once, where a mean over every late step lags behind it): a one-cycle decay bends at the step reached,
+      from its rate there straight down to zero at the new end; the plan gets the bend, and the step the bias
+      stopped at."""
 
     def __init__(self, ctx: RunContext, costs: Costs, deadline: float, warmup_steps: int):
         self.ctx, self.costs, self.deadline, self.warmup_steps = ctx, costs, deadline, warmup_steps
         self.started = time.perf_counter()
         self.late: tuple[int, float] | None = None  # the step from which every step is of the late kind, and when
+        self.checked = (0, 0.0)  # the step of the last check in the decay, and when
         self.next_check = 0
 
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
@@ -125,9 +128,10 @@ class Replanning(Callback):
         if done == self.warmup_steps:
             self._after_warmup(trainer, done)
         if self.late is None and done >= max(self.warmup_steps, trainer.early_steps if trainer.learns_early else 0):
-            self.late, self.next_check = (done, time.perf_counter()), done + max(self._every(trainer), LEAST_LATE_STEPS)
+            self.late = self.checked = (done, time.perf_counter())
+            self.next_check = done + max(self._every(trainer), LEAST_LATE_STEPS)
         elif self.late and done == self.next_check < trainer.total_steps and self.ctx.cfg.schedule == "onecycle":
-            self._in_decay(trainer, done, *self.late)
+            self._in_decay(trainer, done, self.late[0])
             self.next_check = done + self._every(trainer)
 
     def _after_warmup(self, trainer: Trainer, done: int) -> None:
@@ -142,9 +146,10 @@ class Replanning(Callback):
             pace_note = f"{pace:.2f}x their planned time"
             say(f"budget: {steps} steps in all, planned again after the warm-up's {done} ({pace_note})")
 
-    def _in_decay(self, trainer: Trainer, done: int, start: int, began: float) -> None:
+    def _in_decay(self, trainer: Trainer, done: int, start: int) -> None:
         now, total = time.perf_counter(), trainer.total_steps
-        pace = (now - began) / self.costs.training(start, done, total, early=start)
+        (last, when), self.checked = self.checked, (done, now)
+        pace = (now - when) / self.costs.training(last, done, total, early=start)
         steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, done + 1, start))
         left = total - done  # one plan moves the end by at most half the steps left: a stalled write is no trend
         steps = min(max(steps, done + max(1, left // 2)), done + left + left // 2)
@@ -154,7 +159,8 @@ class Replanning(Callback):
         early = trainer.early_steps if trainer.learns_early else None  # where the bias stopped, whatever the length
         self.ctx.plan.bends, self.ctx.plan.early_steps = format_bends(bends), early
         self._replan(trainer, done, Length(steps, self.warmup_steps / steps, bends, early))
-        say(f"budget: {steps} steps in all, planned again at step {done} ({pace:.2f}x the late steps' planned time)")
+        since = f"{pace:.2f}x the planned time of the steps since step {last}"
+        say(f"budget: {steps} steps in all, planned again at step {done} ({since})")
 
     def _replan(self, trainer: Trainer, done: int, length: Length) -> None:
         """The run's length from step `done` on, planned so that its steps so far stay as they were."""
