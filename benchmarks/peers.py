@@ -105,8 +105,9 @@ def make_split(folder: Path, split_dir: Path, seed: int) -> tuple[dict[str, dict
     own_test = (folder / "train").is_dir() and (folder / "test").is_dir()
     tests = class_files(folder / "test") if own_test else {}
     for name, files in class_files(folder / "train" if own_test else folder).items():
-        broken += [str(f.relative_to(folder)) for f in files if not decodes(f)]
-        good = [f for f in files if decodes(f)]
+        readable = {f: decodes(f) for f in files}  # each file decoded once
+        broken += [str(f.relative_to(folder)) for f, ok in readable.items() if not ok]
+        good = [f for f, ok in readable.items() if ok]
         if own_test:
             rng.shuffle(good)
             val = max(1, len(good) // 8)

@@ -90,20 +90,23 @@ def detail_kept(images: torch.Tensor, size: int) -> float:
     return 1.0 - (pixels - back).square().mean().item() / spread if spread else 1.0
 
 
-def turn_kept(images: torch.Tensor, labels: torch.Tensor, least: int = 20) -> float | None:
+TURN_LEAST = 40  # a class's images a turn's effect is measured on, at least: two halves of 20
+
+
+def turn_kept(images: torch.Tensor, labels: torch.Tensor) -> float | None:
     """How much of what each class's uint8 `images` share survives a right-angle turn: the least, over the
     classes and over a quarter, half and three-quarter turn, of two likenesses, each between one half of a
     class's images and the other half, turned, as a share of their likeness unturned. One is of the mean picture's
     spectrum (where the class has a mean picture: a glyph's strokes, a photograph's sky; its spectrum, so that
     where the picture lies does not count), the other of the mean spectrum (the directions of the class's texture:
     a brushed grain). 1.0: a turn changes nothing a class's images share, as for micrographs. Classes with fewer
-    than 2 x `least` images are not measured (None when none is)."""
+    than TURN_LEAST images are not measured (None when none is)."""
     pixels = images.float().mean(1)
     pixels = pixels - pixels.mean((1, 2), keepdim=True)
     kept = []
     for c in labels.unique():
         mine = pixels[labels == c]
-        if len(mine) >= 2 * least:
+        if len(mine) >= TURN_LEAST:
             first, second = mine[0::2], mine[1::2]
             # the picture's spectrum weighs where its strength is; the texture's, every frequency (a faint grain)
             pictures = _spectra(first.mean(0), log=False), _spectra(second.mean(0), log=False)

@@ -17,7 +17,7 @@ import torch
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import Machine
 from cnnkit.data import DIGIT_DATA, Dataset, is_folder
-from cnnkit.data.images import detail_kept, turn_kept
+from cnnkit.data.images import TURN_LEAST, detail_kept, turn_kept
 from cnnkit.models import AUTO, CUSTOM, pretrained
 from cnnkit.settings.config import TrainConfig
 from cnnkit.training.optimizers import PRETRAINED_HEAD_RATE
@@ -231,7 +231,7 @@ def turns_for_symmetry(images: torch.Tensor, labels: torch.Tensor) -> tuple[dict
     of what each class's images share, and a line that says why ({} and why not)."""
     wanted, kept = RECIPE["race"]["turn_kept"], turn_kept(images, labels)
     if kept is None:
-        return {}, "turns: off, as no class has the 40 training images a turn's effect is measured on"
+        return {}, f"turns: off, as no class has the {TURN_LEAST} training images a turn's effect is measured on"
     line = f"a right-angle turn keeps {kept:.1%} of what each class's images share"
     if kept >= wanted:
         return {"turns": True}, f"turns: on, {line}"
@@ -243,7 +243,7 @@ def race_candidates(cfg: TrainConfig, data: Dataset, given: frozenset[str]) -> l
     (none first, as {}): flips for grey images (colour ones have flips; photographs have an up) and the balanced
     sampler for imbalanced classes. What the user set is no choice. (Not the net's width: short trials favour the
     wider fastcnn-s2, which learns faster early, and it then lost 3 points at full length on the 49-class `many`
-    folder. Not turns: on micrographs every trial scored at chance, and turns won 10 points at full length.)"""
+    folder. Not turns: on micrographs every trial scored at chance, and turns won 5.5 points at full length.)"""
     race = RECIPE["race"]
     changes: list[dict] = []
     if data.channels == 1 and not given & {"flip", "tta"}:  # TTA's views include the mirror image
