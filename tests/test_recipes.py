@@ -25,6 +25,7 @@ from cnnkit.runs.records import RunRecord
 from cnnkit.session.results import run_warnings
 from cnnkit.settings.presets import PRESETS
 from cnnkit.settings.recipes import PRESET_MIN_IMAGES, RECIPE, auto_settings, fit_batch, fitted_preset
+from cnnkit.training.trainer import EARLY_SHARE
 
 
 def summary(run: Path) -> dict:
@@ -217,6 +218,27 @@ def test_a_budget_is_planned_again_after_the_warm_up_and_config_yaml_repeats_the
     assert cfg["budget"] is None and cfg["steps"] == result["steps"] == last  # a repeat takes exactly these steps ...
     assert round(cfg["warmup"] * last) == warmup_steps  # ... and warms up over the same ones
     assert result["budget_seconds"] == 10 and result["seconds_used"] > 0
+    assert_repeats(run, cfg, tmp_path / "repeat")
+
+
+class SlowFromWarmUp(cnnkit.Callback):
+    """A machine ten times slower from the budget's first plan on: another job takes its cores."""
+
+    ended: float | None = None
+
+    def on_step_end(self, trainer, loss):
+        if self.ended:
+            time.sleep(9 * (time.perf_counter() - self.ended))
+        self.ended = time.perf_counter()
+
+
+def test_a_machine_much_slower_after_the_first_plan_stops_the_bias_learning_rather_than_run_long(tmp_path, capsys):
+    run = cnnkit.train(report=False, budget=10, out=str(tmp_path / "r"), callbacks=[SlowFromWarmUp()])
+    out = capsys.readouterr().out
+    warmup_steps = int(re.search(r"planned again after the warm-up's (\d+)", out)[1])
+    cfg = config(run.dir)
+    # the bias's share of the run (EARLY_SHARE) would have kept it 3.3 times the warm-up long
+    assert cfg["steps"] < warmup_steps / EARLY_SHARE and cfg["early_steps"] == warmup_steps
     assert_repeats(run, cfg, tmp_path / "repeat")
 
 

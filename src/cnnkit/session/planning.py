@@ -28,6 +28,7 @@ REPLAN_CHANGE = 0.01  # ... and changed when they differ by more than this share
 # ... from at least this many late steps: one slow step of a short run is no trend (a 12-step run of a large backbone
 # was cut to 9 on one, and ended 10% early)
 LEAST_LATE_STEPS = 6
+PACE_AGREES = 0.25  # a pace within this share of the last check's is a trend, and the plan follows it in full
 
 
 def train_batches(ctx: RunContext) -> DeviceBatches:
@@ -121,6 +122,7 @@ class Replanning(Callback):
         self.started = time.perf_counter()
         self.late: tuple[int, float] | None = None  # the step from which every step is of the late kind, and when
         self.checked = (0, 0.0)  # the step of the last check in the decay, and when
+        self.pace = 1.0  # the time the steps checked last took, over their planned time
         self.next_check = 0
 
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
@@ -136,13 +138,18 @@ class Replanning(Callback):
 
     def _after_warmup(self, trainer: Trainer, done: int) -> None:
         now = time.perf_counter()
-        pace = (now - self.started) / self.costs.training(0, done, trainer.total_steps)  # 1.1: 10% slower
-        least = done + 1
-        if trainer.learns_early:  # the whitening's bias learns through every warm-up step, as in a repeat
-            least = max(least, math.ceil(done / EARLY_SHARE))
-        steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, least))
+        self.pace = pace = (now - self.started) / self.costs.training(0, done, trainer.total_steps)  # 1.1: 10% slower
+        seconds, early = (self.deadline - now) / pace, trainer.length.early_steps
+        least = math.ceil(done / EARLY_SHARE) if trainer.learns_early else done + 1  # the bias keeps its share ...
+        steps = self.costs.most_steps(seconds, done, least)
+        if trainer.learns_early and steps == least:  # ... unless that does not fit: then it stops learning now
+            early = done
+            steps = min(least, self.costs.most_steps(seconds, done, done + 1, early))
+        steps = self.ctx.machine.share(steps)
         if steps != trainer.total_steps:
-            self._replan(trainer, done, dataclasses.replace(trainer.length, steps=steps, warmup=done / steps))
+            self.ctx.plan.early_steps = early
+            length = dataclasses.replace(trainer.length, steps=steps, warmup=done / steps, early_steps=early)
+            self._replan(trainer, done, length)
             pace_note = f"{pace:.2f}x their planned time"
             say(f"budget: {steps} steps in all, planned again after the warm-up's {done} ({pace_note})")
 
@@ -151,8 +158,9 @@ class Replanning(Callback):
         (last, when), self.checked = self.checked, (done, now)
         pace = (now - when) / self.costs.training(last, done, total, early=start)
         steps = self.ctx.machine.share(self.costs.most_steps((self.deadline - now) / pace, done, done + 1, start))
-        left = total - done  # one plan moves the end by at most half the steps left: a stalled write is no trend
-        steps = min(max(steps, done + max(1, left // 2)), done + left + left // 2)
+        left, previous, self.pace = total - done, self.pace, pace
+        if abs(pace / previous - 1) > PACE_AGREES:  # a pace seen once may be a stalled write, no trend: one plan
+            steps = min(max(steps, done + max(1, left // 2)), done + left + left // 2)  # moves by half the steps left
         if abs(steps - total) <= max(1, REPLAN_CHANGE * total):  # a step more or less is noise
             return
         bends = (*trainer.length.bends, (done, total))
