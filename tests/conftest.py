@@ -36,15 +36,30 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.needs_shared_data)
 
 
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Tests never download: a connection attempt raises, as on a machine that is offline."""
+    """Tests never download: a connection anywhere but this machine (the served tests' loopback) raises, as on a
+    machine that is offline."""
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
+    def only_here(address) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in LOOPBACK:
+            raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    def refused_connect(self, address):
+        only_here(address)
+        return connect(self, address)
+
+    def refused_getaddrinfo(host, *args, **kwargs):
+        only_here(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", refused_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", refused_getaddrinfo)
 
 
 @pytest.fixture(scope="session")

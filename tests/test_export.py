@@ -1,9 +1,14 @@
 """`cnnkit export`: for a model of every built-in family (and of each family of torchvision's backbones), the
 ONNX file (run by onnxruntime) and the .pt2 program (loaded by torch.export) give the probabilities `cnnkit
-predict` gives, on real images, at batch sizes 1 and 3; an export that would disagree is never written."""
+predict` gives, on real images, at batch sizes 1 and 3; an export that would disagree is never written. The
+Triton model repository reads in Triton's own schema and answers as the run; every export records the weights
+it was made from, and a stale model.onnx is passed over; a run still training is not exported."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import shutil
 
 import numpy as np
@@ -13,6 +18,8 @@ import torch
 import cnnkit
 from cnnkit import CnnkitError
 from cnnkit.cli.main import main
+from cnnkit.models.weights import save_weights
+from cnnkit.runs.folder import claim, release
 from cnnkit.ship.export import export_run
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="needs the export extra: pip install 'cnnkit[export]'")
@@ -72,3 +79,131 @@ def test_an_export_that_disagrees_is_not_written(tmp_path, monkeypatch):
 def test_export_mistakes_end_in_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "is not a finished cnnkit run folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> cnnkit.Run:
+    out = tmp_path_factory.mktemp("export") / "digits run"  # a space: not in a Triton model's name
+    cnnkit.train(model="simplecnn", steps=50, report=False, out=str(out))
+    return cnnkit.load(out, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def triton_model(digits_run):
+    """`cnnkit export RUN --format triton`'s one model folder, and what the command printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", str(digits_run.dir), "--format", "triton"]) == 0
+    return digits_run.dir / "triton" / "digits_run", printed.getvalue()
+
+
+def unexported_copy(run: cnnkit.Run, where):
+    """A copy of the run's folder without its exports, for a test that changes it."""
+    return shutil.copytree(run.dir, where, ignore=shutil.ignore_patterns("model.onnx", "model.pt2", "triton"))
+
+
+def sha256_of_weights(run_dir) -> str:
+    return hashlib.sha256((run_dir / "weights.safetensors").read_bytes()).hexdigest()
+
+
+def recorded_weights(onnx_path) -> str | None:
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.get_modelmeta().custom_metadata_map.get("cnnkit_weights_sha256")
+
+
+def test_the_triton_export_answers_as_the_run_with_its_class_names(digits_run, triton_model):
+    model, printed = triton_model
+    assert f"tritonserver --model-repository={(digits_run.dir / 'triton').resolve()}" in printed
+    files = {p.relative_to(model).as_posix() for p in model.rglob("*")}
+    assert files == {"1", "1/model.onnx", "config.pbtxt", "labels.txt"}
+    assert not list(model.parent.glob(".*"))  # no scratch folder left in the repository
+    assert (model / "labels.txt").read_text().splitlines() == digits_run.classes
+    assert recorded_weights(model / "1" / "model.onnx") == sha256_of_weights(digits_run.dir)
+    session = onnxruntime.InferenceSession(str(model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = digits_run.split().images[10:40]
+    exported = session.run(None, {"images": images.numpy()})[0]
+    expected = predicted(digits_run, images)
+    assert (exported.argmax(1) == expected.argmax(1)).all() and np.abs(exported - expected).max() < 1e-4
+
+
+def test_the_triton_config_reads_in_tritons_own_schema(digits_run, triton_model):
+    model_config_pb2 = pytest.importorskip(
+        "tritonclient.grpc.model_config_pb2", reason="needs Triton's schema: pip install 'tritonclient[grpc]'"
+    )
+    from google.protobuf import text_format
+
+    model, _ = triton_model
+    config = text_format.Parse((model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (config.name, config.platform, config.max_batch_size) == ("digits_run", "onnxruntime_onnx", 64)
+    assert config.HasField("dynamic_batching")
+    (images,), (probabilities,) = config.input, config.output
+    channels, side = digits_run.info.in_channels, digits_run.info.image_size
+    assert (images.name, images.data_type) == ("images", model_config_pb2.TYPE_UINT8)
+    assert list(images.dims) == [channels, side, side]
+    assert (probabilities.name, probabilities.data_type) == ("probabilities", model_config_pb2.TYPE_FP32)
+    assert list(probabilities.dims) == [len(digits_run.classes)] and probabilities.label_filename == "labels.txt"
+
+
+def test_a_failed_triton_export_leaves_the_repository_as_it_was(digits_run, tmp_path, monkeypatch):
+    repository = tmp_path / "models"
+    export_run(digits_run, "triton", repository)
+    (repository / "another-model").mkdir()
+    before = {p: p.read_bytes() for p in repository.rglob("*") if p.is_file()}
+    monkeypatch.setattr(cnnkit.ship.export, "PARITY", -1.0)  # no export can pass: as if one disagreed
+    for where in (repository, tmp_path / "new"):
+        with pytest.raises(CnnkitError, match="so it was not written"):
+            export_run(digits_run, "triton", where)
+    assert {p: p.read_bytes() for p in repository.rglob("*") if p.is_file()} == before
+    assert (repository / "another-model").is_dir() and not list(repository.glob(".*"))
+    assert not (tmp_path / "new").exists()  # a repository the export began goes with it
+
+
+def test_every_export_records_its_weights_and_a_stale_onnx_is_passed_over(digits_run, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx", reason="needs the export extra: pip install 'cnnkit[export]'")
+    run_dir = unexported_copy(digits_run, tmp_path / "run")
+    run = cnnkit.load(run_dir, device="cpu")
+    onnx_path = export_run(run, "onnx").path
+    extra = {"cnnkit_weights_sha256": ""}
+    torch.export.load(str(export_run(run, "pt2").path), extra_files=extra)
+    assert recorded_weights(onnx_path) == extra["cnnkit_weights_sha256"] == sha256_of_weights(run_dir)
+    assert run.exported_onnx() == onnx_path and "warning" not in capsys.readouterr().out
+
+    with torch.no_grad():  # the run trained since: other weights than the export's
+        next(run.model.parameters()).add_(0.01)
+    save_weights(run.model, run_dir / "weights.safetensors")
+    assert cnnkit.load(run_dir, device="cpu").exported_onnx() is None
+    warned = capsys.readouterr().out
+    assert warned.count("warning:") == 1 and "was exported from other weights than the run's now" in warned
+    assert f"run `cnnkit export {run_dir}` again" in warned
+
+    model = onnx.load(str(export_run(run, "onnx").path))
+    assert cnnkit.load(run_dir, device="cpu").exported_onnx() == onnx_path  # exported again: up to date
+    del model.metadata_props[:]  # as an older cnnkit wrote it: no hash, so no knowing its weights
+    onnx.save(model, str(onnx_path))
+    assert cnnkit.load(run_dir, device="cpu").exported_onnx() is None
+    assert "was exported from other weights" in capsys.readouterr().out
+
+
+def test_a_run_still_training_is_not_exported_and_an_export_holds_its_lock(digits_run, tmp_path, capsys, monkeypatch):
+    run_dir = unexported_copy(digits_run, tmp_path / "run")
+    lock = claim(run_dir)  # as the training process holds it: flock conflicts between two opens of one process too
+    try:
+        assert main(["export", str(run_dir)]) == 2
+    finally:
+        release(lock)
+    assert (
+        f"{run_dir} is still training (another process holds its lock): export it when the run has finished"
+        in capsys.readouterr().err
+    )
+    assert not (run_dir / "model.onnx").exists()
+
+    write_onnx = cnnkit.ship.export._write_onnx
+
+    def write_while_claimed(*args):  # while the export writes, nothing else may claim the run: no --resume
+        with pytest.raises(CnnkitError, match="in use by another cnnkit run"):
+            claim(run_dir)
+        return write_onnx(*args)
+
+    monkeypatch.setattr(cnnkit.ship.export, "_write_onnx", write_while_claimed)
+    assert main(["export", str(run_dir)]) == 0 and (run_dir / "model.onnx").is_file()
+    release(claim(run_dir))  # and once written, the lock is let go

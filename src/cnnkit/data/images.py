@@ -44,19 +44,23 @@ def is_image_file(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
-def open_image(path: str | Path | io.BytesIO) -> Image.Image:
-    """Open an image lazily, refusing one past PIL's decompression-bomb limit from its header alone
-    (PIL itself only warns between one and two times the limit)."""
+def open_image(path: str | Path | io.BytesIO, max_pixels: int | None = None, size: int | None = None) -> Image.Image:
+    """Open an image lazily, refusing one past `max_pixels` (default PIL's decompression-bomb limit) from its
+    header alone (PIL itself only warns between one and two times the limit). A JPEG past it is first set to
+    decode at a reduced scale (its DCT's 1/2 to 1/8, no smaller than `size`), which needs a fraction of the memory."""
     try:
         img = Image.open(path)
     except UnidentifiedImageError:  # PIL's own message names the Python object it read from, not the file
         raise UnidentifiedImageError(f"not a {IMAGE_FORMATS} file") from None
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    if limit and size and img.width * img.height > limit and img.format == "JPEG":
+        img.draft(img.mode, (size, size))
     width, height = img.size
-    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+    if limit and width * height > limit:
         img.close()
         raise Image.DecompressionBombError(
-            f"{width}x{height} pixels is over the {Image.MAX_IMAGE_PIXELS:,}-pixel "
-            "limit that guards against decompression bombs; shrink the image"
+            f"{width}x{height} pixels is over the {limit:,}-pixel limit that guards against decompression bombs; "
+            "shrink the image"
         )
     return img
 
@@ -145,11 +149,13 @@ def decode_image(path: str | Path, size: int, channels: int, resize: str = "squa
     return decode_bytes(Path(path).read_bytes(), size, channels, resize)
 
 
-def decode_bytes(data: bytes, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
+def decode_bytes(
+    data: bytes, size: int, channels: int, resize: str = "squash", max_pixels: int | None = None
+) -> torch.Tensor:
     """Decode an image file's bytes to a uint8 (channels, size, size) tensor. A JPEG already at the size decodes
     with libjpeg-turbo through torchvision.io (several times faster than PIL for small ones, pixel for pixel
     the same); every other file goes through PIL and `image_to_tensor`, whose resize earlier runs were trained
-    on. `resize` makes a non-square image square (see RESIZE_RULES)."""
+    on. `resize` makes a non-square image square (see RESIZE_RULES); `max_pixels`: see `open_image`."""
     header = jpeg_header(data) if data[:2] == b"\xff\xd8" else None
     decode_jpeg = jpeg_decoder() if header and header[:2] == (size, size) and header[2] in (1, 3) else None
     if decode_jpeg:
@@ -159,7 +165,7 @@ def decode_bytes(data: bytes, size: int, channels: int, resize: str = "squash") 
                 return to_channels(pixels[None], channels)[0]
         except RuntimeError:  # libjpeg-turbo refuses it: PIL decides, and names what is wrong
             pass
-    with open_image(io.BytesIO(data)) as img:
+    with open_image(io.BytesIO(data), max_pixels, size) as img:
         img.load()  # decode now, so that a truncated file fails here rather than later
         return image_to_tensor(img, size, channels, resize)
 

@@ -73,3 +73,14 @@ class OnnxClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"images": images.cpu().contiguous().numpy()})[0])
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata (its `metadata_props`), read by onnxruntime without optimising the graph."""
+    require_extra(f"reading {path}", "export", "onnxruntime")
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # read, not run
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)

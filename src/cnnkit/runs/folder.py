@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +44,7 @@ CONFIG, MODEL_INFO, METRICS, WEIGHTS, SUMMARY, LR_FIND = (
 PLAN = "plan.json"  # with --lr auto or --budget: what the run decided as it went
 RACE = "race.json"  # the automatic recipe's race: every candidate's settings and validation scores
 ONNX = "model.onnx"  # `cnnkit export`'s ONNX file; the model itself in an int8 run from `cnnkit compress`
+WEIGHTS_SHA256 = "cnnkit_weights_sha256"  # what an export records: the hash of the weights it was made from
 TENSORBOARD = "tensorboard"  # with --tensorboard: the event files
 METRIC_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 RATES, RATE_FIELDS = "rates.csv", ("epoch", "step", "lr")  # every step's rate, as the run took it
@@ -186,9 +190,10 @@ def new_run_dir(out: str | None, name: str) -> tuple[Path, bool]:
     return path, created
 
 
-def claim(path: Path) -> int | None:
-    """Lock the folder for this run's life: another run on it is refused at once, and the lock is let go
-    when the process ends, even by SIGKILL, so a killed run can always be resumed."""
+def claim(path: Path, busy: str | None = None) -> int | None:
+    """Lock the folder for this run's life: another run on it is refused at once (with the message `busy`, if
+    given), and the lock is let go when the process ends, even by SIGKILL, so a killed run can always be resumed.
+    The lock is the open file's, not the process's: a second claim in the same process is refused too."""
     if fcntl is None:
         return None
     fd = os.open(path, os.O_RDONLY)
@@ -196,12 +201,32 @@ def claim(path: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise CnnkitError(
-            f"{path} is in use by another cnnkit run that is still going; wait for it to end, or choose another --out"
-        ) from None
+        in_use = f"{path} is in use by another cnnkit run that is still going"
+        raise CnnkitError(busy or f"{in_use}; wait for it to end, or choose another --out") from None
     return fd
 
 
 def release(lock: int | None) -> None:
     if lock is not None:
         os.close(lock)  # closing the descriptor lets go of the lock
+
+
+@contextmanager
+def finished_run(path: Path, work: str) -> Iterator[None]:
+    """Hold a finished run's lock while `work` (e.g. "export it") reads its weights: refused while the run is
+    still training, and no resume of it can start until the work is done."""
+    lock = claim(path, f"{path} is still training (another process holds its lock): {work} when the run has finished")
+    try:
+        yield
+    finally:
+        release(lock)
+
+
+def weights_sha256(run_dir: Path) -> str:
+    """The sha256 (hex) of the run's weights file as it is now: an export records it, so that one made from
+    other weights (the run trained or resumed since) is known to be stale."""
+    digest = hashlib.sha256()
+    with open(run_dir / WEIGHTS, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.machine import Machine, pick_machine
+from cnnkit.core.progress import say
 from cnnkit.data import load_data
 from cnnkit.data.images import DECODE_ERRORS, decode_image, image_to_tensor, resize_images, to_channels, to_square
 from cnnkit.data.loader import DeviceBatches
@@ -20,9 +21,9 @@ from cnnkit.data.ondisk import DiskImages, loaded
 from cnnkit.data.preprocess import Preprocess
 from cnnkit.data.sets import ImageSet
 from cnnkit.models import create_model
-from cnnkit.models.inference import Classifier, OnnxClassifier, probabilities_of
+from cnnkit.models.inference import Classifier, OnnxClassifier, onnx_metadata, probabilities_of
 from cnnkit.models.weights import load_weights
-from cnnkit.runs.folder import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS
+from cnnkit.runs.folder import CONFIG, MODEL_INFO, ONNX, SUMMARY, WEIGHTS, WEIGHTS_SHA256, weights_sha256
 from cnnkit.runs.records import ModelInfo, RunSummary
 from cnnkit.runs.schema import check_same_run, data_fingerprint, require_module
 from cnnkit.settings.config import TrainConfig, folder_reading
@@ -62,6 +63,24 @@ class Run:
         if self.quantized:
             return self.model  # already the whole prediction, in onnxruntime
         return Classifier(self.preprocess(), self.model, self.config.tta).eval()
+
+    def exported_onnx(self) -> Path | None:
+        """RUN/model.onnx if it is this run's prediction as the run is now, else None. An int8 run's model.onnx is its
+        model. A float run's (`cnnkit export`'s) must record the hash of RUN/weights.safetensors as it is now: one
+        made from other weights (the run trained or resumed since), or by a cnnkit that recorded none, is passed
+        over with one warning, and the run's own weights should answer. Reads the file's metadata with onnxruntime."""
+        path = self.dir / ONNX
+        if self.quantized:
+            return path
+        if not path.is_file():
+            return None
+        if onnx_metadata(path).get(WEIGHTS_SHA256) == weights_sha256(self.dir):
+            return path
+        say(
+            f"warning: {path} was exported from other weights than the run's now (trained or resumed since, or "
+            f"exported by an older cnnkit): answering from the run's own weights; run `cnnkit export {self.dir}` again"
+        )
+        return None
 
     def network(self, purpose: str) -> nn.Module:
         """The trained torch network, for work that needs one (a summary, an export, a compression)."""
