@@ -1,12 +1,14 @@
 """A load test of `cnnkit serve` on loopback: 200 concurrent clients, bounded in requests and in time.
 
     python benchmarks/serve_load.py RUN [--clients 200 --requests 2000 --seconds 120] [--onnx] [--warm-up]
-        [--server-cpus 0 --client-cpus 1] [--wrk --seconds 10]
+        [--shape raw|multipart|oip] [--server-cpus 0 --client-cpus 1] [--wrk --seconds 10]
 
 Starts `cnnkit serve RUN` on a free port (after `cnnkit export RUN` with --onnx, so onnxruntime answers),
 waits for /health, then `--clients` clients post the run's own test images (PNG) until `--requests` answers
 or `--seconds` have passed, and stops the server. With --warm-up, every client first sends one request
-that is not counted (its connection is open and the server has answered before the clock starts). The
+that is not counted (its connection is open and the server has answered before the clock starts). --shape:
+each request the PNG's bytes as the body (raw, the default), a multipart form holding it (curl -F), or an
+Open Inference Protocol request with it as a BYTES tensor (tritonclient's binary layout). The
 --server-cpus and --client-cpus (Linux) pin each side to its own cores. With --wrk, wrk (a client in C)
 sends the load for --seconds instead: httpx's clients cost the machine more than the server does. Prints
 requests per second, p50 and p99 latency, failed requests, and the batches the server formed.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import shutil
 import socket
@@ -54,8 +57,20 @@ def test_pngs(run_dir: str, count: int = 64) -> list[bytes]:
     return files
 
 
+def post(http: httpx.AsyncClient, url: str, png: bytes, shape: str):
+    """One request of `shape` carrying the PNG file; `url` is the server's /predict, or its model's /infer."""
+    if shape == "multipart":
+        return http.post(url, files={"file": ("image.png", png, "image/png")})
+    if shape == "oip":
+        tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 4 + len(png)}}
+        header = json.dumps({"inputs": [tensor]})
+        body = header.encode() + len(png).to_bytes(4, "little") + png
+        return http.post(url, content=body, headers={"Inference-Header-Content-Length": str(len(header))})
+    return http.post(url, content=png)
+
+
 async def load(
-    url: str, files: list[bytes], clients: int, requests: int, seconds: float, warm_up: bool
+    url: str, files: list[bytes], clients: int, requests: int, seconds: float, warm_up: bool, shape: str = "raw"
 ) -> tuple[list, int, float]:
     """Latencies of the answered requests, failures, and the seconds they took."""
     latencies: list[float] = []
@@ -70,7 +85,7 @@ async def load(
                 return
             started = time.perf_counter()
             try:
-                answer = await http.post(f"{url}/predict", content=files[(n + number) % len(files)])
+                answer = await post(http, url, files[(n + number) % len(files)], shape)
                 failures += answer.status_code != 200
             except httpx.HTTPError:
                 failures += 1
@@ -79,7 +94,7 @@ async def load(
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=60) as http:
         if warm_up:  # one answered request per client first: connections open, nothing counted
-            await asyncio.gather(*(http.post(f"{url}/predict", content=files[i % len(files)]) for i in range(clients)))
+            await asyncio.gather(*(post(http, url, files[i % len(files)], shape) for i in range(clients)))
         deadline = time.perf_counter() + seconds
         started = time.perf_counter()
         await asyncio.gather(*(client(http, i) for i in range(clients)))
@@ -94,6 +109,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--onnx", action="store_true", help="export to ONNX first, so that onnxruntime answers")
     parser.add_argument("--warm-up", action="store_true", help="one uncounted request per client first")
+    parser.add_argument("--shape", choices=("raw", "multipart", "oip"), default="raw", help="how each request sends")
     parser.add_argument("--wrk", action="store_true", help="load from wrk for --seconds instead of httpx clients")
     parser.add_argument("--server-cpus", type=cpus, help="pin the server to these CPUs, e.g. 0 or 0,1")
     parser.add_argument("--client-cpus", type=cpus, help="pin the clients to these CPUs")
@@ -117,11 +133,13 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         files = test_pngs(args.run)
+        route = f"v2/models/{Path(args.run).name}/infer" if args.shape == "oip" else "predict"
+        target = f"{url}/{route}"
         if args.wrk:
             result = wrk_load(url, files[0], args.clients, args.seconds)
         else:
             latencies, failures, wall = asyncio.run(
-                load(url, files, args.clients, args.requests, args.seconds, args.warm_up)
+                load(target, files, args.clients, args.requests, args.seconds, args.warm_up, args.shape)
             )
             quantiles = statistics.quantiles(latencies, n=100)
             result = (

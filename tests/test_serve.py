@@ -97,11 +97,13 @@ def test_every_common_upload_shape_gets_its_answers_in_order(served):
     client = testclient.TestClient(create_app(run, top_k=1))
     expected = [answer[0]["class"] for answer in predicted(run, files[:3])]
     raw = client.post("/predict", content=files[0], headers={"content-type": "image/png"}).json()
+    curl = client.post("/predict", content=files[0], headers={"content-type": "application/x-www-form-urlencoded"})
     one_file = client.post("/predict", files={"file": ("a.png", files[0], "image/png")}).json()  # curl -F
     many = client.post("/predict", files=[("file", (f"{i}.png", f, "image/png")) for i, f in enumerate(files[:3])])
     one_text = client.post("/predict", json={"image": base64.b64encode(files[0]).decode()}).json()
     texts = client.post("/predict", json={"images": [f"data:image/png;base64,{b64(f)}" for f in files[:3]]}).json()
     assert raw["predictions"][0]["class"] == one_text["predictions"][0]["class"] == expected[0]
+    assert curl.json() == raw  # curl --data-binary @cat.jpg names its bytes a url-encoded form
     assert [r["file"] for r in one_file["results"]] == ["a.png"]
     assert [r["file"] for r in many.json()["results"]] == ["0.png", "1.png", "2.png"]
     assert [r["predictions"][0]["class"] for r in many.json()["results"]] == expected
@@ -120,7 +122,7 @@ def b64(data: bytes) -> str:
 @pytest.mark.parametrize(
     "request_args, status, message",
     [
-        ({"data": {"a": "b"}}, 415, "a url-encoded form holds no file"),  # curl -d
+        ({"data": {"a": "b"}}, 415, "the body is not an image this server can read"),  # curl -d: no file
         ({"json": {"picture": "x"}}, 400, 'JSON needs "image"'),
         ({"json": {"image": "not base64!"}}, 400, "image 1 is not valid base64"),
         ({"files": {"file": ("a.txt", b"hello", "text/plain")}}, 415, "a.txt is not an image this server can read"),

@@ -23,6 +23,7 @@ GREY_TOLERANCE = 4  # levels of 255: JPEG's colour conversion may round a grey p
 # how a non-square image becomes square; squash (the default) keeps every pixel in view, at the cost of
 # stretching: an object near the border is never cut off, and train and predict stretch alike
 RESIZE_RULES = ("squash", "crop", "pad")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the camera was held
 LUMA_WEIGHTS = (19595, 38470, 7471)  # PIL's RGB -> L weights, in 1/65536: 0.299 R + 0.587 G + 0.114 B
 # torchvision 0.29 warns on every decode that TorchCodec will take over image decoding; until it does, its
 # libjpeg-turbo decoder is the fastest at hand (and PIL takes over where it is gone)
@@ -185,7 +186,8 @@ def jpeg_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
 def image_to_tensor(img: Image.Image, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
     """Upright by its EXIF rotation, transparency flattened onto white, made square by `resize`, resized to
     size x size, and converted to `channels` by `to_channels`: a uint8 (channels, size, size) tensor."""
-    img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # phone photos store their rotation in EXIF
+        img = ImageOps.exif_transpose(img)  # (a copy: an upright image keeps its pixels where they are)
     if img.mode in WIDE_GRAY_MODES:
         img = Image.fromarray(to_8_bits(np.asarray(img)))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
