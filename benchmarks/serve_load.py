@@ -34,6 +34,7 @@ import httpx
 from PIL import Image
 
 import cnnkit
+from cnnkit.ship.export import model_name
 
 
 def cpus(text: str) -> set[int]:
@@ -133,7 +134,7 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         files = test_pngs(args.run)
-        route = f"v2/models/{Path(args.run).name}/infer" if args.shape == "oip" else "predict"
+        route = f"v2/models/{model_name(Path(args.run))}/infer" if args.shape == "oip" else "predict"
         target = f"{url}/{route}"
         if args.wrk:
             result = wrk_load(url, files[0], args.clients, args.seconds)

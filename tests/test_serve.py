@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import cnnkit
 from cnnkit.data import load_data
-from cnnkit.ship.export import export_run
+from cnnkit.ship.export import export_run, model_name
 from cnnkit.ship.serve import create_app
 
 httpx = pytest.importorskip("httpx", reason="needs the serve extra and httpx: pip install 'cnnkit[serve]' httpx")
@@ -211,7 +211,7 @@ def wait_for(url: str, server: subprocess.Popen) -> None:
 def test_tritons_own_client_gets_the_answers_predict_gives(served, live):
     http = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]: pip install 'tritonclient[http]'")
     run, files = served
-    client, name = http.InferenceServerClient(f"127.0.0.1:{live.port}"), run.dir.name
+    client, name = http.InferenceServerClient(f"127.0.0.1:{live.port}"), model_name(run.dir)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
     metadata = client.get_model_metadata(name)
     assert metadata["inputs"][0] == {"name": "images", "datatype": "UINT8", "shape": [-1, 1, 8, 8]}

@@ -123,7 +123,7 @@ def _write_triton(run: Run, repository: Path, write_onnx: Callable[[Path], None]
     then renamed into place, so a failure leaves the repository as it was; its other models are never touched."""
     if any("\n" in c or "\r" in c for c in run.classes):  # labels.txt has one class a line
         raise CnnkitError("a class name holds a line break, which Triton's labels.txt cannot; rename that class")
-    name = _triton_name(run.dir)
+    name = model_name(run.dir)
     made = not repository.exists()
     try:
         with writing(repository / name):
@@ -149,8 +149,9 @@ def _fill_triton_model(model: Path, run: Run, write_onnx: Callable[[Path], None]
     atomic_write(model / TRITON_CONFIG, lambda tmp: tmp.write_text(_triton_config(model.name, run.info)))
 
 
-def _triton_name(run_dir: Path) -> str:
-    """The run folder's name as a Triton model name: letters, digits, `_`, `-` and `.` kept, anything else `_`."""
+def model_name(run_dir: Path) -> str:
+    """The run folder's name as a model name for Triton and the Open Inference Protocol (`cnnkit serve`'s /v2):
+    letters, digits, `_`, `-` and `.` kept, anything else `_`."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.resolve().name)
 
 

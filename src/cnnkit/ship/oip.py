@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cnnkit.core.version import __version__
+from cnnkit.ship.export import model_name
 from cnnkit.ship.uploads import MAX_FILES, BodyBudget, Refused, Upload, from_base64
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def add_inference_protocol(app: "FastAPI", engine: "Engine", bodies: BodyBudget,
     from fastapi import Request, Response
 
     run = engine.run
-    name = run.dir.name
+    name = model_name(run.dir)  # as in the Triton export
     info = run.info
     shape = [-1, info.in_channels, info.image_size, info.image_size]
 
