@@ -24,7 +24,7 @@ from cnnkit.inspect.report import PLOT_TITLES
 from cnnkit.runs.records import RunFiles
 from cnnkit.settings.config import TrainConfig
 
-pytest.importorskip("matplotlib", reason="plots need the report extra: pip install 'cnnkit[report]'")
+pytest.importorskip("matplotlib", reason="plots need matplotlib (a dependency of cnnkit)")
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,19 @@ def test_class_names_are_escaped(tmp_path):
     assert "<b>bar" not in page and "&lt;b&gt;bar" in page and "a&amp;ring" in page
 
 
+def test_class_names_with_dollar_signs_are_drawn_as_text_not_mathtext(tmp_path):
+    rng = np.random.default_rng(0)
+    for label, kind in (("cost $5 or $6", "bar"), ("$\\frac{1}{$", "ring")):
+        for i in range(40):
+            save_image(tmp_path / "data" / label / f"{i}.png", shape_image(kind, 16, rng))
+    run = cnnkit.train(data=str(tmp_path / "data"), model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+    assert (run.dir / "report.html").is_file() and len(list((run.dir / "plots").glob("*.png"))) >= 4
+    assert run_cnnkit("report", str(run.dir), cwd=tmp_path).returncode == 0
+
+
 def test_without_matplotlib_the_message_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
-    with pytest.raises(CnnkitError, match=r"pip install 'cnnkit\[report\]'"):
+    with pytest.raises(CnnkitError, match=r"pip install matplotlib"):
         pyplot()
 
 

@@ -33,8 +33,9 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise CnnkitError("plots and reports need matplotlib: pip install 'cnnkit[report]'") from None
+        raise CnnkitError("plots and reports need matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # labels are class names, never mathtext: `cost $5 or $6` is text
     import matplotlib.pyplot as plt
 
     return plt
