@@ -109,23 +109,24 @@ def test_report_without_the_test_images_says_why(tmp_path, image_folder):
     assert page.count("data:image/png") == drawn and "the test images are not drawn" in page
 
 
-def test_class_names_are_escaped(tmp_path):
+def run_on_classes_named(tmp_path: Path, bar: str, ring: str) -> cnnkit.Run:
+    """A one-epoch run on a folder of two classes, bars and rings, with these names."""
     rng = np.random.default_rng(0)
-    for label, kind in (("<b>bar", "bar"), ("a&ring", "ring")):
+    for label, kind in ((bar, "bar"), (ring, "ring")):
         for i in range(40):
             save_image(tmp_path / "data" / label / f"{i}.png", shape_image(kind, 16, rng))
-    run = cnnkit.train(data=str(tmp_path / "data"), model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+    return cnnkit.train(data=str(tmp_path / "data"), model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+
+
+def test_class_names_are_escaped(tmp_path):
+    run = run_on_classes_named(tmp_path, "<b>bar", "a&ring")
     assert run_cnnkit("report", str(run.dir), cwd=tmp_path).returncode == 0
     page = (run.dir / "report.html").read_text()
     assert "<b>bar" not in page and "&lt;b&gt;bar" in page and "a&amp;ring" in page
 
 
 def test_class_names_with_dollar_signs_are_drawn_as_text_not_mathtext(tmp_path):
-    rng = np.random.default_rng(0)
-    for label, kind in (("cost $5 or $6", "bar"), ("$\\frac{1}{$", "ring")):
-        for i in range(40):
-            save_image(tmp_path / "data" / label / f"{i}.png", shape_image(kind, 16, rng))
-    run = cnnkit.train(data=str(tmp_path / "data"), model="small-cnn", epochs=1, out=str(tmp_path / "run"))
+    run = run_on_classes_named(tmp_path, "cost $5 or $6", "$\\frac{1}{$")
     assert (run.dir / "report.html").is_file() and len(list((run.dir / "plots").glob("*.png"))) >= 4
     assert run_cnnkit("report", str(run.dir), cwd=tmp_path).returncode == 0
 

@@ -191,9 +191,11 @@ def create_app(run: Run, top_k: int = 3, max_bytes: int = MAX_BYTES, max_pixels:
             return {"predictions": answers[0]}
         return {"results": [{"file": u.name, "predictions": a} for u, a in zip(uploads, answers, strict=True)]}
 
+    page_html = _page(run)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
-        return _page(run)
+        return page_html
 
     add_inference_protocol(app, engine, bodies, max_bytes)
     return app
