@@ -178,7 +178,8 @@ class TrainConfig:
         a preset fills in the rest, as for the same keywords or flags (a value equal to the default is still
         the user's own: `TrainConfig(lr=3e-3)` trains as `cnnkit.train(lr=3e-3)` does)."""
         self = super().__new__(cls)
-        self._remember_given(frozenset([f.name for f in dataclasses.fields(cls)][: len(args)]) | frozenset(kwargs))
+        named = dict(zip([f.name for f in dataclasses.fields(cls)], args, strict=False)) | kwargs
+        self._remember_given(_set(named))
         return self
 
     def _remember_given(self, names: frozenset[str]) -> None:
@@ -219,9 +220,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """Settings over the named preset's values over the defaults."""
+        """Settings over the named preset's values over the defaults. An optional setting given as None (YAML's
+        null) is left out, so the default or the recipe fills it in; a required one is refused."""
         preset = preset_settings(coerce("preset", values.get("preset")))
-        if {"epochs", "budget"} & set(values):  # the user's own length wins over the preset's steps
+        if {"epochs", "budget"} & _set(values):  # the user's own length wins over the preset's steps
             preset.pop("steps", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -229,9 +231,14 @@ class TrainConfig:
             raise CnnkitError(
                 f"unknown setting(s) {', '.join(unknown)}; valid settings are: {', '.join(sorted(known))}"
             )
-        cfg = cls(**{**preset, **values})
-        cfg._remember_given(frozenset(values))  # the preset's values are its own, not the user's
+        cfg = cls(**{**preset, **{k: v for k, v in values.items() if v is not None or not _optional(k)}})
+        cfg._remember_given(_set(values))  # the preset's values are its own, not the user's
         return cfg
+
+
+def _set(values: dict) -> frozenset[str]:
+    """The names of the settings given a value: None stands for "not set" (`epochs: null` means the default)."""
+    return frozenset(name for name, value in values.items() if value is not None)
 
 
 @functools.cache
