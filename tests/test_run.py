@@ -212,6 +212,11 @@ def test_predict_images_in_memory_matches_predict_on_files(digits_run, tmp_path)
     assert run.predict_images(list(test.images[:8].expand(-1, 3, -1, -1)), top_k=2) == from_files  # grey as RGB
     with pytest.raises(CnnkitError, match=r"uint8 tensors .* got a torch.float32 tensor of shape \(1, 8, 8\)"):
         run.predict_images([torch.zeros(1, 8, 8)])
+    assert run.predict_images(as_pil[0], top_k=2) == from_files[:1]  # one image alone: a list of one
+    assert run.predict_images(test.images[0], top_k=2) == from_files[:1]
+    for empty in (Image.new("L", (0, 0)), Image.new("RGB", (5, 0)), torch.zeros(3, 0, 4, dtype=torch.uint8)):
+        with pytest.raises(CnnkitError, match="an empty image .* has nothing to classify"):
+            run.predict_images([empty])
 
 
 def test_the_inference_model_takes_raw_pixels_and_gives_probabilities(digits_run):

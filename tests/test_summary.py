@@ -118,6 +118,7 @@ def test_command_summarises_a_run_folder_with_its_own_shape(tmp_path):
         (["lenet", "--input", "28x28"], "is not CxHxW"),
         (["lenet", "--input", "3x32x16"], "square images"),
         (["lenet", "--classes", "1"], "at least 2 classes"),
+        (["lenet", "--classes", "0"], "--classes 0: a classifier needs at least 2 classes"),  # not the default 10
         (["lenet", "--optimizer", "adagrad"], "--optimizer adagrad must be one of"),
         (["lenet", "--batch-size", "0"], "--batch-size 0 must be at least 1"),
     ],

@@ -186,6 +186,8 @@ def jpeg_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
 def image_to_tensor(img: Image.Image, size: int, channels: int, resize: str = "squash") -> torch.Tensor:
     """Upright by its EXIF rotation, transparency flattened onto white, made square by `resize`, resized to
     size x size, and converted to `channels` by `to_channels`: a uint8 (channels, size, size) tensor."""
+    if not img.width or not img.height:
+        raise ValueError(f"an empty image ({img.width}x{img.height} pixels) has nothing to classify")
     if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # phone photos store their rotation in EXIF
         img = ImageOps.exif_transpose(img)  # (a copy: an upright image keeps its pixels where they are)
     if img.mode in WIDE_GRAY_MODES:

@@ -40,7 +40,7 @@ def model_summary(
     if target in (AUTO, CUSTOM):
         raise CnnkitError(f"{target!r} is not one model; name one of `cnnkit models`, or give a run folder")
     check_model_name(target)
-    shape, n = _parse_input(image, model_spec(target).input_size), classes or DEFAULT_CLASSES
+    shape, n = _parse_input(image, model_spec(target).input_size), DEFAULT_CLASSES if classes is None else classes
     if n < 2:
         raise CnnkitError(f"--classes {n}: a classifier needs at least 2 classes")
     model = create_model(target, shape[0], n, shape[1])

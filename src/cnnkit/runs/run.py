@@ -139,9 +139,11 @@ class Run:
     ) -> list[list[dict]]:
         """For each image in memory (a PIL image, or a uint8 tensor (C, H, W) or batch (N, C, H, W) of any size
         and 1 or 3 channels): its top-k classes with probabilities, preprocessed exactly as in training, in
-        float32 (the test metrics are computed at the run's own precision)."""
+        float32 (the test metrics are computed at the run's own precision). One image alone is a list of one."""
         if top_k < 1:
             raise CnnkitError(f"--top-k {top_k} must be at least 1")
+        if isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.ndim == 3):
+            images = [images]
         if len(images) == 0:
             return []
         # in float32, as an export runs: the same probabilities from either
@@ -166,7 +168,10 @@ class Run:
     def _as_input(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         size, channels = self.info.image_size, self.info.in_channels
         if isinstance(image, Image.Image):
-            return image_to_tensor(image, size, channels, self.info.resize)
+            try:
+                return image_to_tensor(image, size, channels, self.info.resize)
+            except ValueError as e:  # an empty image
+                raise CnnkitError(f"predict_images: {e}") from None
         if (
             not isinstance(image, torch.Tensor)
             or image.dtype != torch.uint8
@@ -177,6 +182,8 @@ class Run:
                 "predict_images takes PIL images or uint8 tensors of shape (channels, height, width) "
                 f"with 1 or 3 channels; got {_describe(image)}"
             )
+        if not image.shape[1] or not image.shape[2]:
+            raise CnnkitError(f"predict_images: an empty image ({_describe(image)}) has nothing to classify")
         return resize_images(to_square(to_channels(image[None], channels), self.info.resize), size)[0]
 
     def _read_image(self, path: Path) -> torch.Tensor:
