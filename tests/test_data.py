@@ -330,6 +330,13 @@ def test_special_files_are_passed_over_without_opening_them(image_folder, capsys
     assert "ignored 2 image name(s) that are not regular files" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(120)
+def test_a_training_run_says_once_what_it_left_out_of_the_folder(image_folder, tmp_path, capsys):
+    os.mkfifo(image_folder / "bar" / "pipe.png")
+    cnnkit.train(data=str(image_folder), epochs=1, report=False, out=str(tmp_path / "run"))
+    assert capsys.readouterr().out.count("that are not regular files") == 1  # not once per read of the folder
+
+
 def test_names_that_are_not_utf8_or_hold_escape_codes_are_handled_and_printed_safely(tmp_path, capsys):
     from cnnkit.core.progress import say
 

@@ -51,7 +51,7 @@ class Reading:
     skip_bad_images: bool = False
     resize: str = "squash"
     memory_budget: int | None = None  # bytes of decoded images kept in memory (None: default_memory_budget())
-    listed: bool = True  # say which files were skipped (a second read of the folder, at another size, need not)
+    listed: bool = True  # say which files were left out (a second read of the folder, at another size, need not)
 
 
 PLAIN_READING = Reading()
@@ -59,7 +59,7 @@ PLAIN_READING = Reading()
 
 def load_folder(root: Path, image_size: int | None, reading: Reading, cache_dir: Path, max_size: int) -> RawData:
     """The folder's images at `image_size`, or (None) at their most common size, but no larger than `max_size`."""
-    files = scan_folder(root)
+    files = scan_folder(root, reading.listed)
     size_rule = f"{image_size or f'max{max_size}'}|{reading.resize}"
     key, jpeg_headers = _cache_key(root, size_rule, files)
     cache_file = cache_dir / "folders" / f"{key}.safetensors"

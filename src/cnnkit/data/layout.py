@@ -16,9 +16,9 @@ from cnnkit.data.images import is_image_file
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
-def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
+def scan_folder(root: Path, listed: bool = True) -> dict[str, list[tuple[str, str]]]:
     """Image files per part ('train', 'val', 'test', or 'all' without split folders) as (path, class name);
-    hidden files and non-image files are ignored."""
+    hidden files and non-image files are ignored, and (when `listed`) the links and non-files left out said."""
     if not root.exists():
         raise CnnkitError(
             f"data folder {root} does not exist; give a folder of class sub-folders, "
@@ -31,9 +31,9 @@ def scan_folder(root: Path) -> dict[str, list[tuple[str, str]]]:
         parts = split_folders(root, real_root, outside)
         files = {part: _class_images(folder, real_root, (outside, irregular)) for part, folder in parts.items()}
     finally:  # said even when the layout is refused: a link left out may be why
-        if outside:
+        if outside and listed:
             say(f"ignored {len(outside)} symbolic link(s) that lead outside {real_root}, e.g. {outside[0]}")
-        if irregular:
+        if irregular and listed:
             say(
                 f"ignored {len(irregular)} image name(s) that are not regular files (a pipe, a device, a broken "
                 f"link), e.g. {irregular[0]}"
