@@ -163,7 +163,19 @@ def test_a_run_that_learns_nothing_says_so_and_records_a_warning(tmp_path, capsy
     run = cnnkit.train(report=False, model="small-cnn", weight_decay=300, epochs=1, out=str(tmp_path / "r"))
     warnings = summary(run.dir)["warnings"]
     assert len(warnings) == 1 and "no better than always answering the most common class" in warnings[0]
+    assert "Try the automatic recipe (no --model or --preset)" in warnings[0]  # it chose its own model
     assert "warning: validation accuracy" in capsys.readouterr().out
+
+
+def test_a_run_of_the_automatic_recipe_that_learns_nothing_is_advised_what_fits_it(tmp_path):
+    for label in ("a", "b"):  # two classes of the same grey picture: nothing to learn
+        for i in range(30):
+            save_image(tmp_path / "same" / label / f"{i}.png", np.full((16, 16), 128, np.uint8))
+    run = cnnkit.train(report=False, data=str(tmp_path / "same"), epochs=1, out=str(tmp_path / "r"))
+    (warning,) = summary(run.dir)["warnings"]
+    assert "no better than always answering the most common class" in warning
+    assert "automatic recipe" not in warning  # it is one
+    assert "more images (this run had 22 a class" in warning and "a larger --image-size" in warning
 
 
 def test_a_budget_warning_comes_first_and_hides_no_other(tmp_path):

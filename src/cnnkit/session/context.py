@@ -41,6 +41,7 @@ class RunContext:
     preprocess: Preprocess  # on the machine's device
     info: ModelInfo  # model.json: architecture, classes and preprocessing
     plan: RunPlan = dataclasses.field(default_factory=RunPlan)  # what the run decides as it goes
+    own_model: bool = False  # a fresh run whose model the user chose (not the automatic recipe): advice may differ
 
     @property
     def settings(self) -> TrainConfig:
@@ -69,7 +70,7 @@ def prepare(
         say(chosen)
     if cfg.image_size is not None and cfg.image_size != data.image_size:  # the recipe chose another size
         data = load_at(cfg, cfg.image_size, machine)
-    return build(cfg, data, module, machine, folder, fresh)
+    return dataclasses.replace(build(cfg, data, module, machine, folder, fresh), own_model=fresh and not auto)
 
 
 def load_at(cfg: TrainConfig, image_size: int, machine: Machine) -> Dataset:

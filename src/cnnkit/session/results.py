@@ -82,6 +82,8 @@ MEMORISED_GAP = 0.3  # training accuracy this far above validation: memorised, n
 # validation accuracy this much higher over the last quarter of the epochs than over the quarter before, with the best
 # epoch among the last: the run was still learning (an inspection-like folder: 0.52 balanced at 30 passes, 0.92 at 260)
 STILL_RISING = 0.01
+SMALL_IMAGE = 64  # px: below this a larger --image-size may keep detail the run could not see
+FEW_TO_LEARN = 100  # training images a class: below this, more images are the likeliest help
 
 
 def closing_line(summary: RunSummary, folder: RunFolder) -> str:
@@ -135,9 +137,7 @@ def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]
         if accuracy <= common + NEAR_CHANCE:
             warnings.append(
                 f"{name} accuracy {accuracy:.3f} is no better than always answering the most common class "
-                f"({common:.3f}): the model learned nothing useful. Try the automatic recipe (no --model or "
-                f"--preset), a larger --image-size (detail a pixel or two wide vanishes at {ctx.data.image_size} px), "
-                "a lower --lr or more --steps, and check that each class folder holds its own pictures"
+                f"({common:.3f}): the model learned nothing useful. {_what_to_try(ctx)}"
             )
             learned_nothing = True
             break
@@ -155,6 +155,19 @@ def run_warnings(ctx: RunContext, metrics: dict, record: RunRecord) -> list[str]
             "steps, more images, or --init-from a run trained on similar images"
         )
     return warnings
+
+
+def _what_to_try(ctx: RunContext) -> str:
+    """Advice for a run that learned nothing, from what this run was: the automatic recipe only to a run that
+    chose its own model, a larger size only to small images, more images only to a small folder."""
+    tries = ["the automatic recipe (no --model or --preset)"] if ctx.own_model else []
+    if ctx.data.image_size < SMALL_IMAGE:
+        tries.append(f"a larger --image-size (detail a pixel or two wide vanishes at {ctx.data.image_size} px)")
+    tries.append("a lower --lr or more --steps")
+    per_class = len(ctx.data.splits["train"]) / len(ctx.data.classes)
+    if per_class < FEW_TO_LEARN:
+        tries.append(f"more images (this run had {per_class:.0f} a class to learn from)")
+    return f"Try {', '.join(tries)}, and check that each class folder holds its own pictures"
 
 
 def _still_learning(ctx: RunContext, record: RunRecord) -> str | None:
