@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_resume import assert_identical
+from test_resume import Stop, StopAt, assert_identical
 
 import cnnkit
 from cnnkit.data.augment import Augment, Draws, erase_boxes, jitter_colours, rotate_and_zoom
@@ -168,21 +168,6 @@ def colour_folder(root, per_class: int = 40):
             image[4 + i % 6 : 10 + i % 6, 3:12, channel] = 230
             save_image(root / label / f"{i}.png", image)
     return root
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAt(cnnkit.Callback):
-    """Fails the run at one step: what a crash there leaves is the last periodic checkpoint."""
-
-    def __init__(self, epoch: int, step: int):
-        self.epoch, self.step = epoch, step
-
-    def on_step_end(self, trainer, loss):
-        if (trainer.pos.epoch, trainer.pos.step) == (self.epoch, self.step):
-            raise Stop
 
 
 def test_a_stopped_run_with_every_augmentation_resumes_bit_identical(tmp_path):

@@ -249,6 +249,7 @@ def test_tampered_checkpoints_end_cleanly(finished_run, tmp_path):
             for _ in range(rng.randint(1, 8)):
                 data[rng.randrange(low, high)] = rng.randrange(256)
         (copy / "checkpoint.safetensors").write_bytes(bytes(data))
+        (copy / "summary.json").unlink()  # as a run stopped during its test leaves it: one to resume
         args = ["train", "--resume", str(copy)]
         codes.append(assert_clean(*run_cli(args), args, copy))
         shutil.rmtree(copy)

@@ -95,6 +95,21 @@ def assert_identical(run: Path, reference: Path) -> None:
     assert (run / "rates.csv").read_text() == (reference / "rates.csv").read_text()
 
 
+class Stop(Exception):
+    pass
+
+
+class StopAt(cnnkit.Callback):
+    """Fails the run at one step: what a crash there leaves is the last periodic checkpoint."""
+
+    def __init__(self, epoch: int, step: int):
+        self.epoch, self.step = epoch, step
+
+    def on_step_end(self, trainer, loss):
+        if (trainer.pos.epoch, trainer.pos.step) == (self.epoch, self.step):
+            raise Stop
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path, reference, seed):
     process = start([*SETTINGS, "--out", "run"], tmp_path)
@@ -375,6 +390,7 @@ def test_a_run_refuses_data_that_changed_since_it_trained(tmp_path):
         r"then 44/4/12, now 50/6/14.*its test split no longer matches",
     ):
         cnnkit.load(run.dir).evaluate()
+    (run.dir / "summary.json").unlink()  # as a run stopped during its test leaves it: one to resume
     with pytest.raises(CnnkitError, match="the data changed .* the checkpoint in .* no longer matches"):
         cnnkit.resume(run.dir)
 
@@ -383,6 +399,7 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     first = cnnkit.train(report=False, epochs=1, out=str(tmp_path / "a"))
     other = cnnkit.train(report=False, epochs=1, model="small-cnn", image_size=16, out=str(tmp_path / "b"))  # same data
     shutil.copy(other.dir / "checkpoint.safetensors", first.dir / "checkpoint.safetensors")
+    (first.dir / "summary.json").unlink()  # as a run stopped during its test leaves it: one to resume
     with pytest.raises(
         CnnkitError,
         match="was written for another model or preprocessing \\(model: 'small-cnn' there, 'fastcnn-small' here",
@@ -392,9 +409,35 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(tmp_path):
 
 def test_a_fine_tuning_run_resumes_after_its_source_is_gone(tmp_path):
     source = cnnkit.train(report=False, epochs=1, out=str(tmp_path / "source"))
-    tuned = cnnkit.train(report=False, init_from=str(source.dir), epochs=1, out=str(tmp_path / "tuned"))
+    tuning = dict(report=False, init_from=str(source.dir), epochs=2)
+    whole = cnnkit.train(**tuning, out=str(tmp_path / "whole"))
+    with pytest.raises(Stop):
+        cnnkit.train(**tuning, out=str(tmp_path / "tuned"), callbacks=[StopAt(epoch=2, step=1)])
     shutil.rmtree(source.dir)
-    assert cnnkit.resume(tuned.dir).summary.test_accuracy == pytest.approx(tuned.summary.test_accuracy)
+    assert cnnkit.resume(tmp_path / "tuned").summary.test_accuracy == pytest.approx(whole.summary.test_accuracy)
+
+
+def test_a_finished_run_is_not_resumed_and_the_refusal_says_what_to_do_instead(tmp_path):
+    run = cnnkit.train(report=False, model="simplecnn", epochs=1, out=str(tmp_path / "run"))
+    with pytest.raises(CnnkitError, match=r"already finished .*nothing to resume: `cnnkit eval .*--init-from"):
+        cnnkit.resume(run.dir)
+    assert len(metrics_without_times(run.dir)) == 1  # no "epoch 2 of 1"
+
+
+def test_edits_to_config_yaml_are_said_and_ignored_on_resume(tmp_path, capsys):
+    settings = dict(report=False, model="simplecnn", epochs=2)
+    reference = cnnkit.train(**settings, out=str(tmp_path / "reference")).dir
+    with pytest.raises(Stop):
+        cnnkit.train(**settings, out=str(tmp_path / "run"), callbacks=[StopAt(epoch=2, step=1)])
+    config = tmp_path / "run" / "config.yaml"
+    written = config.read_text()
+    config.write_text(written.replace("epochs: 2", "epochs: 302").replace("\nlr: ", "\nlr: 5.0 #"))
+    capsys.readouterr()
+    cnnkit.resume(tmp_path / "run")
+    said = capsys.readouterr().out
+    assert "these edits are ignored" in said and "epochs: 302 (the run's: 2)" in said and "lr: 5.0 (the run's" in said
+    assert_identical(tmp_path / "run", reference)  # trained as it started: 2 epochs at its own rate
+    assert config.read_text() == written  # and config.yaml repeats that run again
 
 
 def test_data_paths_expand_the_home_folder(tmp_path, monkeypatch):
@@ -427,6 +470,7 @@ def test_a_tampered_model_json_is_refused_with_what_is_wrong(finished, tmp_path,
     info = json.loads((run / "model.json").read_text())
     change(info)
     (run / "model.json").write_text(json.dumps(info))
+    (run / "summary.json").unlink()  # as a run stopped during its test leaves it: one to resume
     for use in (cnnkit.load, cnnkit.resume):
         with pytest.raises(CnnkitError, match=f"not a valid cnnkit model.json \\(.*{message}"):
             use(run)

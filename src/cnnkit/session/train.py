@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from cnnkit.core.errors import CnnkitError
-from cnnkit.core.files import WriteFailed
+from cnnkit.core.files import WriteFailed, read_json
 from cnnkit.core.machine import pick_machine
 from cnnkit.core.progress import say
 from cnnkit.data import data_name
@@ -24,7 +24,7 @@ from cnnkit.inspect.plots import Predictions
 from cnnkit.inspect.report import add_report
 from cnnkit.models import AUTO, CUSTOM, num_parameters
 from cnnkit.models.weights import load_weights
-from cnnkit.runs.folder import CONFIG, MODEL_INFO, RACE, SUMMARY, WEIGHTS, RunFolder
+from cnnkit.runs.folder import CONFIG, MODEL_INFO, PLAN, RACE, SUMMARY, WEIGHTS, RunFolder
 from cnnkit.runs.records import ModelInfo, RunRecord, RunSummary
 from cnnkit.runs.run import Run, load
 from cnnkit.runs.schema import check_same_run, require_module
@@ -116,11 +116,17 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
     to a run that was never stopped. Pass `model` for runs that trained a custom nn.Module."""
     run_dir = Path(run_dir)
     require_checkpoint(run_dir / CHECKPOINT)  # a folder that cannot be resumed is refused first
-    cfg = TrainConfig.from_yaml(run_dir / CONFIG)
+    _refuse_finished(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT, RUN_PARTS)  # whole or refused: it is renamed into place
+    recorded = ModelInfo.read(run_dir / MODEL_INFO)
+    check_same_run(state["model_info"], recorded, f"the checkpoint in {run_dir}")  # this run's, not another's
+    edited = TrainConfig.from_yaml(run_dir / CONFIG)
+    cfg = _as_recorded(edited, state, run_dir)
     machine = pick_machine(cfg.device, cfg.precision)
     with RunFolder.reopen(run_dir, machine) as folder:  # claimed: no other run is writing it meanwhile
-        state = load_checkpoint(run_dir / CHECKPOINT, RUN_PARTS)
-        require_module(ModelInfo.read(run_dir / MODEL_INFO), model)
+        if cfg != edited:  # config.yaml repeats the run that trained
+            folder.write_config(cfg)
+        require_module(recorded, model)
         ctx = prepare(cfg, model, machine, folder, fresh=False)
         check_same_run(state["model_info"], ctx.info, f"the checkpoint in {run_dir}")
         position, then = state["position"], state.get("processes", 1)
@@ -131,6 +137,35 @@ def resume(run_dir: str | Path, model: nn.Module | None = None, callbacks: Seque
                 f"it takes up the same global batches of {ctx.cfg.batch_size} images, shared anew"
             )
         return _run(ctx, callbacks, state)
+
+
+def _refuse_finished(run_dir: Path) -> None:
+    """A run with its summary written has trained and tested all it planned: there is nothing to continue."""
+    if (run_dir / SUMMARY).is_file():
+        raise CnnkitError(
+            f"{run_dir} already finished (its {SUMMARY} is written), so there is nothing to resume: "
+            f"`cnnkit eval {run_dir}` tests it again, and `cnnkit train --init-from {run_dir}` trains a new run "
+            "further from its weights"
+        )
+
+
+def _as_recorded(edited: TrainConfig, state: dict, run_dir: Path) -> TrainConfig:
+    """The settings the checkpoint was trained with: a resume continues the run as it was, so edits made to
+    config.yaml since are said and ignored (a changed run is a new one, from this one's weights). What the
+    run's plan decides as it goes (plan.json: --budget's steps, --lr auto) is config.yaml's, the newest."""
+    if "settings" not in state:  # a checkpoint from before checkpoints held their settings
+        return edited
+    recorded, now = state["settings"], dataclasses.asdict(dataclasses.replace(edited, out=None))
+    planned = {k for k, v in (read_json(run_dir / PLAN) if (run_dir / PLAN).is_file() else {}).items() if v is not None}
+    ignored = [k for k in now if k in recorded and k not in planned and now[k] != recorded[k]]
+    if ignored:
+        edits = ", ".join(f"{k}: {now[k]} (the run's: {recorded[k]})" for k in ignored)
+        say(
+            f"{CONFIG} was edited since this checkpoint was written; a resume continues the run as it was, so "
+            f"these edits are ignored (and {CONFIG} put back): {edits}. To train with them, start a new run from this one's weights: "
+            f"cnnkit train --init-from {run_dir} ..."
+        )
+    return TrainConfig.from_dict({**now, **{k: recorded[k] for k in ignored}})
 
 
 def _processes(n: int) -> str:
@@ -201,7 +236,14 @@ def _fit_and_test(
         trainer.callbacks.append(TensorBoardLog(ctx.folder))
 
     def save(state: dict) -> None:  # the checkpoint describes itself: version, model, classes, preprocessing
-        ctx.folder.save_checkpoint({**state, "run": dataclasses.asdict(record), "model_info": ctx.info.to_json()})
+        ctx.folder.save_checkpoint(
+            {
+                **state,
+                "run": dataclasses.asdict(record),
+                "model_info": ctx.info.to_json(),
+                "settings": dataclasses.asdict(dataclasses.replace(ctx.settings, out=None)),  # what config.yaml holds
+            }
+        )
 
     with stop_on_signals() as stop:
         trainer.fit(val, save, stop)
