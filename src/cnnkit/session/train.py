@@ -162,8 +162,8 @@ def _as_recorded(edited: TrainConfig, state: dict, run_dir: Path) -> TrainConfig
         edits = ", ".join(f"{k}: {now[k]} (the run's: {recorded[k]})" for k in ignored)
         say(
             f"{CONFIG} was edited since this checkpoint was written; a resume continues the run as it was, so "
-            f"these edits are ignored (and {CONFIG} put back): {edits}. To train with them, start a new run from this one's weights: "
-            f"cnnkit train --init-from {run_dir} ..."
+            f"these edits are ignored (and {CONFIG} put back): {edits}. To train with them, start a new run from "
+            f"this one's weights: cnnkit train --init-from {run_dir} ..."
         )
     return TrainConfig.from_dict({**now, **{k: recorded[k] for k in ignored}})
 
