@@ -95,6 +95,21 @@ def assert_identical(run: Path, reference: Path) -> None:
     assert (run / "rates.csv").read_text() == (reference / "rates.csv").read_text()
 
 
+def test_eval_of_a_run_still_training_is_refused_and_of_a_stopped_one_says_it_is_unfinished(tmp_path):
+    process = start(["--epochs", "200", "--model", "simplecnn", "--out", "run"], tmp_path)  # minutes: still going
+    try:
+        wait_for(tmp_path / "run" / "weights.safetensors", process)
+        running = subprocess.run([sys.executable, "-m", "cnnkit", "eval", "run"], cwd=tmp_path, capture_output=True)
+        assert running.returncode == 2 and b"run is still training" in running.stderr
+        assert b"test accuracy" not in running.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate()
+    stopped = subprocess.run([sys.executable, "-m", "cnnkit", "eval", "run"], cwd=tmp_path, capture_output=True)
+    assert stopped.returncode == 0 and b"test accuracy" in stopped.stdout
+    assert b"run stopped before it finished" in stopped.stderr and b"cnnkit train --resume run" in stopped.stderr
+
+
 class Stop(Exception):
     pass
 

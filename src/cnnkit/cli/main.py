@@ -21,7 +21,7 @@ from cnnkit.core.progress import printable
 from cnnkit.core.version import __version__
 from cnnkit.models import describe_models
 from cnnkit.models.timm_models import INSTALL
-from cnnkit.runs.folder import MODEL_INFO
+from cnnkit.runs.folder import MODEL_INFO, SUMMARY, finished_run
 from cnnkit.runs.records import ModelInfo, model_info_problem
 from cnnkit.runs.run import load
 from cnnkit.session.train import resume, train
@@ -170,7 +170,17 @@ def _note_if_data_changed(source: Path, info: ModelInfo) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    metrics = load(args.run, device=args.device).evaluate(args.data, args.data_dir)
+    run = load(args.run, device=args.device)
+    with finished_run(run.dir, "evaluate it"):  # the weights of a run still training change under the test
+        metrics = run.evaluate(args.data, args.data_dir)
+    if not (run.dir / SUMMARY).is_file():
+        print(
+            printable(
+                f"note: {run.dir} stopped before it finished (it has no {SUMMARY}): these are the figures of its best "
+                f"weights so far; resume it with: cnnkit train --resume {run.dir}"
+            ),
+            file=sys.stderr,
+        )
     if args.json:
         print(to_json(metrics))
         return 0
