@@ -124,6 +124,19 @@ def test_grid_sweep_of_8_trials_ranks_and_tests_only_the_winner(tmp_path):
     assert table[0][0] == state["winner"] and accuracies == sorted(accuracies, reverse=True)
 
 
+def test_a_point_that_cannot_train_fails_alone_with_its_reason_and_the_grid_is_counted_right(tmp_path):
+    # batch 1 and batch norm: refused before training (it once ended the sweep in a raw ValueError, for good)
+    trials = sweep(["batch-size=1,16"], epochs=1, report=False, out=str(tmp_path / "sweep"))
+    state = read_json(tmp_path / "sweep" / "sweep.json")
+    assert state["trials_planned"] == 2 and [t["trial"] for t in trials] == ["trial-002", "trial-001"]
+    failed = state["trials"]["trial-001"]
+    assert failed["status"] == "failed" and "--batch-size 1 is too small for fastcnn" in failed["error"]
+    assert state["winner"] == "trial-002"
+    with pytest.raises(CnnkitError, match="its batch norm layers need at least 2 images a batch"):
+        cnnkit.train(model="resnet9-small", batch_size=1, epochs=1, out=str(tmp_path / "one"))
+    assert not (tmp_path / "one").exists()  # refused before anything was written
+
+
 def test_a_stopped_sweep_goes_on_where_it_stopped(tmp_path):
     args = [sys.executable, "-m", "cnnkit", "sweep", *SWEEP_ARGS, "--epochs", "6", "--out", "sweep"]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

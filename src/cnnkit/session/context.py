@@ -99,6 +99,7 @@ def build(
         if module is not None
         else create_model(cfg.model, data.channels, len(data.classes), data.image_size, **options)
     )
+    _check_batch_norm(net, cfg, machine)
     if cfg.whiten:
         sample = Preprocess(mean, std)(data.splits["train"].images[:WHITENING_SAMPLE])
         whiten_conv(spec.first_conv_module(net, "--whiten"), sample)
@@ -122,6 +123,19 @@ def build(
     if machine.rank:  # the same initial weights everywhere, then each further process its own dropout masks
         torch.manual_seed(hash((cfg.seed, machine.rank)) % 2**63)
     return RunContext(cfg, data, net, spec, machine, folder, preprocess, info)
+
+
+def _check_batch_norm(net: nn.Module, cfg: TrainConfig, machine: Machine) -> None:
+    """Batch norm learns from each batch's statistics: a process's batch of one image has none (and fails
+    at the first layer whose output is one pixel), so it is refused before training rather than midway."""
+    share = cfg.batch_size // machine.world_size
+    if share < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        each = f" ({share} a process)" if machine.world_size > 1 else ""
+        raise CnnkitError(
+            f"--batch-size {cfg.batch_size}{each} is too small for {cfg.model}: its batch norm layers need at "
+            "least 2 images a batch; give --batch-size 2 or more (16 or more trains better), or a model "
+            "without batch norm (simplecnn)"
+        )
 
 
 def _load(cfg: TrainConfig, image_size: int | None, listed: bool = True) -> Dataset:

@@ -81,7 +81,7 @@ def sweep(
         {
             "search": {p.key: p.choices or (p.low, p.high) for p in params},
             "method": method,
-            "trials_planned": count,
+            "trials_planned": len(points) if method == "grid" else count,
             "settings": settings,
         },
     )
@@ -142,9 +142,10 @@ def _trial(folder: Path, state: dict, index: int, point: dict, settings: dict, w
         }
     except (TrainingInterrupted, KeyboardInterrupt):
         raise TrainingInterrupted(f"the sweep stopped in {name}; give the same command again to go on") from None
-    except CnnkitError as e:  # one bad point (a rate so high the loss diverged) does not end the sweep
-        say(f"{name} failed: {e}")
-        record = {"settings": point, "status": "failed", "error": str(e)}
+    except Exception as e:  # one bad point (a rate so high the loss diverged) does not end the sweep
+        error = str(e) if isinstance(e, CnnkitError) else f"{type(e).__name__}: {e}"  # not cnnkit's own: named
+        say(f"{name} failed: {error}")
+        record = {"settings": point, "status": "failed", "error": error}
     state["trials"][name] = record
     write_json(folder / SWEEP, state)
     return record
