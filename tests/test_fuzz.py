@@ -10,6 +10,8 @@ import json
 import random
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +256,41 @@ def test_tampered_checkpoints_end_cleanly(finished_run, tmp_path):
         codes.append(assert_clean(*run_cli(args), args, copy))
         shutil.rmtree(copy)
     assert 0 < codes.count(0) < len(codes), codes
+
+
+def read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`cnnkit ARGS` with `folder` mounted read-only for it alone (user and mount namespaces: no root needed)."""
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    command = ["unshare", "-rm", "sh", "-c", script, str(folder), sys.executable, "-m", "cnnkit", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0,
+    reason="needs unshare with user namespaces, to mount a folder read-only",
+)
+def test_a_read_only_run_folder_is_said_to_be_one_by_every_command_that_writes(finished_run, tmp_path):
+    run = shutil.copytree(finished_run[0], tmp_path / "run")
+    stopped = shutil.copytree(run, tmp_path / "stopped")
+    (stopped / "summary.json").unlink()  # as a run stopped during its test leaves it: one to resume
+    for folder, args in (
+        (run, ["export", str(run)]),
+        (run, ["report", str(run)]),
+        (stopped, ["train", "--resume", str(stopped)]),
+    ):
+        ended = read_only(folder, args)
+        assert ended.returncode == 2 and "Traceback" not in ended.stderr, (args, ended.stderr)
+        (line,) = ended.stderr.splitlines()[-1:]
+        assert line.startswith("cnnkit: error: cannot ") and "Read-only file system" in line, (args, line)
+        assert "Copy the run folder to a place you can write" in line and "disk space" not in line
+    missing = main_error(["export", str(run), "--out", str(tmp_path / "no" / "such" / "model.onnx")])
+    assert "a folder in it does not exist" in missing and "disk space" not in missing
+
+
+def main_error(args: list[str]) -> str:
+    code, err = run_cli(args)
+    assert code == 2 and "Traceback" not in err, (args, err)
+    return err
 
 
 def test_a_config_with_every_optional_key_null_trains_as_the_defaults_do(tmp_path, monkeypatch):

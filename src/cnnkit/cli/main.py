@@ -15,7 +15,7 @@ from cnnkit.cli.inspecting import add_inspection_commands
 from cnnkit.cli.shipping import add_shipping_commands
 from cnnkit.cli.tuning import add_tuning_commands
 from cnnkit.core.errors import CnnkitError
-from cnnkit.core.files import read_json, read_yaml, to_json
+from cnnkit.core.files import os_problem, read_json, read_yaml, to_json
 from cnnkit.core.machine import process_place
 from cnnkit.core.progress import printable
 from cnnkit.core.version import __version__
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # whoever read the output stopped early (`cnnkit eval RUN | head`): not a fault
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so Python's exit flush stays quiet
         return 141
+    except OSError as e:  # a file cnnkit did not expect to fail (a read-only folder, say): its cause, no traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(printable(f"cnnkit: error: cannot use{where}: {os_problem(e)}"), file=sys.stderr)
+        return 2
 
 
 def _complain(prefix: str, error: CnnkitError) -> None:

@@ -3,11 +3,12 @@ leaves a half-written file in place of a good one; strict JSON; config files rea
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
@@ -28,12 +29,33 @@ def writing(path: Path) -> Iterator[None]:
     one message that says what is kept and what to do."""
     try:
         yield
-    except (OSError, SafetensorError) as e:
-        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    except (OSError, SafetensorError) as e:  # safetensors' own words: "No space left on device", say
+        todo = WHAT_TO_DO.get(getattr(e, "errno", None) or errno.ENOSPC)  # a safetensors error: most often, a full disk
         raise WriteFailed(
-            f"cannot write {path}: {reason}; the previous version of the file is intact. Free some "
-            "disk space or choose another --out"
+            f"cannot write {path}: {os_reason(e)}; the previous version of the file is intact. {todo}"
         ) from None
+
+
+WHAT_TO_DO = {  # by errno: what the user can do about an error of the file system
+    errno.ENOSPC: "Free some disk space, or write to another place (--out)",
+    errno.EDQUOT: "Free some of your disk quota, or write to another place (--out)",
+    errno.EROFS: "Copy the run folder to a place you can write, or write to another place (--out)",
+    errno.EACCES: "Give yourself permission there, or use another place (--out)",
+    errno.EPERM: "Give yourself permission there, or use another place (--out)",
+    errno.ENOENT: "Check the path: a folder in it does not exist",
+    errno.ENOTDIR: "Check the path: a part of it is a file, not a folder",
+    errno.EISDIR: "Give a file, not a folder",
+}
+
+
+def os_reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def os_problem(error: OSError) -> str:
+    """An error of the file system in plain words: its cause, and what to do about it when that is known."""
+    todo = WHAT_TO_DO.get(error.errno or 0)
+    return f"{os_reason(error)}. {todo}" if todo else os_reason(error)
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -47,7 +69,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
                 os.fsync(f.fileno())
             tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)  # gone after the rename; a failed write leaves no half file behind
+        with suppress(OSError):  # gone after the rename; a failed write leaves no half file, and its own error
+            tmp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable
