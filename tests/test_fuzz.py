@@ -128,8 +128,9 @@ class Hang(Exception):
     pass
 
 
-def run_cli(args: list[str]) -> tuple[int, str]:
-    """main(args) with a per-case time limit; (exit code, stderr). Any exception but a hang is a failure."""
+def run_cli(args: list[str], out: io.StringIO | None = None) -> tuple[int, str]:
+    """main(args) with a per-case time limit; (exit code, stderr), and stdout into `out` if given. Any
+    exception but a hang is a failure."""
 
     def too_long(signum, frame):
         raise Hang(f"no answer within {PER_CASE_SECONDS}s: {args}")
@@ -138,7 +139,7 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     signal.alarm(PER_CASE_SECONDS)
     err = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out or io.StringIO()), contextlib.redirect_stderr(err):
             code = main(args)
     except SystemExit as e:  # argparse's own refusal of a malformed command line: usage, then one error line
         code = e.code if isinstance(e.code, int) else 2
@@ -256,6 +257,35 @@ def test_tampered_checkpoints_end_cleanly(finished_run, tmp_path):
         codes.append(assert_clean(*run_cli(args), args, copy))
         shutil.rmtree(copy)
     assert 0 < codes.count(0) < len(codes), codes
+
+
+def test_no_class_or_file_name_can_forge_a_line_of_any_command(tmp_path):
+    """A newline in a class folder's name (or an image's) once printed raw: one class could forge output lines."""
+    rng = np.random.default_rng(SEED)
+    forged = "FORGED: 1.0000"
+    for name in ("plain", f"evil\n{forged}"):
+        for i in range(20):
+            save_image(tmp_path / "data" / name / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    image = save_image(tmp_path / f"x\n{forged}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    run, data = str(tmp_path / "run"), str(tmp_path / "data")
+    commands = [
+        ["train", "--data", data, "--epochs", "1", "--model", "small-cnn", "--out", run],
+        ["eval", run],
+        ["predict", run, str(image), data + f"/evil\n{forged}/0.png"],
+        ["summary", run],
+        ["report", run],
+        ["compare", run, run, "--plot", str(tmp_path / "compare.png")],
+        ["export", run],
+        ["predict", run, str(tmp_path / f"missing\n{forged}.png")],  # an error names the file escaped too
+    ]
+    said = ""
+    for args in commands:
+        out = io.StringIO()
+        code, err = run_cli(args, out)
+        said += out.getvalue() + err
+        lines = (out.getvalue() + err).splitlines()
+        assert code in (0, 2) and not any(line.startswith(forged) for line in lines), (args, out.getvalue(), err)
+    assert "evil\\nFORGED" in said and "x\\nFORGED" in said  # shown, escaped
 
 
 def read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess:

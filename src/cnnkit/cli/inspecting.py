@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from cnnkit.core.files import to_json
-from cnnkit.core.progress import printable
+from cnnkit.core.progress import printable, printable_lines
 from cnnkit.inspect.compare import compare_runs, comparison_table, write_curves
 from cnnkit.inspect.report import write_report
 from cnnkit.inspect.summary import format_summary, model_summary
@@ -46,7 +46,7 @@ def add_inspection_commands(commands) -> None:
 def cmd_summary(args: argparse.Namespace) -> int:
     settings = (args.input, args.classes, args.batch_size, args.optimizer, args.precision)
     title, summary = model_summary(args.target, *settings)
-    print(to_json(summary.as_dict()) if args.json else printable(format_summary(title, summary)))
+    print(to_json(summary.as_dict()) if args.json else printable_lines(format_summary(title, summary)))
     return 0
 
 
@@ -54,12 +54,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     path, missing = write_report(Path(args.run))
     if missing:
         print(f"cnnkit: {printable(missing)}", file=sys.stderr)
-    print(f"report written to {path}")
+    print(printable(f"report written to {path}"))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     runs = compare_runs([Path(r) for r in args.runs])
-    print(printable(comparison_table(runs)))
-    print(f"curves written to {write_curves(runs, Path(args.plot))}")
+    print(printable_lines(comparison_table(runs)))
+    print(printable(f"curves written to {write_curves(runs, Path(args.plot))}"))
     return 0

@@ -17,7 +17,7 @@ from cnnkit.cli.tuning import add_tuning_commands
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import os_problem, read_json, read_yaml, to_json
 from cnnkit.core.machine import process_place
-from cnnkit.core.progress import printable
+from cnnkit.core.progress import columns, printable, printable_lines
 from cnnkit.core.version import __version__
 from cnnkit.models import describe_models
 from cnnkit.models.timm_models import INSTALL
@@ -87,7 +87,10 @@ def _complain(prefix: str, error: CnnkitError) -> None:
     if rank and isinstance(error, (TrainingInterrupted, TrainingDiverged)):
         return
     where = f" (process {rank})" if rank else ""
-    print(f"{prefix}{where}: {printable(str(error))}", file=sys.stderr)
+    print(
+        printable_lines([f"{prefix}{where}: {error.message}", *(f"  {item}" for item in error.listing)]),
+        file=sys.stderr,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,11 +196,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"macro-F1 {metrics['test_macro_f1']:.4f}, loss {metrics['test_loss']:.4f} "
         f"on {metrics['num_test_images']} images"
     )
-    width = max(len(c) for c in [*metrics["classes"], "class"])
-    print(f"  {'class':<{width}}  " + "  ".join(f"{title:>9}" for title in ("images", "precision", "recall", "F1")))
+    rows = [("class", "images", "precision", "recall", "F1")]
     for name, s in metrics["per_class"].items():
-        scores = [f"{s['images']:>9}", *(f"{'-' if s[k] is None else f'{s[k]:.4f}':>9}" for k in SCORES)]
-        print(printable(f"  {name:<{width}}  " + "  ".join(scores)))
+        rows.append((name, str(s["images"]), *("-" if s[k] is None else f"{s[k]:.4f}" for k in SCORES)))
+    print(printable_lines(f"  {line}" for line in columns(rows)))
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cnnkit.cli.flags import add_config_flags, given_settings
 from cnnkit.core.errors import CnnkitError
-from cnnkit.core.progress import printable
+from cnnkit.core.progress import printable, printable_lines
 from cnnkit.inspect.plots import lr_find_figure, save_figure
 from cnnkit.session.train import lr_find
 from cnnkit.training.lr_find import RULE, STEPS
@@ -57,15 +57,15 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     try:
         figure = lr_find_figure(vars(test))
     except CnnkitError as e:  # no plotting library: the suggestion still stands
-        print(f"cnnkit: {e}", file=sys.stderr)
+        print(printable(f"cnnkit: {e}"), file=sys.stderr)
         return 0
-    print(f"curve written to {save_figure(figure, Path(args.plot))}")
+    print(printable(f"curve written to {save_figure(figure, Path(args.plot))}"))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     rows = sweep(args.search, args.method, args.trials, **given_settings(args, ("search", "method", "trials")))
-    print(printable(format_ranking(rows)))
+    print(printable_lines(format_ranking(rows)))
     winner = rows[0]
     print(f"winner: {winner['trial']}, test accuracy {winner['test_accuracy']:.4f} (tested once, after the ranking)")
     return 0

@@ -4,6 +4,7 @@ any process but the main one."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 from tqdm import tqdm
 
@@ -27,14 +28,21 @@ def say(line: str) -> None:
 
 
 def printable(text: str) -> str:
-    """Text safe for a terminal: control characters (a class folder named with escape codes, say) and bytes
-    that are not UTF-8 shown escaped, never sent raw."""
-    shown = "".join(c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode() for c in text)
+    """One line safe for a terminal: control characters (a class folder named with a newline or an escape
+    code, say) and bytes that are not UTF-8 shown escaped, never sent raw, so no name can forge a line."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
     return shown.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def printable_lines(lines: Iterable[str]) -> str:
+    """Lines cnnkit composed (a table, a listing), each made safe to print on its own."""
+    return "\n".join(printable(line) for line in lines)
+
+
 def columns(rows: list[tuple[str, ...]], left: int = 1) -> list[str]:
-    """Rows of cells as aligned lines: the first `left` columns (names) to the left, the rest (figures) right."""
+    """Rows of cells as aligned lines: the first `left` columns (names) to the left, the rest (figures) right;
+    each cell made printable first, so that escaped names keep the columns straight."""
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))

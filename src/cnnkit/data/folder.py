@@ -68,10 +68,10 @@ def load_folder(root: Path, image_size: int | None, reading: Reading, cache_dir:
         raw = _decode_folder(files, (image_size, max_size), reading, jpeg_headers, cache_file.with_suffix(".images"))
         _write_cache(cache_file, raw)
     if raw.skipped and not reading.skip_bad_images:
-        listing = "\n".join(f"  {line}" for line in raw.skipped)
         raise CnnkitError(
-            f"{len(raw.skipped)} image file(s) cannot be decoded:\n{listing}\n"
-            "Fix or remove them, or pass --skip-bad-images to train without them."
+            f"{len(raw.skipped)} image file(s) cannot be decoded; fix or remove them, or pass --skip-bad-images to "
+            "train without them:",
+            raw.skipped,
         )
     for line in raw.skipped if reading.listed else ():
         say(f"skipped bad image {line}")

@@ -111,11 +111,10 @@ def _download(dataset, data_dir: Path, wanted: list[str]) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         dataset(str(data_dir), download=True)
     except Exception as e:  # urllib, socket and checksum errors all mean: the files are not here
-        listing = "\n".join(f"  {w}" for w in wanted)
         raise CnnkitError(
-            f"{dataset.__name__} is not in {data_dir} and could not be downloaded ({_last_line(e)}).\n"
-            "Put these files there, or pass --data-dir to the folder that holds them:\n"
-            f"{listing}"
+            f"{dataset.__name__} is not in {data_dir} and could not be downloaded ({_last_line(e)}). "
+            "Put these files there, or pass --data-dir to the folder that holds them:",
+            wanted,
         ) from None
 
 

@@ -31,7 +31,7 @@ def compare_runs(folders: list[Path]) -> list[RunFiles]:
     return [RunFiles.read(folder) for folder in folders]
 
 
-def comparison_table(runs: list[RunFiles]) -> str:
+def comparison_table(runs: list[RunFiles]) -> list[str]:
     """The settings whose values differ, then the results; one column per run."""
     keys = sorted({k for run in runs for k in run.settings} - NOT_SETTINGS)
     differing = [k for k in keys if len({repr(run.settings.get(k)) for run in runs}) > 1]
@@ -41,7 +41,7 @@ def comparison_table(runs: list[RunFiles]) -> str:
     lines = columns(rows)
     if not differing:
         lines.insert(1, "(the runs' settings are the same)")
-    return "\n".join(lines)
+    return lines
 
 
 def write_curves(runs: list[RunFiles], path: Path) -> Path:

@@ -82,7 +82,7 @@ def write_report(
         "<h2>Test results per class</h2>",
         _class_table(summary),
         "<h2>Model</h2>",
-        f"<pre>{_text(format_summary(title, model))}</pre>",
+        f"<pre>{_text(chr(10).join(format_summary(title, model)))}</pre>",
         "<h2>Settings</h2>",
         _table(settings.items()),
     ]

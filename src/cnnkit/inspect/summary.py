@@ -76,7 +76,7 @@ def _parse_input(text: str | None, model_size: int | None) -> tuple[int, int, in
     return channels, height, width
 
 
-def format_summary(title: str, summary: ModelSummary) -> str:
+def format_summary(title: str, summary: ModelSummary) -> list[str]:
     """The layer table and the memory figures, as the terminal shows them."""
     rows = [
         (layer.name, layer.kind, _shape(layer.output), f"{layer.parameters:,}", f"{layer.macs:,}")
@@ -85,20 +85,18 @@ def format_summary(title: str, summary: ModelSummary) -> str:
     rows.append(("total", "", "", f"{summary.parameters:,}", f"{summary.macs:,}"))
     header = ("layer", "kind", "output", "parameters", "mult-adds")
     memory = summary.memory
-    return "\n".join(
-        [
-            title,
-            *columns([header, *rows], left=2),
-            f"trainable parameters {summary.trainable:,}; {summary.macs / 1e6:,.2f} M multiply-accumulates per image",
-            f"memory at batch {summary.batch_size}, {summary.precision}, {summary.optimizer}:",
-            f"  weights      {_mib(memory.weights)}  (parameters and batch-norm statistics)",
-            f"  gradients    {_mib(memory.gradients)}",
-            f"  optimizer    {_mib(memory.optimizer)}  ({summary.optimizer}'s state)",
-            f"  activations  {_mib(memory.activations)}  (what the backward pass needs from the forward pass)",
-            f"  training     {_mib(memory.training)}  (the four above)",
-            f"  inference    {_mib(memory.inference)}  (weights, and one layer's input and output at once)",
-        ]
-    )
+    return [
+        title,
+        *columns([header, *rows], left=2),
+        f"trainable parameters {summary.trainable:,}; {summary.macs / 1e6:,.2f} M multiply-accumulates per image",
+        f"memory at batch {summary.batch_size}, {summary.precision}, {summary.optimizer}:",
+        f"  weights      {_mib(memory.weights)}  (parameters and batch-norm statistics)",
+        f"  gradients    {_mib(memory.gradients)}",
+        f"  optimizer    {_mib(memory.optimizer)}  ({summary.optimizer}'s state)",
+        f"  activations  {_mib(memory.activations)}  (what the backward pass needs from the forward pass)",
+        f"  training     {_mib(memory.training)}  (the four above)",
+        f"  inference    {_mib(memory.inference)}  (weights, and one layer's input and output at once)",
+    ]
 
 
 def _shape(shape: tuple[int, ...]) -> str:

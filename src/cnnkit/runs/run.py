@@ -188,7 +188,7 @@ class Run:
 
     def _read_image(self, path: Path) -> torch.Tensor:
         if not path.is_file():
-            raise CnnkitError(f"image {path} does not exist")
+            raise CnnkitError(f"image {path} {_not_a_file(path)}")
         try:
             return decode_image(path, self.info.image_size, self.info.in_channels, self.info.resize)
         except DECODE_ERRORS as e:
@@ -232,6 +232,17 @@ def load(run_dir: str | Path, model: nn.Module | None = None, device: str = "aut
     load_weights(net, weights)
     net.to(machine.device, memory_format=machine.memory_format)  # type: ignore[call-overload]
     return Run(run_dir, net.eval(), info, config, machine)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as an image file, in the words that fit it."""
+    if path.is_dir():
+        return "is a folder: give the image files in it (e.g. FOLDER/*.jpg)"
+    if path.exists():
+        return "is not a regular file (a device, a pipe or a socket): give an image file"
+    if path.is_symlink():
+        return "is a broken link: the file it points to does not exist"
+    return "does not exist"
 
 
 def _describe(value: object) -> str:

@@ -211,7 +211,7 @@ def _test_winner(folder: Path, state: dict, report: bool) -> None:
         add_report(run, predictions)
 
 
-def format_ranking(rows: list[dict]) -> str:
+def format_ranking(rows: list[dict]) -> list[str]:
     """The trials as a table, best first: status, validation accuracy, the winner's test accuracy, settings."""
     keys = list(dict.fromkeys(k for r in rows for k in r["settings"]))
     table = [("trial", "status", "val acc", "test acc", *keys)]
@@ -226,4 +226,4 @@ def format_ranking(rows: list[dict]) -> str:
                 *(str(r["settings"].get(k, "")) for k in keys),
             )
         )
-    return "\n".join(columns(table, left=2))
+    return columns(table, left=2)
