@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -335,6 +336,30 @@ def test_a_training_run_says_once_what_it_left_out_of_the_folder(image_folder, t
     os.mkfifo(image_folder / "bar" / "pipe.png")
     cnnkit.train(data=str(image_folder), epochs=1, report=False, out=str(tmp_path / "run"))
     assert capsys.readouterr().out.count("that are not regular files") == 1  # not once per read of the folder
+
+
+def test_dot_named_class_folders_are_left_out_with_a_word(image_folder, capsys):
+    for name in ("..a", "..."):
+        shutil.copytree(image_folder / "bar", image_folder / name)
+    data = load_data(str(image_folder))
+    assert data.classes == ["bar", "ring"]
+    said = capsys.readouterr().out
+    assert "ignored 3 folder(s) of images whose names start with a dot" in said  # with .thumbnails
+    assert "rename them to train on them as classes" in said
+
+
+def test_pictures_in_two_classes_or_in_train_and_test_are_reported(image_folder, capsys):
+    (image_folder / "bar2").symlink_to(image_folder / "bar", target_is_directory=True)  # inside: followed
+    for photo in sorted((image_folder / "ring").glob("0*"))[:10]:  # the same photos saved twice
+        shutil.copy(photo, photo.with_name(f"copy-{photo.name}"))
+    capsys.readouterr()
+    data = load_data(str(image_folder), seed=1)
+    said = capsys.readouterr().out
+    assert data.classes == ["bar", "bar2", "ring"]
+    assert "60 picture(s) are in two classes, pixel for pixel (60 in both bar and bar2" in said
+    assert re.search(r"warning: \d+ of the test images .*are also training images, pixel for pixel", said)
+    load_data(str(image_folder), seed=1, reading=Reading(listed=False))  # a second read of the same run
+    assert "pixel for pixel" not in capsys.readouterr().out  # said once, on the first read
 
 
 def test_names_that_are_not_utf8_or_hold_escape_codes_are_handled_and_printed_safely(tmp_path, capsys):

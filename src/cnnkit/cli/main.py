@@ -196,7 +196,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"macro-F1 {metrics['test_macro_f1']:.4f}, loss {metrics['test_loss']:.4f} "
         f"on {metrics['num_test_images']} images"
     )
-    rows = [("class", "images", "precision", "recall", "F1")]
+    rows: list[tuple[str, ...]] = [("class", "images", "precision", "recall", "F1")]
     for name, s in metrics["per_class"].items():
         rows.append((name, str(s["images"]), *("-" if s[k] is None else f"{s[k]:.4f}" for k in SCORES)))
     print(printable_lines(f"  {line}" for line in columns(rows)))

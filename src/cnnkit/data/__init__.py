@@ -15,7 +15,7 @@ from cnnkit.data.images import resize_images
 from cnnkit.data.ondisk import DiskImages, loaded
 from cnnkit.data.sets import ImageSet, RawData
 from cnnkit.data.sources import NAMED_SOURCES
-from cnnkit.data.splits import channel_stats, make_splits, parse_split
+from cnnkit.data.splits import Repeats, channel_stats, make_splits, parse_split, repeated_pictures
 
 DIGIT_DATA = ("digits", "mnist")  # flipping a digit makes another symbol, so these train without flips
 
@@ -95,8 +95,32 @@ def load_data(
                 f"warning: the {name} images of {data} are (nearly) all one shade, so nothing can be learned from "
                 "them; check that the files hold the pictures you expect (their bit depth, their exposure)"
             )
+    if is_folder(data) and reading.listed:  # the named sets hold no picture twice
+        for line in _repeats_said(repeated_pictures(splits), raw.classes):
+            say(line)
     mean, std = channel_stats(splits["train"].images)
     return Dataset(data_name(data), raw.classes, splits, mean, std, raw.skipped, raw.channels_reason)
+
+
+def _repeats_said(repeats: Repeats, classes: list[str]) -> list[str]:
+    """Warnings for pictures found twice: in two classes (a linked or copied class folder), or held out and
+    trained on (the same photo saved twice), which makes the held-out accuracy a score of memory."""
+    lines = []
+    if repeats.two_classes:
+        (a, b), most = repeats.two_classes.most_common(1)[0]
+        lines.append(
+            f"warning: {repeats.two_classes.total()} picture(s) are in two classes, pixel for pixel ({most} in both "
+            f"{classes[a]} and {classes[b]}: a linked or copied class folder?); a picture with two labels cannot be "
+            "learned: keep each picture in one class folder"
+        )
+    if repeats.also_trained:
+        held = " and ".join(f"{n} of the {name} images" for name, n in sorted(repeats.also_trained.items()))
+        lines.append(
+            f"warning: {held} are also training images, pixel for pixel, so their accuracy overstates how the "
+            "model does on new pictures; remove the copies (the same photo saved twice), or give a test/ folder "
+            "of other pictures"
+        )
+    return lines
 
 
 def nearly_constant(images: torch.Tensor | DiskImages, sample: int = 1000) -> bool:

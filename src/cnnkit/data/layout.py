@@ -26,11 +26,17 @@ def scan_folder(root: Path, listed: bool = True) -> dict[str, list[tuple[str, st
         )
     if not root.is_dir():
         raise CnnkitError(f"--data {root} is a file; give a folder that holds one sub-folder of images per class")
-    real_root, outside, irregular = os.path.realpath(root), list[str](), list[str]()
+    real_root, outside, irregular, hidden = os.path.realpath(root), list[str](), list[str](), list[str]()
     try:
         parts = split_folders(root, real_root, outside)
+        hidden += [path for folder in parts.values() for path in _hidden_class_folders(folder)]
         files = {part: _class_images(folder, real_root, (outside, irregular)) for part, folder in parts.items()}
     finally:  # said even when the layout is refused: a link left out may be why
+        if hidden and listed:
+            say(
+                f"ignored {len(hidden)} folder(s) of images whose names start with a dot, as hidden folders are, "
+                f"e.g. {hidden[0]}: rename them to train on them as classes"
+            )
         if outside and listed:
             say(f"ignored {len(outside)} symbolic link(s) that lead outside {real_root}, e.g. {outside[0]}")
         if irregular and listed:
@@ -84,6 +90,22 @@ def split_folders(root: Path, real_root: str, outside: list[str]) -> dict[str, P
 
 def _split_of(name: str) -> str | None:
     return next((split for split, aliases in SPLIT_ALIASES.items() if name.lower() in aliases), None)
+
+
+def _hidden_class_folders(folder: Path) -> list[str]:
+    """Hidden sub-folders (a name starting with a dot: '..a', '...') that hold image files themselves: left
+    out, and said, since one may be a class named by mistake (a '.thumbnails' cache is said too; a '.git' not)."""
+    with os.scandir(folder) as listing:
+        hidden = sorted(e.path for e in listing if e.name.startswith(".") and _is_folder(e) and not e.is_symlink())
+    return [path for path in hidden if _holds_images(path)]
+
+
+def _holds_images(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as listing:
+            return any(is_image_file(entry.name) for entry in listing)
+    except OSError:  # a folder that cannot be read holds nothing cnnkit could train on
+        return False
 
 
 def _sub_folders(folder: Path, real_root: str, outside: list[str]) -> list[Path]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,6 +14,7 @@ from cnnkit.data.ondisk import DiskImages
 from cnnkit.data.sets import ImageSet, RawData
 
 DEFAULT_TEST_FRACTION = 0.2  # held out as test when a source has no test split of its own
+DIGEST_BYTES = 4096  # of each picture's pixels, evenly spaced, hashed to find repeated pictures
 
 
 def make_splits(
@@ -61,6 +65,37 @@ def channel_stats(images: torch.Tensor | DiskImages) -> tuple[list[float], list[
     mean = counts @ levels / counts.sum(1)
     std = (counts @ levels.square() / counts.sum(1) - mean.square()).clamp_min(1e-6).sqrt()  # a flat channel: not 0
     return mean.tolist(), std.tolist()
+
+
+@dataclass
+class Repeats:
+    """Pictures found twice, by their pixels at the run's size: with two labels, or held out and trained on."""
+
+    two_classes: Counter[tuple[int, int]] = field(default_factory=Counter)  # (label, label): pictures in both
+    also_trained: Counter[str] = field(default_factory=Counter)  # 'val' or 'test': its pictures also in train
+
+
+def repeated_pictures(splits: dict[str, ImageSet]) -> Repeats:
+    """Each picture's first place (split and label) by a digest of a sample of its pixels, confirmed pixel by
+    pixel: a linked or copied class folder, or the same photo in train and test, shows up here."""
+    first: dict[bytes, tuple[str, int]] = {}  # a digest's first picture: its split and place there
+    repeats = Repeats()
+    for name in ("train", "val", "test"):
+        images, labels = splits[name].images, splits[name].labels
+        step = max(1, math.prod(images.shape[1:]) // DIGEST_BYTES)  # hashing every pixel of large images is slow
+        index = 0
+        for chunk in images.split(chunk_rows(images)):
+            for picture in chunk:
+                digest = hashlib.blake2b(picture.flatten()[::step].numpy().tobytes()).digest()
+                where = first.setdefault(digest, (name, index))
+                if where != (name, index) and torch.equal(splits[where[0]].images[where[1] : where[1] + 1][0], picture):
+                    label, other = int(labels[index]), int(splits[where[0]].labels[where[1]])
+                    if label != other:
+                        repeats.two_classes[min(label, other), max(label, other)] += 1
+                    if where[0] == "train" and name != "train":
+                        repeats.also_trained[name] += 1
+                index += 1
+    return repeats
 
 
 def chunk_rows(images: torch.Tensor | DiskImages, chunk_bytes: int = 16 << 20) -> int:
