@@ -7,8 +7,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -66,6 +70,39 @@ def test_int8_is_a_smaller_run_that_predicts_evaluates_and_serves_as_the_origina
     for command, refusal in (("export", "cannot export again"), ("summary", "cannot summarise")):
         assert main([command, str(out)]) == 2
         assert refusal in capsys.readouterr().err
+
+
+ON_AVX2 = """
+import sys, numpy as np, onnxruntime
+session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+images, labels = np.load(sys.argv[2]), np.load(sys.argv[3])
+scores = np.concatenate([session.run(None, {"images": images[i : i + 64]})[0] for i in range(0, len(images), 64)])
+print((scores.argmax(1) == labels).mean())
+"""
+
+
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64 (apt-get install qemu-user)")
+def test_int8_keeps_its_accuracy_on_a_cpu_without_vnni(digits_run, int8_dir, tmp_path):
+    """onnxruntime's int8 kernels for AVX2 alone (no VNNI) saturate on 8-bit weights: emulated here by running
+    the int8 model on a Haswell CPU (AVX2, no AVX512, no VNNI), whatever CPU the test runs on."""
+    test = digits_run.split()
+    np.save(tmp_path / "images.npy", test.images.numpy())
+    np.save(tmp_path / "labels.npy", test.labels.numpy())
+    (tmp_path / "on_avx2.py").write_text(ON_AVX2)
+    python = os.path.realpath(sys.executable)  # the interpreter itself, not the venv's link to it
+    paths = os.pathsep.join(p for p in sys.path if p)  # the venv's packages, which qemu's python cannot find itself
+    command = ["qemu-x86_64", "-cpu", "Haswell", python, str(tmp_path / "on_avx2.py"), str(int8_dir[0] / "model.onnx")]
+    ran = subprocess.run(
+        [*command, str(tmp_path / "images.npy"), str(tmp_path / "labels.npy")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": paths},
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    original, int8 = versions(int8_dir[0]).values()
+    assert float(ran.stdout) == pytest.approx(int8["test_accuracy"], abs=0.005)  # as on this CPU
+    assert float(ran.stdout) > original["test_accuracy"] - 0.02
 
 
 def test_pruning_zeroes_that_share_of_the_weights_and_keeps_the_accuracy(digits_run, tmp_path, capsys):

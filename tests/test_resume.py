@@ -185,14 +185,16 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
         cnnkit.resume(tmp_path)
 
 
-def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "fp32"])  # bf16 where the CPU has it: the loss or the weights first
+def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, precision):
     with pytest.raises(
         CnnkitError,
-        match=r"loss became NaN or infinite at epoch \d+, step \d+; the last good "
-        r"checkpoint is kept. Lower --lr",
-    ):
+        match=r"the (training loss became NaN or infinite at|weights became NaN or infinite by) epoch \d+, step \d+; "
+        r"the last good checkpoint is kept. Lower --lr",
+    ) as stopped:
         cnnkit.train(
             report=False,
+            precision=precision,
             epochs=3,
             optimizer="sgd",
             lr=1e6,
@@ -202,6 +204,8 @@ def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path
         )
     state = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert all(torch.isfinite(t).all() for t in state["model"].values())  # good weights, not the NaN ones
+    bf16 = cnnkit.core.machine.pick_machine("auto", precision).bf16
+    assert ("--precision fp32" in str(stopped.value)) == bf16  # no advice to take what the run already had
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):

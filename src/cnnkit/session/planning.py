@@ -68,7 +68,9 @@ def find_lr(ctx: RunContext, train: DeviceBatches) -> None:
     test = range_test(Trainer(ctx.model, ctx.spec, train, unit_rate(ctx.cfg), ctx.machine))
     rate = ctx.machine.share(test.suggestion)  # every process trains at the main one's rate
     if rate is None:
-        raise TrainingDiverged("the learning-rate range test saw no finite loss, even at a rate of 1e-7")
+        raise TrainingDiverged(
+            "the learning-rate range test saw no finite loss, even at a rate of 1e-7", ctx.machine.bf16
+        )
     found = with_rate(ctx.cfg, rate)
     ctx.plan.lr, ctx.plan.head_lr = found.peak_lr, found.head_lr if ctx.cfg.starts_pretrained else None
     _settle(ctx)

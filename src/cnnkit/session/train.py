@@ -298,5 +298,7 @@ def _test(ctx: RunContext, step_model: nn.Module) -> tuple[dict, Predictions]:
     logits, labels = (ctx.machine.gather_rows(t) for t in predict_logits(step_model, test, ctx.machine, ctx.cfg.tta))
     metrics = test_metrics(logits, labels, ctx.data.classes)
     if not math.isfinite(metrics["test_loss"]):
-        raise TrainingDiverged("the model's outputs on the test images are NaN or infinite, so no summary was written")
+        raise TrainingDiverged(
+            "the model's outputs on the test images are NaN or infinite, so no summary was written", ctx.machine.bf16
+        )
     return metrics, (images, logits, labels)

@@ -48,7 +48,7 @@ def check_finite(pos: Position, model: torch.nn.Module, machine: Machine) -> Non
         what = f"the weights became NaN or infinite by epoch {pos.epoch}, step {pos.step}"
     else:
         what = f"training on another process became NaN or infinite at epoch {pos.epoch}"
-    raise TrainingDiverged(what)
+    raise TrainingDiverged(what, machine.bf16)
 
 
 def restore_rng(rng: dict, data: torch.Generator, machine: Machine, seed_and_step: tuple[int, int]) -> None:

@@ -21,10 +21,9 @@ class TrainingDiverged(CnnkitError):
     """The loss, the weights or the model's outputs went NaN or infinite: the run stops, keeping its last good
     checkpoint, with the same advice wherever it was noticed."""
 
-    def __init__(self, what: str):
-        super().__init__(
-            f"{what}; the last good checkpoint is kept. Lower --lr (e.g. by 10x), add --warmup, or try --precision fp32"
-        )
+    def __init__(self, what: str, bf16: bool):
+        tries = "Lower --lr (e.g. by 10x), add --warmup" + (", or try --precision fp32" if bf16 else "")
+        super().__init__(f"{what}; the last good checkpoint is kept. {tries}")
 
 
 @contextmanager

@@ -133,7 +133,7 @@ class Trainer:
             if self.pos.seen == 0 or not math.isfinite(result.val_loss if result.val_loss is not None else 0.0):
                 # finite weights whose every step or validation overflows are no model either
                 nothing = "no step whose loss was finite" if self.pos.seen == 0 else "a non-finite validation loss"
-                raise TrainingDiverged(f"epoch {result.epoch} ended with {nothing}")
+                raise TrainingDiverged(f"epoch {result.epoch} ended with {nothing}", self.machine.bf16)
             self.pos = Position(epoch=self.pos.epoch + 1)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, result)
