@@ -5,10 +5,13 @@ processes, or another number), and stop signals and a dead process end every pro
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -51,10 +54,15 @@ TRAIN = textwrap.dedent("""
 LIMIT = 180  # seconds for any one launch, after which its whole process group is killed
 
 
-def torchrun(args: list[str], cwd: Path, logs: Path | None = None) -> subprocess.Popen:
-    """torchrun with 2 processes, in a session of its own; with `logs`, each process's output goes to its own
-    files there."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+STANDALONE = ("--standalone", "--nproc-per-node", "2")  # one machine, 2 processes
+
+
+def torchrun(
+    args: list[str], cwd: Path, logs: Path | None = None, place: tuple[str, ...] = STANDALONE
+) -> subprocess.Popen:
+    """torchrun with 2 processes (or as `place` says), in a session of its own; with `logs`, each process's output
+    goes to its own files there."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", *place]
     if logs:
         launcher += ["--log-dir", str(logs), "--redirects", "3"]
     return subprocess.Popen(
@@ -72,9 +80,12 @@ def finish(process: subprocess.Popen, limit: float = LIMIT) -> str:
         pytest.fail(f"torchrun did not end within {limit}s: a process hung")
 
 
-def wait_for(path: Path) -> None:
+def wait_for(path: Path, lines: int = 0) -> None:
+    """Until `path` is there, holding at least `lines` whole lines (a CSV's header and rows)."""
     deadline = time.monotonic() + LIMIT
-    while not path.is_file() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if path.is_file() and (not lines or path.read_bytes().count(b"\n") >= lines):
+            return
         time.sleep(0.02)
 
 
@@ -142,6 +153,53 @@ def test_a_run_killed_with_its_launcher_resumes_exactly_with_any_number_of_proce
     assert largest_difference(weights(killed / "weights.safetensors"), uninterrupted) < 1e-6
     cnnkit.resume(again)  # one process takes the same global batches up, shared one way
     assert largest_difference(weights(again / "weights.safetensors"), uninterrupted) < 1e-4
+
+
+@pytest.mark.timeout(150)  # three launches of about 10-20 s on 2 cores, each under LIMIT
+def test_two_machines_on_loopback_make_one_run_that_one_process_resumes(tmp_path):
+    """The two-machine command of docs/several-processes.md, both "machines" here: an agent each, in folders of
+    their own, one process each, meeting at a c10d rendezvous on a free loopback port, writing to one shared --out."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    place = ("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d")
+    place += ("--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "loopback")
+    out, epochs = tmp_path / "shared" / "run", 3
+    machines = [tmp_path / "first", tmp_path / "second"]
+    args = ["-m", "cnnkit", "train", *flags({**SETTINGS, "epochs": epochs}), "--out", str(out)]
+    agents = []
+    for cwd in machines:
+        cwd.mkdir()
+        agents.append(torchrun(args, cwd, place=place))
+    wait_for(out / "metrics.csv", lines=2)  # epoch 1 done: stop the job in epoch 2, as a preemption does
+    for agent in agents:
+        agent.send_signal(signal.SIGINT)
+    stopped = "".join(finish(agent) for agent in agents)
+    assert stopped.count("a checkpoint is saved. Resume with: cnnkit train --resume") == 1, stopped
+    assert load_checkpoint(out / "checkpoint.safetensors")["processes"] == 2  # one job of 2, not two runs of 1
+    assert not (out / "summary.json").exists()
+    resumed = subprocess.run(  # one plain process, on the first machine alone
+        [sys.executable, "-m", "cnnkit", "train", "--resume", str(out)],
+        cwd=machines[0],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=LIMIT,
+    ).stdout
+    assert "test accuracy" in resumed and "written by 2 processes and this run has 1 process" in resumed, resumed
+    assert [p.name for p in (tmp_path / "shared").iterdir()] == ["run"]  # one run folder, in the shared --out
+    assert all(not any(cwd.iterdir()) for cwd in machines)  # and no runs/ of either machine's own
+    assert {"summary.json", "weights.safetensors", "metrics.csv"} <= {p.name for p in out.iterdir()}
+
+    def said(output: str) -> list[int]:
+        return [int(n) for n in re.findall(rf"^epoch (\d+)/{epochs} ", output, re.MULTILINE)]
+
+    assert said(stopped)[:1] == [1], stopped  # the two machines said epoch 1 ...
+    assert sorted(said(stopped) + said(resumed)) == list(range(1, epochs + 1)), stopped + resumed  # ... each once
+    with open(out / "metrics.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(1, epochs + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == epochs and summary["num_test_images"] == 359 and summary["test_accuracy"] > 0.8
 
 
 def test_sigterm_to_the_launcher_stops_every_process_with_one_checkpoint(tmp_path):
