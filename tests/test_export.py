@@ -10,14 +10,17 @@ import contextlib
 import hashlib
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cnnkit
 from cnnkit import CnnkitError
 from cnnkit.cli.main import main
+from cnnkit.data.images import decode_image
 from cnnkit.models.weights import save_weights
 from cnnkit.runs.folder import claim, release
 from cnnkit.ship.export import export_run
@@ -79,6 +82,50 @@ def test_an_export_that_disagrees_is_not_written(tmp_path, monkeypatch):
 def test_export_mistakes_end_in_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "is not a finished cnnkit run folder" in capsys.readouterr().err
+
+
+def documented_model_input():
+    """The function docs/export-compress-serve.md gives ONNX users to prepare their images, as written there."""
+    text = (Path(__file__).parents[1] / "docs" / "export-compress-serve.md").read_text()
+    section = text.split("### Images in, as `cnnkit predict` reads them", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace["model_input"]
+
+
+def awkward_images(folder: Path) -> list[Path]:
+    """The files whose decoding differs from a plain 8-bit RGB one, each wider than tall."""
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    sideways = Image.fromarray(colour)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: the picture is stored sideways
+    files = {
+        "sixteen.png": Image.fromarray((rng.integers(0, 65536, (12, 20))).astype(np.uint16)),
+        "float.tiff": Image.fromarray(rng.random((12, 20)).astype(np.float32)),
+        "alpha.png": Image.fromarray(rng.integers(0, 256, (12, 20, 4), dtype=np.uint8), "RGBA"),
+        "grey-alpha.png": Image.fromarray(rng.integers(0, 256, (12, 20, 2), dtype=np.uint8), "LA"),
+        "palette.gif": Image.fromarray(colour).convert("P"),
+        "grey.png": Image.fromarray(colour[..., 0]),
+        "square.jpg": Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)),  # libjpeg-turbo's path
+    }
+    paths = []
+    for name, image in files.items():
+        options = {"transparency": 0} if name.endswith(".gif") else {}
+        image.save(folder / name, **options)
+        paths.append(folder / name)
+    sideways.save(folder / "sideways.jpg", exif=exif)
+    return [*paths, folder / "sideways.jpg"]
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop", "pad"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_documented_onnx_input_is_what_cnnkit_predict_reads_byte_for_byte(tmp_path, channels, resize):
+    model_input = documented_model_input()
+    for path in awkward_images(tmp_path):
+        expected = decode_image(path, 16, channels, resize).numpy()
+        assert np.array_equal(model_input(path, 16, channels, resize), expected), path.name
 
 
 @pytest.fixture(scope="module")
