@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import random
 import re
 import shutil
 import subprocess
@@ -19,7 +21,16 @@ from test_cli import cnnkit as run_cnnkit
 import cnnkit
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import read_json
-from cnnkit.inspect.plots import GRID_IMAGES, PLOTS, confusion_figure, grid_figure, pyplot, schedule_figure
+from cnnkit.inspect.plots import (
+    CONFUSION_MAX_INCHES,
+    DPI,
+    GRID_IMAGES,
+    PLOTS,
+    confusion_figure,
+    grid_figure,
+    pyplot,
+    schedule_figure,
+)
 from cnnkit.inspect.report import PLOT_TITLES
 from cnnkit.runs.records import RunFiles
 from cnnkit.settings.config import TrainConfig
@@ -35,6 +46,13 @@ def digits_run(tmp_path_factory):  # --lr auto: its range test is one of the rep
 @pytest.fixture(scope="module")
 def weak_run(tmp_path_factory):  # one step: many wrong answers to mark
     return cnnkit.train(model="small-cnn", steps=1, out=str(tmp_path_factory.mktemp("runs") / "weak"))
+
+
+@pytest.fixture(scope="module")
+def muon_run(tmp_path_factory):  # the automatic recipe: muon's two rates; a folder: a path in the settings
+    root = tmp_path_factory.mktemp("muon")
+    shapes_folder(root / "data", "bar", "ring")
+    return cnnkit.train(data=str(root / "data"), epochs=2, out=str(root / "run"))
 
 
 def test_train_writes_the_report_unless_told_not_to(digits_run, tmp_path):
@@ -75,13 +93,68 @@ def test_confusion_plot_shows_the_test_counts_and_rows_of_one(digits_run):
 
 def test_schedule_plot_draws_the_rates_the_run_took(digits_run):
     files = RunFiles.read(digits_run.dir)
-    line, recorded = schedule_figure(files.settings["schedule"], files.rates, files.metrics).axes[0].lines
+    line, recorded = schedule_figure(files.settings, files.rates, files.metrics).axes[0].lines
     steps, rates = line.get_data()
     steps_per_epoch = files.summary.num_train_images // files.settings["batch_size"]
     assert list(steps) == list(range(1, 3 * steps_per_epoch + 1))  # a rate a step: three epochs of full batches
     assert max(rates) == pytest.approx(files.settings["lr"])  # the one-cycle peak is the rate --lr auto found
     for step, rate in zip(*recorded.get_data(), strict=True):  # metrics.csv's rate is its epoch's first step's
         assert rates[int(step) - 1] == pytest.approx(rate)
+
+
+def test_schedule_plot_of_a_muon_run_draws_and_names_the_one_rate_it_recorded(muon_run):
+    files = RunFiles.read(muon_run.dir)
+    settings = files.settings
+    assert settings["optimizer"] == "muon" and settings["muon_lr"] != settings["lr"]  # two rates: which one?
+    ax = schedule_figure(settings, files.rates, files.metrics).axes[0]
+    curve, recorded = ax.lines
+    steps, rates = (list(values) for values in curve.get_data())
+    assert rates == [float(r["lr"]) for r in files.rates]  # every step's rate, as the run took it
+    assert max(rates) == pytest.approx(settings["muon_lr"])  # Muon's peak, not SGD's
+    points = list(zip(*recorded.get_data(), strict=True))
+    assert [rate for _, rate in points] == [float(r["lr"]) for r in files.metrics]  # the rate the epoch line prints
+    for step, rate in points:  # ... on the curve
+        assert rates[steps.index(step)] == pytest.approx(rate)
+    assert ax.get_ylabel() == "Muon's rate" and "SGD's" in ax.get_legend().get_title().get_text()
+
+
+@pytest.mark.parametrize("classes, length, pixels", [(50, 40, 24), (200, 80, 12)])
+def test_confusion_matrix_of_many_long_names_keeps_its_cells_and_labels_apart(classes, length, pixels):
+    names = [f"{i:03d} " + "a long class name, " * 4 for i in range(classes)]
+    names = [name[:length] for name in names]
+    rng = random.Random(0)
+    matrix = [[rng.randint(0, 3) + 20 * (i == j) for j in range(classes)] for i in range(classes)]
+    fig = confusion_figure(matrix, names, normalised=False)
+    ax = fig.axes[0]
+    width, height = fig.get_size_inches()
+    assert max(width, height) <= CONFUSION_MAX_INCHES  # grown, within its cap
+    box = ax.get_position()  # in figure fractions: each cell in pixels of the saved PNG
+    assert box.width * width * DPI / classes >= pixels and box.height * height * DPI / classes >= pixels
+    renderer = fig.canvas.get_renderer()
+    matrix_box = ax.get_window_extent(renderer)
+    for labels, lowest in ((ax.get_yticklabels(), "y0"), (ax.get_xticklabels(), "x0")):
+        extents = sorted((t.get_window_extent(renderer) for t in labels), key=lambda e: getattr(e, lowest))
+        assert not any(e.overlaps(matrix_box) for e in extents)  # beside the cells, not on them
+        assert all(e.x0 >= 0 and e.y0 >= 0 and e.x1 <= fig.bbox.x1 and e.y1 <= fig.bbox.y1 for e in extents)
+        assert not any(a.overlaps(b) for a, b in zip(extents, extents[1:], strict=False))  # one name a line
+    whole = length <= 40  # 40 characters fit at 8 points; 80 are cut short (the per-class table has them whole)
+    for label, name in zip((t.get_text() for t in ax.get_yticklabels()), names, strict=True):
+        assert label == name if whole else label.endswith("…") and name.startswith(label[:-1])
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["written-by-train", "by-cnnkit-report"])
+def test_report_names_no_absolute_path(muon_run, tmp_path, again):
+    if again:  # from elsewhere, the run named by its absolute path
+        result = run_cnnkit("report", str(muon_run.dir.resolve()), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    page = (muon_run.dir / "report.html").read_text()
+    sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # embedded: nothing to move
+    text = re.sub(r'src="data:[^"]*"', "", page)
+    root = muon_run.dir.parent  # holds the data and the run
+    assert str(root) not in text and os.path.realpath(root) not in text
+    assert "<tr><th>data</th><td>../data</td></tr>" in page  # the data folder, from the run folder
+    assert "from this run folder" in page  # the model summary's heading
 
 
 def test_grid_marks_exactly_the_wrong_predictions(weak_run):
@@ -107,14 +180,21 @@ def test_report_without_the_test_images_says_why(tmp_path, image_folder):
     page = (run.dir / "report.html").read_text()
     drawn = len(PLOT_TITLES) - 3  # no range test (a set --lr), and neither the test images nor the top losses
     assert page.count("data:image/png") == drawn and "the test images are not drawn" in page
+    assert "data folder ../shapes does not exist" in page and str(tmp_path) not in page  # from the run folder
+
+
+def shapes_folder(root: Path, bar: str, ring: str) -> Path:
+    """A folder of two classes, 40 bars and 40 rings, under these names."""
+    rng = np.random.default_rng(0)
+    for label, kind in ((bar, "bar"), (ring, "ring")):
+        for i in range(40):
+            save_image(root / label / f"{i}.png", shape_image(kind, 16, rng))
+    return root
 
 
 def run_on_classes_named(tmp_path: Path, bar: str, ring: str) -> cnnkit.Run:
     """A one-epoch run on a folder of two classes, bars and rings, with these names."""
-    rng = np.random.default_rng(0)
-    for label, kind in ((bar, "bar"), (ring, "ring")):
-        for i in range(40):
-            save_image(tmp_path / "data" / label / f"{i}.png", shape_image(kind, 16, rng))
+    shapes_folder(tmp_path / "data", bar, ring)
     return cnnkit.train(data=str(tmp_path / "data"), model="small-cnn", epochs=1, out=str(tmp_path / "run"))
 
 

@@ -25,6 +25,13 @@ ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion ma
 GRID_IMAGES = 36  # test images drawn at random (the same each time), six by six, with their predicted labels
 TOP_LOSSES = 16  # the most confidently wrong test images
 DPI = 110
+CONFUSION_FONT = 8  # points, the class names beside and below the confusion matrix
+CONFUSION_NUMBERED_CELL = 0.45  # inches a cell, up to ANNOTATED_CLASSES: room for "0.00" at 8 points
+CONFUSION_CELL = 0.24  # inches a cell beyond, 26 pixels at DPI: an 8-point name is 12 pixels high
+CONFUSION_MIN_SIDE = 3.0  # inches: two classes still make a matrix to read
+CONFUSION_MAX_NAME = 4.0  # inches: a longer class name is cut short (about 65 characters at 8 points)
+CONFUSION_MAX_INCHES = 30.0  # the figure's longer side at most: 3,300 pixels at DPI (about 100 classes whole)
+OPTIMIZER_NAMES = {"sgd": "SGD", "muon": "Muon", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 Predictions = tuple[ImageSet, torch.Tensor, torch.Tensor]  # the test images, their logits and their labels
 
 
@@ -59,12 +66,12 @@ def curves_figure(rows: list[dict]) -> Any:
     return fig
 
 
-def schedule_figure(schedule: str, rates: list[dict], rows: list[dict]) -> Any:
+def schedule_figure(settings: dict, rates: list[dict], rows: list[dict]) -> Any:
     """The rate every step took (rates.csv), and the rate metrics.csv recorded for each epoch: its first step's.
-    Both are the run's own records (of its first parameter group: the conv and linear weights, Muon's with
-    muon); nothing is derived again from the settings."""
+    Both are the run's own records of one rate, its first parameter group's (the conv and linear weights: Muon's
+    with muon), which the epoch line prints too; the label says whose it is, as other groups may take others."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([int(r["step"]) for r in rates], [float(r["lr"]) for r in rates], label="rates.csv: every step")
     first: dict[str, int] = {}
     for r in rates:
@@ -72,11 +79,30 @@ def schedule_figure(schedule: str, rates: list[dict], rows: list[dict]) -> Any:
     starts = [(first[r["epoch"]], float(r["lr"])) for r in rows if r["epoch"] in first]
     if starts:
         ax.plot(*zip(*starts, strict=True), "o", markersize=3, label="metrics.csv: each epoch's first step")
-    ax.legend()
-    ax.set(xlabel="step", ylabel="learning rate", title=f"{schedule} schedule, {len(rates)} steps")
+    drawn, left_out = rate_shown(settings)
+    ax.legend(title=left_out, title_fontsize=8, fontsize=8)
+    ax.set(
+        xlabel="step",
+        ylabel=drawn,
+        title=f"{settings.get('schedule')} schedule, {len(rates)} step{'s' * (len(rates) != 1)}",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def rate_shown(settings: dict) -> tuple[str, str | None]:
+    """Whose rate the plot draws (the first parameter group's), as an axis label, and the rate it leaves out:
+    with muon, SGD trains biases and head at a rate of its own, so a bare "learning rate" would mislead."""
+    optimizer = OPTIMIZER_NAMES.get(str(settings.get("optimizer")), str(settings.get("optimizer")))
+    if optimizer == "Muon":
+        return (
+            "Muon's rate",
+            f"of conv and linear weights; not drawn:\nSGD's of biases and head, peak {settings['lr']:g}",
+        )
+    if settings.get("head_lr") is not None:
+        return f"{optimizer}'s rate", f"of all but the head; not drawn:\nthe head's, peak {settings['head_lr']:g}"
+    return f"{optimizer}'s rate", None
 
 
 def lr_find_figure(test: dict) -> Any:
@@ -104,16 +130,19 @@ def lr_find_figure(test: dict) -> Any:
 
 
 def confusion_figure(matrix: list[list[int]], classes: list[str], normalised: bool) -> Any:
-    """Rows: the true class; columns: the predicted one. Normalised, each row sums to 1 (recall per class)."""
+    """Rows: the true class; columns: the predicted one. Normalised, each row sums to 1 (recall per class).
+    The figure is sized from the cells out (see confusion_layout), so many classes or long names grow the
+    picture instead of squeezing the matrix."""
     plt = pyplot()
     values = [[c / max(1, sum(row)) for c in row] if normalised else row for row in matrix]
-    side = min(12.0, 2.5 + 0.45 * len(classes))
-    fig, ax = plt.subplots(figsize=(side, side))
-    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalised else None)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=90)
-    ax.set_yticks(ticks, classes)
+    layout = confusion_layout(classes)
+    fig = plt.figure(figsize=layout["figure"])
+    ax = fig.add_axes(layout["matrix"])
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalised else None, aspect="auto")
+    fig.colorbar(image, cax=fig.add_axes(layout["colorbar"]))
+    ticks, names = range(len(classes)), layout["names"]
+    ax.set_xticks(ticks, names, rotation=90, fontsize=layout["fontsize"])
+    ax.set_yticks(ticks, names, fontsize=layout["fontsize"])
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix" + (", normalised" if normalised else ""))
     if len(classes) <= ANNOTATED_CLASSES:
         top = max(max(row) for row in values) or 1
@@ -121,8 +150,48 @@ def confusion_figure(matrix: list[list[int]], classes: list[str], normalised: bo
             for j, v in enumerate(row):
                 text = f"{v:.2f}" if normalised else str(v)
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
-    fig.tight_layout()
     return fig
+
+
+def confusion_layout(classes: list[str]) -> dict[str, Any]:
+    """Where the confusion matrix's parts go, in inches turned into figure fractions: square cells big enough
+    for their number (or, unnumbered, for a label's line height), the class names measured as drawn beside
+    and below them, a colour bar on the right. Past CONFUSION_MAX_INCHES the cells shrink, and the names'
+    font with them, so names never overlap."""
+    n = len(classes)
+    cell = CONFUSION_NUMBERED_CELL if n <= ANNOTATED_CLASSES else CONFUSION_CELL
+    fontsize: float = CONFUSION_FONT
+    names = [_shortened(c, fontsize, CONFUSION_MAX_NAME) for c in classes]
+    label = max(_width_inches(name, fontsize) for name in names) + 0.55  # names, tick marks and the axis label
+    right, top = 1.1, 0.45  # the colour bar with its numbers; the title
+    side = max(CONFUSION_MIN_SIDE, n * cell)
+    side = min(side, CONFUSION_MAX_INCHES - label - max(right, top))
+    fontsize = min(fontsize, side / n * 72 / 1.4)  # a line of names a cell high, with room between them
+    width, height = label + side + right, label + side + top
+    return {
+        "figure": (width, height),
+        "matrix": (label / width, label / height, side / width, side / height),
+        "colorbar": ((label + side + 0.15) / width, label / height, 0.2 / width, side / height),
+        "names": names,
+        "fontsize": fontsize,
+    }
+
+
+def _width_inches(text: str, fontsize: float) -> float:
+    """How wide `text` is drawn in matplotlib's default font, in inches (no mathtext: names are plain text)."""
+    from matplotlib.font_manager import FontProperties  # imported here, after pyplot() chose the backend
+    from matplotlib.textpath import TextToPath
+
+    width, _, _ = TextToPath().get_text_width_height_descent(text, FontProperties(size=fontsize), ismath=False)
+    return width / 72
+
+
+def _shortened(name: str, fontsize: float, inches: float) -> str:
+    """`name`, cut short with an ellipsis if wider than `inches`: one absurdly long name must not take the
+    picture's room (the report's table per class gives every name whole)."""
+    while len(name) > 1 and _width_inches(name, fontsize) > inches:
+        name = name[:-2] + "…"
+    return name
 
 
 def per_class_figure(per_class: dict[str, float | None]) -> Any:
@@ -199,7 +268,7 @@ def write_plots(files: RunFiles, predictions: Predictions | None) -> dict[str, P
         raise CnnkitError(f"{files.path} has no test results to draw: it was trained with --no-test")
     figures = {
         "curves": curves_figure(rows),
-        "learning_rate": schedule_figure(str(files.settings.get("schedule")), files.rates, rows),
+        "learning_rate": schedule_figure(files.settings, files.rates, rows),
         "confusion": confusion_figure(matrix, classes, normalised=False),
         "confusion_normalised": confusion_figure(matrix, classes, normalised=True),
         "per_class_accuracy": per_class_figure(per_class),

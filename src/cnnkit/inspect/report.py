@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import re
+from functools import partial
 from pathlib import Path
 
 from cnnkit.core.errors import CnnkitError
@@ -47,6 +50,9 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em aut
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 10px;text-align:left}
 img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}
 .warning{background:#fff3cd;border:1px solid #e0c060;padding:.6em 1em;margin:.5em 0}"""
+# an absolute POSIX path in a text: a slash no word, dot or slash leads (not `1/2`, not `https://`), up to a space,
+# a quote, a bracket or punctuation that ends a phrase
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])/[^\s:;,'\"<>|()\[\]]+")
 
 
 def write_report(
@@ -69,22 +75,25 @@ def write_report(
             missing = f"the test images are not drawn: {e}"
     plots = write_plots(files, predictions)
     title, model = run_summary(run)
+    title = title.replace(f" from {run.dir}", " from this run folder")  # the folder moves, its path does not
+    here = partial(relative_paths, run_dir=run_dir)  # the page names no path of this machine: it may be sent on
     sections = [
         f"<h1>{_text(run_dir.name)}</h1>",
-        f"<p>{_text(str(summary.model))} on {_text(str(summary.data))}</p>",
+        f"<p>{_text(str(summary.model))} on {_text(here(str(summary.data)))}</p>",
         "<h2>Results</h2>",
         _table((label, getattr(summary, key)) for key, label in RESULTS if getattr(summary, key) is not None),
         "<h2>Warnings</h2>",
-        "".join(f'<div class="warning">{_text(w)}</div>' for w in [*summary.warnings, *filter(None, [missing])])
+        "".join(f'<div class="warning">{_text(here(w))}</div>' for w in [*summary.warnings, *filter(None, [missing])])
         or "<p>none</p>",
         *_race_section(files.race),
         *(f"<h2>{PLOT_TITLES[name]}</h2>\n{_image(path)}" for name, path in plots.items()),
         "<h2>Test results per class</h2>",
         _class_table(summary),
         "<h2>Model</h2>",
-        f"<pre>{_text(chr(10).join(format_summary(title, model)))}</pre>",
+        f"<pre>{_text(here(chr(10).join(format_summary(title, model))))}</pre>",
         "<h2>Settings</h2>",
-        _table(settings.items()),
+        "<p>A path is relative to this run folder.</p>",
+        _table((k, here(v) if isinstance(v, str) else v) for k, v in settings.items()),
     ]
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_text(run_dir.name)}</title>'
@@ -93,6 +102,26 @@ def write_report(
     path = run_dir / REPORT
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path, missing
+
+
+def relative_paths(text: str, run_dir: Path) -> str:
+    """`text` with each absolute path in it made relative to the run folder (`plots/curves.png`, `../data`),
+    so a report moved, zipped or sent with its folder still names the right places, and no home folder. A
+    text that is one path (a setting) is taken whole, spaces and all; in a sentence a path ends at a space."""
+    if os.path.isabs(text):
+        return _relative(text, run_dir)
+
+    def relative(match: re.Match) -> str:
+        path = match.group(0)
+        end = len(path.rstrip("."))  # a sentence's full stop is no part of the path
+        return _relative(path[:end], run_dir) + path[end:]
+
+    return ABSOLUTE_PATH.sub(relative, text)
+
+
+def _relative(path: str, run_dir: Path) -> str:
+    # both with links resolved: the settings hold resolved paths, the run folder may be named through a link
+    return os.path.relpath(os.path.realpath(path), os.path.realpath(run_dir))
 
 
 def _class_table(summary: RunSummary) -> str:
