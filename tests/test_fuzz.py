@@ -4,22 +4,34 @@ never NaN in written JSON, never a hang."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import importlib.util
 import io
 import json
+import os
 import random
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import save_image
+from PIL import Image
 
+import cnnkit
 from cnnkit.cli.main import main
 from cnnkit.settings.config import TrainConfig, field_type
+from cnnkit.ship import footprint
+from cnnkit.ship.export import model_name
+from cnnkit.ship.serve import create_app
 
 SEED = 20261123
 PER_CASE_SECONDS = 60
@@ -152,7 +164,7 @@ def run_cli(args: list[str], out: io.StringIO | None = None) -> tuple[int, str]:
 def assert_clean(code: int, err: str, args: list[str], out: Path | None = None) -> int:
     assert code in (0, 2), (code, args, err)
     if code == 2 and err.startswith("usage:"):
-        assert err.splitlines()[-1].startswith(("cnnkit: error: ", "cnnkit train: error: ")), (args, err)
+        assert re.match(r"cnnkit( [a-z-]+)?: error: ", err.splitlines()[-1]), (args, err)  # argparse: its command
     elif code == 2:  # one line, or one line and the listing it announces (files to put in place)
         assert err.startswith("cnnkit: error: ") and "Traceback" not in err, (args, err)
         assert err.count("\n") == 1 or err.splitlines()[1].startswith(("  ", "Put these files")), (args, err)
@@ -334,3 +346,389 @@ def test_a_config_with_every_optional_key_null_trains_as_the_defaults_do(tmp_pat
     assert assert_clean(*run_cli(args), args, tmp_path / "run") == 0
     trained = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert trained.steps and trained.model != "auto"  # the automatic recipe's length and model
+
+
+# --search keys: settings a sweep can search, ones it cannot (where the run lives, what it reads), and slips
+SEARCH_KEYS = sorted(set(TrainConfig.__dataclass_fields__) - NOT_FUZZED)
+MISSPELT_KEYS = ["learning-rate", "lr_", "LR", " lr", "batchsize", "epoch", "optimiser", "", "="]
+NUMBERS = ["0", "-1", "1", "2", "1e-4", "0.1", "1e30", "1e300", "1e400", "-inf", "inf", "nan", "abc", "auto", ""]
+TRIALS = ["0", "-1", "junk", "1", "2"]
+CHOICES = {  # more of the settings a sweep is for, with values of the right kind
+    "resize": ["squash", "crop", "pad"],
+    "sampler": ["uniform", "balanced"],
+    "class_weights": ["none", "balanced"],
+    "activation": ["gelu", "silu"],
+    "lr": ["0.001", "0.003", "0.01", "auto"],
+}
+
+
+def choice(name: str, rng: random.Random) -> str:
+    return rng.choice(CHOICES[name]) if name in CHOICES else plausible(name, rng)
+
+
+def search_item(rng: random.Random, most: int) -> tuple[str, int]:
+    """One --search KEY=VALUES as a user might type it, with at most `most` values listed; and how many it lists."""
+    kind = rng.random()
+    key = rng.choice(SEARCH_KEYS if kind < 0.85 else MISSPELT_KEYS if kind < 0.93 else ["out", "data"])
+    typed = key.replace("_", "-") if rng.random() < 0.5 else key
+    known = key in TrainConfig.__dataclass_fields__ and rng.random() < 0.8
+    numeric = known and field_type(key) in (int, float)
+    shape = rng.random()
+    if shape < (0.5 if numeric else 0.9):  # values to choose from, duplicates and all
+        values = [choice(key, rng) if known else rng.choice(VALUES) for _ in range(rng.randint(1, most))]
+        values[-1] = rng.choice(values) if rng.random() < 0.3 else values[-1]
+        return f"{typed}={','.join(values)}", len(values)
+    if shape < 0.95:  # a range: of two plausible numbers, or of anything
+        low, high = (
+            sorted((plausible(key, rng), plausible(key, rng)), key=float) if numeric else rng.choices(NUMBERS, k=2)
+        )
+        return f"{typed}={low}..{high}", 1
+    return rng.choice([typed, f"{typed}=", f"{typed}=..", f"{typed}=,", f"{typed}=1..2..3", f"={typed}"]), 1
+
+
+def sweep_args(rng: random.Random) -> list[str]:
+    """A whole `cnnkit sweep` command but its --out: a grid of at most 3 points, or at most 2 trials drawn."""
+    method = rng.choice(["grid"] * 4 + ["random", "random", "tpe", "tpe", rng.choice(["bayes", "", "GRID"])])
+    searched, points = [], 1
+    for _ in range(1 if rng.random() < 0.6 else 2):
+        item, listed = search_item(rng, max(1, 3 // points))
+        searched += ["--search", item]
+        points *= listed
+    some = rng.choice(["1", "2", "2", rng.choice(TRIALS)])  # random and tpe: never the default 8 trials
+    trials = ["--trials", some] if method != "grid" or rng.random() < 0.1 else []
+    return ["sweep", *searched, "--method", method, *trials, *BASE]
+
+
+SWEEPS_FOUND = [  # cases that once ended in a traceback: kept, whatever the generator draws
+    ["--search", "lr=auto..0.1", "--method", "random", "--trials", "1"],  # a ValueError in parse_search
+    ["--search", "lr=1e-300..1e300", "--method", "random", "--trials", "1"],  # torch's float32 overflow in a step
+    ["--search", "weight-decay=1e200", "--model", "small-cnn"],
+    ["--search", "val-fraction=0,0.1"],  # a TypeError in ranked(): a trial "done" with no validation accuracy
+]
+
+
+def test_generated_sweeps_end_cleanly_and_leave_no_trial_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(SEED + 4)
+    cases = [["sweep", *found, *BASE] for found in SWEEPS_FOUND] + [sweep_args(rng) for _ in range(60)]
+    codes = []
+    for case, args in enumerate(cases):
+        out = tmp_path / f"sweep{case}"
+        args = [*args, "--out", str(out)]
+        codes.append(assert_clean(*run_cli(args), args, out))
+        if (out / "sweep.json").is_file():
+            trials = json.loads((out / "sweep.json").read_text())["trials"]
+            assert {t["status"] for t in trials.values()} <= {"done", "pruned", "failed"}, (args, trials)
+    assert 8 <= codes.count(0) <= 50, codes
+
+
+def encoded_image(mode: str, kind: str, rng: random.Random) -> bytes:
+    """An 8x8 image of `mode` (random pixels) as a `kind` file, or b"" where PIL cannot write that pair."""
+    pixels = Image.frombytes("L", (8, 8), bytes(rng.randrange(256) for _ in range(64))).convert(mode)
+    buffer = io.BytesIO()
+    try:
+        pixels.save(buffer, format=kind)
+    except (OSError, ValueError, KeyError):
+        return b""
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature and IHDR chunk declaring width x height (its CRC right), and no pixels."""
+    chunk = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def hostile_files(good: bytes, rng: random.Random) -> list[bytes]:
+    """Bytes that claim, or almost are, an image file."""
+    jpeg = encoded_image("RGB", "JPEG", rng)
+    flipped = bytearray(good)
+    for _ in range(4):
+        flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+    modes = ["1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "F", "CMYK", "YCbCr"]
+    kinds = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "PPM"]
+    return [
+        bytes(rng.randrange(256) for _ in range(rng.randint(1, 300))),
+        good[: rng.randrange(1, len(good))],
+        jpeg[: rng.randrange(1, len(jpeg))],
+        bytes(flipped),
+        png_header(rng.choice([0, 1, 2**31 - 1, 100_000]), rng.choice([0, 1, 100_000])),
+        encoded_image(rng.choice(modes), rng.choice(kinds), rng),
+        b"\xff\xd8" + bytes(rng.randrange(256) for _ in range(20)),  # a JPEG's start, then anything
+        rng.choice([b"GIF89a", b"BM", b"II*\x00", b"RIFF\x00\x00\x00\x00WEBP", b"<svg/>", b"%PDF-1.4"]),
+    ]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def predict_request(good: bytes, rng: random.Random) -> dict:
+    """A hostile POST /predict: the body, its content type and shape drawn at random."""
+    file = rng.choice(hostile_files(good, rng) + [good])
+    shape = rng.randrange(4)
+    if shape == 0:  # raw bytes under any content type
+        kind = rng.choice(CONTENT_TYPES)
+        return {
+            "content": rng.choice([file, b"", b"{}", b"x" * 5000]),
+            "headers": {"content-type": kind} if kind else {},
+        }
+    if shape == 1:  # JSON, often of the wrong shape or types
+        value = rng.choice(
+            [
+                {"image": b64(file)},
+                {"image": "data:image/png;base64," + b64(file)},
+                {"images": [b64(file), rng.choice(JSON_JUNK)]},
+                {"image": rng.choice(JSON_JUNK)},
+                {"images": rng.choice(JSON_JUNK)},
+                {"images": [b64(good)] * rng.choice([0, 65])},
+                rng.choice(JSON_JUNK),
+            ]
+        )
+        text = json.dumps(value) if rng.random() < 0.9 else json.dumps(value)[: rng.randrange(1, 20)]
+        return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+    if shape == 2:  # a multipart form, written here: httpx would refuse to send a name with a newline in it
+        parts = [
+            form_part(rng.choice(NAMES), rng.choice([file, good, b""]), rng) for _ in range(rng.choice([1, 2, 70]))
+        ]
+        body = b"".join(parts) + (b"--fuzz--\r\n" if rng.random() < 0.9 else b"")
+        return {"content": body, "headers": {"content-type": "multipart/form-data; boundary=fuzz"}}
+    boundary = rng.choice(["", "x", "-" * 80, "\x1b"])  # a form that its type announces and its body is not
+    return {"content": file, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
+
+
+def form_part(name: str, data: bytes, rng: random.Random) -> bytes:
+    """One part of a multipart form: a file (named anything, even with a newline), or a text field."""
+    field = 'name="note"' if rng.random() < 0.2 else f'name="file"; filename="{name}"'
+    kind = f"\r\nContent-Type: {rng.choice(CONTENT_TYPES)}" if rng.random() < 0.7 else ""
+    return (
+        f"--fuzz\r\nContent-Disposition: form-data; {field}{kind}\r\n\r\n".encode(errors="surrogateescape")
+        + data
+        + b"\r\n"
+    )
+
+
+CONTENT_TYPES = ["", "image/png", "image/jpeg", "application/json", "multipart/form-data", "text/plain",
+                 "application/x-www-form-urlencoded", "application/octet-stream", "image/*", "\x7f/\x7f"]  # fmt: skip
+JSON_JUNK = [None, 0, -1, 1e308, True, "", "x" * 100_000, "data:", "data:image/png", "data:,", "=", "\u00e9\u00e9",
+             [], {}, [[[[[]]]]], [None], {"image": None}, {"images": {}}, "aGk=", "!!!"]  # fmt: skip
+NAMES = ["a.png", "", "x\n.png", "x\r\n\r\n.png", '"', "\udcff.png", "\x1b[2J.png", "../../etc/passwd",
+         "<script>.png", "x" * 300, "caf\u00e9.png"]  # fmt: skip
+
+
+def infer_request(images: torch.Tensor, good: bytes, rng: random.Random) -> dict:
+    """An Open Inference Protocol request, valid (UINT8 pixels or BYTES files, as JSON or in the binary
+    extension), then given up to 3 hostile changes: tensors of wrong shapes, types and lengths, outputs and
+    parameters of any kind, a binary part that does not match its header."""
+    n = rng.choice([1, 2])
+    if rng.random() < 0.5:
+        tensor: dict = {"name": "images", "datatype": "UINT8", "shape": [n, 1, 8, 8]}
+        data, raw = images[:n].flatten().tolist(), images[:n].numpy().tobytes()
+    else:
+        tensor = {"name": "images", "datatype": "BYTES", "shape": [n]}
+        data, raw = [b64(good)] * n, (len(good).to_bytes(4, "little") + good) * n
+    binary = rng.random() < 0.4
+    tensor.update({"parameters": {"binary_data_size": len(raw)}} if binary else {"data": data})
+    header: dict = {"inputs": [tensor]}
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):
+        change = rng.randrange(8)
+        if change == 0:
+            tensor["shape"] = rng.choice(OIP_SHAPES)
+        elif change == 1:
+            tensor["datatype"] = rng.choice(["UINT8", "BYTES", "FP32", "INT8", None, 5, "", "uint8"])
+        elif change == 2:
+            junk = [[256] * len(data), [-1], [str(data[0])] * len(data), [[d] for d in data], [None], "abc", None, 7]
+            hostile = [b64(f) for f in hostile_files(good, rng)[:n]]
+            tensor["data"] = rng.choice([data[:-1], data + data[:1], hostile, [1e30], [float("nan")], [{}], *junk])
+        elif change == 3:
+            tensor.pop(rng.choice(sorted(tensor)))
+        elif change == 4:
+            tensor["parameters"] = rng.choice([{"binary_data_size": rng.choice(OIP_JUNK)}, *OIP_JUNK])
+        elif change == 5:
+            header["inputs"] = rng.choice([[], [tensor, tensor], tensor, None, "x", [None], [[tensor]]])
+        elif change == 6:
+            header[rng.choice(["outputs", "parameters", "id"])] = rng.choice(OIP_JUNK)
+        else:
+            parameters = [{"classification": rng.choice(OIP_JUNK)}, {"binary_data": rng.choice(OIP_JUNK)}, *OIP_JUNK]
+            named = rng.choice(["class", "probabilities", "nope", None])
+            header["outputs"] = [{"name": named, "parameters": rng.choice(parameters)}]
+    text = json.dumps(header).encode()
+    if not binary:
+        return {"content": text, "headers": {"content-type": "application/json"}}
+    raw = raw if rng.random() < 0.8 else raw[: rng.randrange(len(raw))] + bytes(rng.randrange(3))
+    length = str(len(text)) if rng.random() < 0.8 else rng.choice(["", "-1", "abc", "0", "1e3", str(len(text) + 1)])
+    return {"content": text + raw, "headers": {"Inference-Header-Content-Length": length}}
+
+
+OIP_SHAPES = [[1, 1, 8], [0, 1, 8, 8], [65, 1, 8, 8], [-1, 1, 8, 8], [1, 3, 8, 8], [1, 1, 8, 8.0], ["a", 1, 8, 8],
+              [1.5, 1, 8, 8], [True, 1, 8, 8], [1], [2], [1, 1], [2, 1], [], "x", None, [10**30, 1, 8, 8],
+              [1, [1], 8, 8]]  # fmt: skip
+OIP_JUNK = [None, 0, -1, 2, 10**30, 2.5, True, "3", "x", [], [1], {}, {"a": 1}, [{"name": "class"}] * 3]
+
+
+def found_requests(images: torch.Tensor, good: bytes) -> list[tuple[str, dict]]:
+    """Requests that once got a 500 (a traceback in the server), kept whatever the generator draws."""
+    pixels = {"name": "images", "datatype": "UINT8", "data": images[:1].flatten().tolist()}
+    files = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [b64(good)]}
+    return [
+        ("/predict", {"json": {"images": [b64(good), "data:image/png"]}}),  # a data URL with no comma: IndexError
+        ("infer", {"json": {"inputs": [{**files, "parameters": 2}]}}),  # parameters not an object: TypeError
+        ("infer", {"json": {"inputs": [files], "outputs": [{"name": "class", "parameters": [1]}]}}),  # AttributeError
+        ("infer", {"json": {"inputs": [files], "outputs": 5}}),  # TypeError
+        ("infer", {"json": {"inputs": [{**pixels, "shape": [1, 1, 8, 8.0]}]}}),  # 8.0 == 8, no size: TypeError
+        ("infer", {"json": {"inputs": [{**files, "shape": [1, [1]]}]}}),  # a ValueError in np.prod
+    ]
+
+
+def test_hostile_http_bodies_get_a_4xx_with_a_message_and_the_server_goes_on(finished_run):
+    testclient = pytest.importorskip("fastapi.testclient", reason="needs the serve extra: pip install 'cnnkit[serve]'")
+    run_dir, image = finished_run
+    run = cnnkit.load(run_dir, device="cpu")
+    client = testclient.TestClient(create_app(run, max_bytes=2**20), raise_server_exceptions=False)
+    good, rng = image.read_bytes(), random.Random(SEED + 5)
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(image))[None]] * 2))  # (2, 1, 8, 8) uint8
+    infer = f"/v2/models/{model_name(run.dir)}/infer"
+    cases = [(infer if path == "infer" else path, request) for path, request in found_requests(images, good)]
+    for case in range(240):
+        if case % 3 == 2:
+            cases.append(
+                (rng.choice([infer, infer, infer, "/v2/models/other/infer"]), infer_request(images, good, rng))
+            )
+        else:
+            cases.append(("/predict", predict_request(good, rng)))
+    statuses = []
+    for path, request in cases:
+        answer = client.post(path, **request)
+        assert answer.status_code < 500, (path, request, answer.status_code, answer.text)
+        if answer.status_code >= 400:
+            message = answer.json().get("error" if path.startswith("/v2/") else "detail")
+            assert message and isinstance(message, str), (path, request, answer.text)
+        statuses.append((path == infer, answer.status_code))
+    assert {(False, 200), (True, 200), (False, 400), (True, 400), (False, 415)} <= set(statuses)  # both kinds
+    assert client.post("/predict", content=good).json()["predictions"][0]["probability"] > 0
+    assert client.get("/health").json()["status"] == "ok"
+
+
+CLASS_NAMES = {  # class folder names a careless or hostile user could give, a run's worth each
+    "lines": ["new\nline", "\x1b[31mred\x1b[0m \x1b[2J", "$5 or $6 <img src=x onerror=alert(1)>"],
+    "bytes": [os.fsdecode(b"caf\xe9"), "y" * 200, "   "],  # a Latin-1 name, not UTF-8: Python holds it escaped
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CLASS_NAMES))
+def hostile_run(request, tmp_path_factory) -> tuple[Path, Path]:
+    """A run trained on 8x8 images in class folders of hostile names, and one of its images."""
+    root, rng = tmp_path_factory.mktemp(f"names-{request.param}"), np.random.default_rng(SEED)
+    try:
+        for name in CLASS_NAMES[request.param]:
+            for i in range(12):
+                save_image(root / "data" / name / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+    except (OSError, UnicodeError):
+        pytest.skip(f"this file system takes no folder named {CLASS_NAMES[request.param]!r}")
+    args = ["train", "--data", str(root / "data"), *BASE, "--out", str(root / "run")]
+    assert assert_clean(*run_cli(args), args) == 0
+    return root / "run", root / "data" / CLASS_NAMES[request.param][0] / "0.png"
+
+
+@pytest.fixture
+def quick_footprint(monkeypatch):
+    """`cnnkit compress` times each model for a second at two batch sizes; its clock is not what these tests
+    check, and a hundredth of a second still measures."""
+    monkeypatch.setattr(footprint, "TIMED_SECONDS", 0.01)
+
+
+def assert_readable(args: list[str], made: Path) -> None:
+    """What a command that ended well wrote can be read back: the page, the ONNX model."""
+    if args[0] == "report":
+        assert (made / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>"), args
+    if args[0] in ("export", "compress") and importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        onnxruntime.InferenceSession(str(made / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_hostile_class_names_are_exported_compressed_reported_and_predicted(hostile_run, tmp_path, quick_footprint):
+    run, image = hostile_run
+    int8 = tmp_path / "int8"
+    commands = [
+        (["export", str(run)], run),
+        (["compress", str(run), "--quantize", "int8", "--calibration-images", "8", "--out", str(int8)], int8),
+        (["report", str(run)], run),
+        (["eval", str(run)], None),
+        (["predict", str(run), str(image)], None),
+        (["eval", str(int8)], None),
+        (["predict", str(int8), str(image), "--json"], None),
+        (["summary", str(run)], None),
+    ]
+    for args, made in commands:
+        code, err = run_cli(args)
+        assert assert_clean(code, err, args, made) == 0 and not err, (args, err)  # nothing warned, either
+        if made is not None:
+            assert_readable(args, made)
+    # Triton's labels.txt is one UTF-8 line a class: such names are refused there, in one line, not written
+    args = ["export", str(run), "--format", "triton", "--out", str(tmp_path / "triton")]
+    code, err = run_cli(args)
+    assert assert_clean(code, err, args) == 2 and "rename" in err and not (tmp_path / "triton").exists()
+
+
+def test_a_server_answers_with_hostile_class_names_as_json(hostile_run):
+    testclient = pytest.importorskip("fastapi.testclient", reason="needs the serve extra: pip install 'cnnkit[serve]'")
+    run_dir, image = hostile_run
+    run = cnnkit.load(run_dir, device="cpu")
+    client = testclient.TestClient(create_app(run, top_k=3), raise_server_exceptions=False)
+    infer = f"/v2/models/{model_name(run.dir)}/infer"
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [b64(image.read_bytes())]}
+    answers = [
+        client.get("/health"),
+        client.get("/"),
+        client.post("/predict", content=image.read_bytes()),
+        client.get(f"/v2/models/{model_name(run.dir)}"),
+        client.post(infer, json={"inputs": [tensor], "parameters": {"binary_data_output": True}}),
+        client.post(
+            infer,
+            json={"inputs": [tensor], "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]},
+        ),
+    ]
+    assert [a.status_code for a in answers] == [200] * len(answers), [a.text for a in answers]
+    shown = {p["class"] for p in answers[2].json()["predictions"]}
+    assert shown == {c.encode("utf-8", "backslashreplace").decode() for c in run.classes}  # escaped only if not UTF-8
+
+
+CONFIG_EDITS = [  # config.yaml keys set to null or to a value of another kind; "-" drops the key
+    {"lr": "abc"},
+    {"epochs": "[1]"},
+    {"tta": "3"},
+    {"model": "null"},
+    {"head_lr": "2e9"},  # text to YAML (its floats need a dot), a number to cnnkit: the report's plot once failed
+    {"optimizer": "muon", "lr": "-"},  # the plot once read the rate from the file alone: a KeyError
+]
+
+
+def edited(config: str, edit: dict[str, str]) -> str:
+    for key, value in edit.items():
+        line = "" if value == "-" else f"{key}: {value}\n"
+        config = re.sub(rf"^{key}:.*\n", lambda _, line=line: line, config, flags=re.M)  # the text as it is
+    return config
+
+
+def test_a_tampered_config_yaml_ends_cleanly_in_every_command(finished_run, tmp_path, quick_footprint):
+    run, image = finished_run
+    rng = random.Random(SEED + 6)
+    keys = [line.split(":")[0] for line in (run / "config.yaml").read_text().splitlines()]
+    generated = [{k: rng.choice([*YAML_VALUES, *VALUES[:20], "-"]) for k in rng.sample(keys, 2)} for _ in range(8)]
+    codes = []
+    for case, edit in enumerate(CONFIG_EDITS + generated):
+        copy = shutil.copytree(run, tmp_path / f"run{case}", ignore=shutil.ignore_patterns("plots", "report.html"))
+        (copy / "config.yaml").write_text(edited((copy / "config.yaml").read_text(), edit))
+        int8 = tmp_path / f"run{case}-int8"
+        for args, made in (
+            (["eval", str(copy)], None),
+            (["predict", str(copy), str(image)], None),
+            (["report", str(copy)], copy),
+            (["export", str(copy)], copy),
+            (["compress", str(copy), "--quantize", "int8", "--calibration-images", "8", "--out", str(int8)], int8),
+        ):
+            codes.append(assert_clean(*run_cli(args), args, made))
+            if codes[-1] == 0 and made is not None:
+                assert_readable(args, made)
+    assert 0 < codes.count(0) < len(codes), codes

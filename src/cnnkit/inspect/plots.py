@@ -6,6 +6,7 @@ finished run can be drawn again."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from pathlib import Path
@@ -16,9 +17,11 @@ from torch import nn
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import atomic_write
+from cnnkit.core.progress import printable
 from cnnkit.data.ondisk import loaded
 from cnnkit.data.sets import ImageSet
 from cnnkit.runs.records import RunFiles
+from cnnkit.settings.config import TrainConfig
 
 PLOTS = "plots"  # the run folder's sub-folder of PNG files
 ANNOTATED_CLASSES = 20  # up to this many classes, each cell of the confusion matrix shows its number
@@ -31,6 +34,8 @@ CONFUSION_CELL = 0.24  # inches a cell beyond, 26 pixels at DPI: an 8-point name
 CONFUSION_MIN_SIDE = 3.0  # inches: two classes still make a matrix to read
 CONFUSION_MAX_NAME = 4.0  # inches: a longer class name is cut short (about 65 characters at 8 points)
 CONFUSION_MAX_INCHES = 30.0  # the figure's longer side at most: 3,300 pixels at DPI (about 100 classes whole)
+PER_CLASS_FONT = 10  # points, the class names beside the accuracy bars
+PER_CLASS_MAX_NAME = 2.5  # inches of the 6-inch-wide figure: a longer class name is cut short
 OPTIMIZER_NAMES = {"sgd": "SGD", "muon": "Muon", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
 Predictions = tuple[ImageSet, torch.Tensor, torch.Tensor]  # the test images, their logits and their labels
 
@@ -199,7 +204,9 @@ def per_class_figure(per_class: dict[str, float | None]) -> Any:
     plt = pyplot()
     ranked = sorted(((a if a is not None else 0.0, c) for c, a in per_class.items()), reverse=True)
     fig, ax = plt.subplots(figsize=(6, max(2.5, 0.28 * len(ranked) + 1)))
-    ax.barh([c for _, c in ranked], [a for a, _ in ranked], color="tab:blue")
+    ax.barh(range(len(ranked)), [a for a, _ in ranked], color="tab:blue")  # by place: two names may look alike
+    names = [_shortened(c, PER_CLASS_FONT, PER_CLASS_MAX_NAME) for _, c in ranked]  # a long one leaves no room
+    ax.set_yticks(range(len(ranked)), names, fontsize=PER_CLASS_FONT)
     ax.set(xlim=(0, 1), xlabel="test accuracy", title="accuracy per class")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -266,9 +273,11 @@ def write_plots(files: RunFiles, predictions: Predictions | None) -> dict[str, P
     matrix, per_class = files.summary.confusion_matrix, files.summary.per_class_accuracy
     if classes is None or matrix is None or per_class is None:
         raise CnnkitError(f"{files.path} has no test results to draw: it was trained with --no-test")
+    # names drawn as a terminal shows them: a folder name's byte that is not UTF-8 is a TypeError to matplotlib
+    classes, per_class = [printable(c) for c in classes], {printable(c): a for c, a in per_class.items()}
     figures = {
         "curves": curves_figure(rows),
-        "learning_rate": schedule_figure(files.settings, files.rates, rows),
+        "learning_rate": schedule_figure(_typed(files.settings), files.rates, rows),
         "confusion": confusion_figure(matrix, classes, normalised=False),
         "confusion_normalised": confusion_figure(matrix, classes, normalised=True),
         "per_class_accuracy": per_class_figure(per_class),
@@ -289,6 +298,12 @@ def write_plots(files: RunFiles, predictions: Predictions | None) -> dict[str, P
     folder = files.path / PLOTS
     folder.mkdir(exist_ok=True)
     return {name: save_figure(fig, folder / f"{name}.png") for name, fig in figures.items()}
+
+
+def _typed(settings: dict) -> dict:
+    """config.yaml's settings as the run reads them: its text may hold `lr: 1e-3`, which YAML reads as a string
+    (its floats need a dot), or leave a key out, which the run takes as the default."""
+    return dataclasses.asdict(TrainConfig.from_dict(settings))
 
 
 def save_figure(fig: Any, path: Path) -> Path:

@@ -179,7 +179,8 @@ def _image(path: Path) -> str:
 
 
 def _text(text: str) -> str:
-    return html.escape(text, quote=True)
+    # a folder name's byte that is not UTF-8 (Python holds it as a lone surrogate) shown escaped: no page holds it
+    return html.escape(text.encode("utf-8", "backslashreplace").decode("utf-8"), quote=True)
 
 
 def add_report(run: Run, predictions: Predictions) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from cnnkit.core.errors import CnnkitError, require_extra
 from cnnkit.core.files import atomic_write, writing
+from cnnkit.core.progress import printable
 from cnnkit.models.inference import OnnxClassifier
 from cnnkit.runs.folder import ONNX, WEIGHTS_SHA256, finished_run, weights_sha256
 from cnnkit.runs.records import ModelInfo
@@ -123,6 +124,9 @@ def _write_triton(run: Run, repository: Path, write_onnx: Callable[[Path], None]
     then renamed into place, so a failure leaves the repository as it was; its other models are never touched."""
     if any("\n" in c or "\r" in c for c in run.classes):  # labels.txt has one class a line
         raise CnnkitError("a class name holds a line break, which Triton's labels.txt cannot; rename that class")
+    for c in run.classes:  # a folder name's bytes that are not UTF-8: Triton would answer them as no text at all
+        if c.encode("utf-8", "replace").decode("utf-8") != c:
+            raise CnnkitError(f"class {printable(c)} is not UTF-8 text, which Triton's labels.txt must be; rename it")
     name = model_name(run.dir)
     made = not repository.exists()
     try:

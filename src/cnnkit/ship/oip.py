@@ -8,6 +8,7 @@ the binary tensor extension (a JSON header, then the raw bytes); the classificat
 # no `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) as real classes
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -70,10 +71,10 @@ def add_inference_protocol(app: "FastAPI", engine: "Engine", bodies: BodyBudget,
             "platform": engine.engine,
             "inputs": [{"name": "images", "datatype": "UINT8", "shape": shape}],
             "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(run.classes)]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(engine.classes)]},
                 {"name": "class", "datatype": "BYTES", "shape": [-1]},
             ],
-            "parameters": {"classes": run.classes},
+            "parameters": {"classes": engine.classes},
         }
 
     @app.get("/v2/models/{model_name}/ready", tags=["Open Inference Protocol"])
@@ -90,7 +91,7 @@ def add_inference_protocol(app: "FastAPI", engine: "Engine", bodies: BodyBudget,
             header, tensors = _split(body, request.headers.get(HEADER_LENGTH))
             images, wanted = await _inputs(header, tensors, engine), _wanted(header)
             probabilities = await engine.batcher(images)
-        content, length = _answer(header.get("id"), name, wanted, probabilities, run.classes)
+        content, length = _answer(header.get("id"), name, wanted, probabilities, engine.classes)
         headers = {HEADER_LENGTH: str(length)} if length is not None else {}
         kind = "application/octet-stream" if length is not None else "application/json"
         return Response(content, media_type=kind, headers=headers)
@@ -115,8 +116,11 @@ async def _inputs(header: dict, tensors: bytes, engine: "Engine") -> torch.Tenso
     tensor = header["inputs"][0]
     if not isinstance(tensor, dict) or not isinstance(tensor.get("shape"), list):
         raise Refused(400, 'the input needs "name", "datatype" and "shape"')
-    raw = tensors if "binary_data_size" in (tensor.get("parameters") or {}) else None
-    if raw is not None and len(raw) != tensor["parameters"]["binary_data_size"]:
+    if not all(type(size) is int for size in tensor["shape"]):  # 8.0 equals 8, and true 1, but neither is a size
+        raise Refused(400, 'the input\'s "shape" is a list of whole numbers, e.g. [1, 1, 8, 8]')
+    parameters = _parameters(tensor, "the input's")
+    raw = tensors if "binary_data_size" in parameters else None
+    if raw is not None and len(raw) != parameters["binary_data_size"]:
         raise Refused(400, "the input's binary_data_size is not the bytes that follow the JSON")
     datatype, shape = tensor.get("datatype"), tensor["shape"]
     if datatype == "UINT8":
@@ -133,7 +137,7 @@ def _uint8_images(shape: list, raw: bytes | None, data: object, engine: "Engine"
         raise Refused(
             400, f"UINT8 images must have the shape [N, {', '.join(map(str, expected))}], N up to {MAX_FILES}"
         )
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     values: np.ndarray = np.frombuffer(raw, dtype=np.uint8) if raw is not None else _uint8_json(data)
     if values.size != count:
         raise Refused(400, f"the shape {shape} holds {count:,} values; the data has {values.size:,}")
@@ -152,7 +156,7 @@ def _uint8_json(data: object) -> np.ndarray:
 
 def _files(shape: list, raw: bytes | None, data: object) -> list[Upload]:
     """BYTES elements: encoded image files, length-prefixed in binary, or base64 strings in JSON."""
-    if not (shape and isinstance(shape[0], int) and 0 < shape[0] <= MAX_FILES and int(np.prod(shape)) == shape[0]):
+    if not (shape and isinstance(shape[0], int) and 0 < shape[0] <= MAX_FILES and math.prod(shape) == shape[0]):
         raise Refused(400, f"BYTES images must have the shape [N] (or [N, 1]), N up to {MAX_FILES}")
     listed = data if isinstance(data, list) else []  # in JSON: base64 strings
     elements = (
@@ -180,18 +184,31 @@ def _unpack_bytes(raw: bytes) -> list[bytes]:
 
 def _wanted(header: dict) -> list[Wanted]:
     """The outputs asked for (all of them when none are named), each in binary when asked so."""
-    binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    binary = bool(_parameters(header, "the request's").get("binary_data_output", False))
     asked = header.get("outputs") or [{"name": name} for name in OUTPUTS]
+    named = f'"outputs" is a list of {{"name": ...}}, each named {" or ".join(OUTPUTS)}'
+    if not isinstance(asked, list):
+        raise Refused(400, named)
     wanted = []
     for output in asked:
         if not isinstance(output, dict) or output.get("name") not in OUTPUTS:
-            raise Refused(400, f"outputs are named {' or '.join(OUTPUTS)}")
-        parameters = output.get("parameters") or {}
+            raise Refused(400, named)
+        parameters = _parameters(output, "an output's")
         top = parameters.get("classification", 0)
         if not isinstance(top, int) or top < 0:
             raise Refused(400, "classification is a whole number of classes")
         wanted.append(Wanted(output["name"], bool(parameters.get("binary_data", binary)), top))
     return wanted
+
+
+def _parameters(holder: dict, what: str) -> dict:
+    """The "parameters" of a request, an input or an output: none, or a JSON object, as the protocol has them."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise Refused(400, f'{what} "parameters" must be a JSON object, e.g. {{"binary_data_size": 64}}')
+    return parameters
 
 
 def _answer(

@@ -93,6 +93,7 @@ class Engine:
 
     def __init__(self, run: Run, max_pixels: int = MAX_PIXELS):
         self.run, self.max_pixels = run, max_pixels
+        self.classes = [sendable(c) for c in run.classes]  # the names answers give
         self.engine, predict = predictor(run)
         self.batcher = Batcher(predict)
         self.lanes = {lane: ThreadPoolExecutor(n, f"decode-{lane}") for lane, n in DECODES.items()}
@@ -146,9 +147,15 @@ def predictor(run: Run) -> tuple[str, Predict]:
     return "torch", predict
 
 
-def top_classes(run: Run, probabilities: torch.Tensor, k: int) -> list[dict]:
-    top = probabilities.topk(min(k, len(run.classes)))
-    return [{"class": run.classes[i], "probability": round(p, 6)}
+def sendable(text: str) -> str:
+    """`text` as a UTF-8 answer can carry it: a folder name's bytes that are not UTF-8 (which Python holds as lone
+    surrogates, and no encoder takes: a 500) shown escaped, caf\\udce9, as cnnkit prints them."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def top_classes(classes: list[str], probabilities: torch.Tensor, k: int) -> list[dict]:
+    top = probabilities.topk(min(k, len(classes)))
+    return [{"class": classes[i], "probability": round(p, 6)}
             for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]  # fmt: skip
 
 
@@ -178,7 +185,7 @@ def create_app(run: Run, top_k: int = 3, max_bytes: int = MAX_BYTES, max_pixels:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "run": run.dir.name, "engine": engine.engine, "classes": run.classes,
+        return {"status": "ok", "run": sendable(run.dir.name), "engine": engine.engine, "classes": engine.classes,
                 "batches": engine.batcher.batches, "largest_batch": engine.batcher.largest}  # fmt: skip
 
     @app.post("/predict", openapi_extra=_PREDICT_BODIES, response_model=None)
@@ -186,7 +193,7 @@ def create_app(run: Run, top_k: int = 3, max_bytes: int = MAX_BYTES, max_pixels:
         async with bodies.body(request, max_bytes) as body:
             uploads, listed = await uploads_in(request, body)
             probabilities = await engine.answer(uploads)
-        answers = [top_classes(run, row, top_k) for row in probabilities]
+        answers = [top_classes(engine.classes, row, top_k) for row in probabilities]
         if not listed:
             return {"predictions": answers[0]}
         return {"results": [{"file": u.name, "predictions": a} for u, a in zip(uploads, answers, strict=True)]}

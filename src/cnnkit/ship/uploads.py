@@ -127,7 +127,11 @@ def from_base64(text: object, what: str) -> bytes:
     """An image file sent as base64 text (or as a data URL holding it)."""
     if not isinstance(text, str):
         raise Refused(400, f"{what} is not a base64 string")
-    data = text.split(",", 1)[1] if text.startswith("data:") else text  # a data URL: data:image/png;base64,...
+    data = text
+    if text.startswith("data:"):  # a data URL: data:image/png;base64,...
+        _, comma, data = text.partition(",")
+        if not comma:
+            raise Refused(400, f"{what} is a data URL with no data: data:image/png;base64,BASE64")
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):

@@ -108,13 +108,25 @@ class Trainer:
             return loss.detach()
         loss.backward()
         rate = self.optimizer.param_groups[0]["lr"]  # the rate this step takes (the conv and linear weights')
-        self.optimizer.step()
+        self._optimizer_step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.net)
         self.pos.record(loss.detach(), logits, labels)
         self.pos.rates.append([self.scheduler.last_epoch, rate])  # recorded as used: a plot derives nothing
         return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        """The update. A rate or decay past what float32 holds (--lr 1e38) makes torch raise mid-step: that is a
+        divergence, stopped with the same advice as a loss gone infinite, not a traceback."""
+        try:
+            self.optimizer.step()
+        except RuntimeError as e:
+            if "without overflow" not in str(e):  # torch's words for a Python number no float32 can hold
+                raise
+            where = f"epoch {self.pos.epoch}, step {self.pos.step + 1}"
+            what = f"the update overflowed float32 at {where} (a far too high --lr or --weight-decay)"
+            raise TrainingDiverged(what, self.machine.bf16) from None
 
     def fit(
         self, val: DeviceBatches | None, save: Callable[[dict], None] | None = None, stop: threading.Event | None = None

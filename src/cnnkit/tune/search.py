@@ -88,7 +88,10 @@ def _param(key: str, values: list | tuple) -> Param:
         return Param(key, choices=choices)
     if field_type(key) not in (int, float) or len(values) != 2:
         raise CnnkitError(f"--search {key} takes values to choose from (V1,V2,...); a range is for numbers")
-    low, high = (float(coerce(key, v)) for v in values)
+    ends = [coerce(key, v) for v in values]
+    if not all(isinstance(end, (int, float)) for end in ends):  # lr's auto, or a None: values, not a range's ends
+        raise CnnkitError(f"--search {key}: a range's ends must be numbers, got {values[0]!r}..{values[1]!r}")
+    low, high = (float(end) for end in ends)
     if not low < high:
         raise CnnkitError(f"--search {key}={low}..{high}: the range's low end must be below its high end")
     return Param(key, low=low, high=high)

@@ -134,6 +134,8 @@ def _trial(folder: Path, state: dict, index: int, point: dict, settings: dict, w
             trial = {**settings, **point, "out": str(run_dir), "test": False, "report": False}
             run = train(**trial, callbacks=[watch])
         summary = run.summary
+        if summary.val_accuracy is None:  # a point of --val-fraction 0: trained, but nothing to rank it by
+            raise CnnkitError("a sweep ranks its trials by validation accuracy: --val-fraction must be above 0")
         record = {
             "settings": point,
             "status": "pruned" if watch.pruned else "done",
