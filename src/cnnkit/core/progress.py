@@ -30,8 +30,13 @@ def say(line: str) -> None:
 def printable(text: str) -> str:
     """One line safe for a terminal: control characters (a class folder named with a newline or an escape
     code, say) and bytes that are not UTF-8 shown escaped, never sent raw, so no name can forge a line."""
-    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+    return utf8("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
+
+
+def utf8(text: str) -> str:
+    """`text` as UTF-8 can carry it: a folder name's bytes that are not UTF-8 (which Python holds as lone
+    surrogates, and no encoder takes) shown escaped, caf\\udce9."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def printable_lines(lines: Iterable[str]) -> str:

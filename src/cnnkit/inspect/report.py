@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cnnkit.core.errors import CnnkitError
 from cnnkit.core.files import atomic_write
-from cnnkit.core.progress import say
+from cnnkit.core.progress import say, utf8
 from cnnkit.inspect.plots import Predictions, write_plots
 from cnnkit.inspect.summary import format_summary, run_summary
 from cnnkit.runs.records import RunFiles, RunSummary
@@ -179,8 +179,7 @@ def _image(path: Path) -> str:
 
 
 def _text(text: str) -> str:
-    # a folder name's byte that is not UTF-8 (Python holds it as a lone surrogate) shown escaped: no page holds it
-    return html.escape(text.encode("utf-8", "backslashreplace").decode("utf-8"), quote=True)
+    return html.escape(utf8(text), quote=True)  # a folder name's byte that is not UTF-8: no page holds it
 
 
 def add_report(run: Run, predictions: Predictions) -> None:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from cnnkit.core.errors import CnnkitError, require_extra
+from cnnkit.core.progress import utf8
 from cnnkit.data.images import DECODE_ERRORS, decode_bytes
 from cnnkit.models.inference import OnnxClassifier
 from cnnkit.runs.run import Run
@@ -93,7 +94,7 @@ class Engine:
 
     def __init__(self, run: Run, max_pixels: int = MAX_PIXELS):
         self.run, self.max_pixels = run, max_pixels
-        self.classes = [sendable(c) for c in run.classes]  # the names answers give
+        self.classes = [utf8(c) for c in run.classes]  # the names answers give
         self.engine, predict = predictor(run)
         self.batcher = Batcher(predict)
         self.lanes = {lane: ThreadPoolExecutor(n, f"decode-{lane}") for lane, n in DECODES.items()}
@@ -147,12 +148,6 @@ def predictor(run: Run) -> tuple[str, Predict]:
     return "torch", predict
 
 
-def sendable(text: str) -> str:
-    """`text` as a UTF-8 answer can carry it: a folder name's bytes that are not UTF-8 (which Python holds as lone
-    surrogates, and no encoder takes: a 500) shown escaped, caf\\udce9, as cnnkit prints them."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def top_classes(classes: list[str], probabilities: torch.Tensor, k: int) -> list[dict]:
     top = probabilities.topk(min(k, len(classes)))
     return [{"class": classes[i], "probability": round(p, 6)}
@@ -185,7 +180,7 @@ def create_app(run: Run, top_k: int = 3, max_bytes: int = MAX_BYTES, max_pixels:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "run": sendable(run.dir.name), "engine": engine.engine, "classes": engine.classes,
+        return {"status": "ok", "run": utf8(run.dir.name), "engine": engine.engine, "classes": engine.classes,
                 "batches": engine.batcher.batches, "largest_batch": engine.batcher.largest}  # fmt: skip
 
     @app.post("/predict", openapi_extra=_PREDICT_BODIES, response_model=None)
