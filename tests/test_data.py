@@ -18,7 +18,7 @@ from cnnkit import CnnkitError
 from cnnkit.data import Reading, load_data
 from cnnkit.data.images import decode_image
 from cnnkit.data.ondisk import DiskImages, loaded
-from cnnkit.data.sources import IDX_CLASSES
+from cnnkit.data.sources import IDX_CLASSES, read_digits
 
 
 def test_digits_are_embedded_and_split_stratified():
@@ -34,6 +34,14 @@ def test_digits_are_embedded_and_split_stratified():
     assert torch.equal(again.splits["test"].images, data.splits["test"].images)
     other = load_data("digits", seed=1)
     assert not torch.equal(other.splits["test"].labels, data.splits["test"].labels)
+
+
+def test_digits_read_from_scikit_learns_file_are_its_loaders_digits():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    images, labels = read_digits()  # the file read directly: no scikit-learn import, a second and a half
+    digits = sklearn_digits()
+    assert np.array_equal(images, digits.images) and np.array_equal(labels, digits.target)
 
 
 def test_mnist_from_recompressed_files_without_network(shared_data):

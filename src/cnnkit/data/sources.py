@@ -8,6 +8,7 @@ download code run, and an offline machine gets one message saying which files to
 from __future__ import annotations
 
 import gzip
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,24 @@ IDX_CLASSES = {  # torchvision's names for them, so that runs name them alike wh
 
 def load_digits(data_dir: Path) -> RawData:
     """The 8x8 digits that ship inside scikit-learn: always there, no download, no official test split."""
+    pixels, targets = read_digits()
+    images = torch.from_numpy(np.clip(pixels * 16, 0, 255).astype(np.uint8)).unsqueeze(1)  # 0..16 -> 0..255
+    labels = torch.from_numpy(targets.astype(np.int64))
+    return RawData([str(i) for i in range(10)], {"all": ImageSet(images, labels)})
+
+
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: 8x8 images of 0..16, and their labels. Its CSV file is read where scikit-learn keeps
+    it, without importing scikit-learn (1.5 s, a fifth of a first run); its own loader only if the file moved."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    where = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if where is not None and where.is_file():
+        table = np.loadtxt(where, delimiter=",")  # a row an image: 64 pixels, then the label
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1]
     from sklearn.datasets import load_digits as sklearn_digits
 
     digits = sklearn_digits()
-    images = torch.from_numpy(np.clip(digits.images * 16, 0, 255).astype(np.uint8)).unsqueeze(1)  # 0..16 -> 0..255
-    labels = torch.from_numpy(digits.target.astype(np.int64))
-    return RawData([str(i) for i in range(10)], {"all": ImageSet(images, labels)})
+    return digits.images, digits.target
 
 
 def torchvision_set(name: str) -> Any:
