@@ -95,21 +95,6 @@ def assert_identical(run: Path, reference: Path) -> None:
     assert (run / "rates.csv").read_text() == (reference / "rates.csv").read_text()
 
 
-def test_eval_of_a_run_still_training_is_refused_and_of_a_stopped_one_says_it_is_unfinished(tmp_path):
-    process = start(["--epochs", "200", "--model", "simplecnn", "--out", "run"], tmp_path)  # minutes: still going
-    try:
-        wait_for(tmp_path / "run" / "weights.safetensors", process)
-        running = subprocess.run([sys.executable, "-m", "cnnkit", "eval", "run"], cwd=tmp_path, capture_output=True)
-        assert running.returncode == 2 and b"run is still training" in running.stderr
-        assert b"test accuracy" not in running.stdout
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate()
-    stopped = subprocess.run([sys.executable, "-m", "cnnkit", "eval", "run"], cwd=tmp_path, capture_output=True)
-    assert stopped.returncode == 0 and b"test accuracy" in stopped.stdout
-    assert b"run stopped before it finished" in stopped.stderr and b"cnnkit train --resume run" in stopped.stderr
-
-
 class Stop(Exception):
     pass
 
@@ -270,25 +255,29 @@ def test_a_disk_too_full_for_the_run_fails_before_training(tmp_path, monkeypatch
     assert not (tmp_path / "run" / "metrics.csv").exists()  # stopped before the first epoch
 
 
-def test_a_run_folder_belongs_to_one_run_at_a_time(tmp_path):
-    long = ["--epochs", "300", "--checkpoint-every", "20", "--no-race"]  # minutes of digits: still going while we try
+def test_a_run_folder_belongs_to_one_run_at_a_time_and_is_evaluated_only_once_stopped(tmp_path):
+    long = ["--epochs", "300", "--model", "simplecnn"]  # minutes of digits: still going while we try
     first = start([*long, "--out", "run"], tmp_path)
-    wait_for(tmp_path / "run" / "checkpoint.safetensors", first)
-    for second in (["--out", "run"], ["--resume", "run"]):  # neither a new run nor a resume may write into it
+    wait_for(tmp_path / "run" / "weights.safetensors", first)  # its first epoch is done
+    in_use, training = "run is in use by another cnnkit run that is still going", "run is still training"
+    for second, refusal in (  # neither a new run nor a resume may write into it, nor eval test weights that change
+        (["train", "--out", "run"], in_use),
+        (["train", "--resume", "run"], in_use),
+        (["eval", "run"], training),
+    ):
         refused = subprocess.run(
-            [sys.executable, "-m", "cnnkit", "train", *second],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
+            [sys.executable, "-m", "cnnkit", *second], cwd=tmp_path, capture_output=True, text=True, timeout=120
         )
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
-        assert "run is in use by another cnnkit run that is still going" in refused.stderr
+        assert refusal in refused.stderr and "test accuracy" not in refused.stdout, refused.stderr
     assert first.poll() is None
     first.send_signal(signal.SIGTERM)  # the first run stops cleanly, and with it goes its claim
     assert first.wait(timeout=120) == 130
     with cnnkit.runs.folder.RunFolder.reopen(tmp_path / "run", cnnkit.core.machine.pick_machine("cpu")):
         pass  # claimed and let go again: nothing holds the folder any more
+    stopped = subprocess.run([sys.executable, "-m", "cnnkit", "eval", "run"], cwd=tmp_path, capture_output=True)
+    assert stopped.returncode == 0 and b"test accuracy" in stopped.stdout
+    assert b"run stopped before it finished" in stopped.stderr and b"cnnkit train --resume run" in stopped.stderr
 
 
 def test_two_runs_started_together_on_one_folder_never_mix(tmp_path):
