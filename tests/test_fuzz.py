@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import struct
@@ -300,11 +301,27 @@ def test_no_class_or_file_name_can_forge_a_line_of_any_command(tmp_path):
     assert "evil\\nFORGED" in said and "x\\nFORGED" in said  # shown, escaped
 
 
-def read_only(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
-    """`cnnkit ARGS` with `folder` mounted read-only for it alone (user and mount namespaces: no root needed)."""
-    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-    command = ["unshare", "-rm", "sh", "-c", script, str(folder), sys.executable, "-m", "cnnkit", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+IN_ONE_PROCESS = """
+import contextlib, io, json, sys
+from cnnkit.cli.main import main
+ended = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        ended.append((main(args), err.getvalue()))
+print(json.dumps(ended))
+"""
+
+
+def read_only(folders: list[Path], commands: list[list[str]]) -> list[tuple[int, str]]:
+    """Each `cnnkit ARGS` of `commands`, in one process (one start-up) that sees `folders` read-only (user and
+    mount namespaces: no root needed): their (exit code, stderr)."""
+    mounts = [f"mount --bind {q} {q} && mount -o remount,bind,ro {q}" for q in map(shlex.quote, map(str, folders))]
+    script = " && ".join([*mounts, 'exec "$@"'])
+    command = ["unshare", "-rm", "sh", "-c", script, "sh", sys.executable, "-c", IN_ONE_PROCESS, json.dumps(commands)]
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    return [(code, err) for code, err in json.loads(ran.stdout.splitlines()[-1])]
 
 
 @pytest.mark.skipif(
@@ -315,14 +332,10 @@ def test_a_read_only_run_folder_is_said_to_be_one_by_every_command_that_writes(f
     run = shutil.copytree(finished_run[0], tmp_path / "run")
     stopped = shutil.copytree(run, tmp_path / "stopped")
     (stopped / "summary.json").unlink()  # as a run stopped during its test leaves it: one to resume
-    for folder, args in (
-        (run, ["export", str(run)]),
-        (run, ["report", str(run)]),
-        (stopped, ["train", "--resume", str(stopped)]),
-    ):
-        ended = read_only(folder, args)
-        assert ended.returncode == 2 and "Traceback" not in ended.stderr, (args, ended.stderr)
-        (line,) = ended.stderr.splitlines()[-1:]
+    commands = [["export", str(run)], ["report", str(run)], ["train", "--resume", str(stopped)]]
+    for args, (code, err) in zip(commands, read_only([run, stopped], commands), strict=True):
+        assert code == 2 and "Traceback" not in err, (args, err)
+        (line,) = err.splitlines()[-1:]
         assert line.startswith("cnnkit: error: cannot ") and "Read-only file system" in line, (args, line)
         assert "Copy the run folder to a place you can write" in line and "disk space" not in line
     missing = main_error(["export", str(run), "--out", str(tmp_path / "no" / "such" / "model.onnx")])
