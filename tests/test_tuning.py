@@ -89,6 +89,7 @@ def test_search_spaces_are_parsed_and_checked(tmp_path):
         (["model=a..b"], "a range is for numbers"),
         (["lr"], "must be KEY=V1,V2,... or KEY=LOW..HIGH"),
         (["batch_size=32,big"], "setting 'batch_size' must be int"),
+        ({"lr": 5}, "search lr: give a list of values to choose from"),  # Python's sweep(): a TypeError once
     ]:
         with pytest.raises(CnnkitError, match=message):
             parse_search(search)

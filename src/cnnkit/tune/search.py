@@ -83,6 +83,11 @@ def _param(key: str, values: list | tuple) -> Param:
             f"--search {key} is not a setting a sweep can search; choose among: "
             + ", ".join(sorted(known - set(NOT_SEARCHED)))
         )
+    if not isinstance(values, (list, tuple)):
+        raise CnnkitError(
+            f"search {key}: give a list of values to choose from, e.g. [{values!r}, ...], or a (low, high) range; "
+            f"got {values!r}"
+        )
     if isinstance(values, list):
         choices = tuple(dict.fromkeys(coerce(key, v.strip() if isinstance(v, str) else v) for v in values))
         return Param(key, choices=choices)
