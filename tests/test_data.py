@@ -39,7 +39,7 @@ def test_digits_are_embedded_and_split_stratified():
 def test_digits_read_from_scikit_learns_file_are_its_loaders_digits():
     from sklearn.datasets import load_digits as sklearn_digits
 
-    images, labels = read_digits()  # the file read directly: no scikit-learn import, a second and a half
+    images, labels = read_digits()  # the file read directly: no scikit-learn import, about a second
     digits = sklearn_digits()
     assert np.array_equal(images, digits.images) and np.array_equal(labels, digits.target)
 

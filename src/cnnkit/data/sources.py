@@ -50,7 +50,7 @@ def load_digits(data_dir: Path) -> RawData:
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits: 8x8 images of 0..16, and their labels. Its CSV file is read where scikit-learn keeps
-    it, without importing scikit-learn (1.5 s, a fifth of a first run); its own loader only if the file moved."""
+    it, without importing scikit-learn (about a second of a first run's seven); its loader if the file moved."""
     spec = importlib.util.find_spec("sklearn")  # finds the package without running it
     where = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
     if where is not None and where.is_file():
